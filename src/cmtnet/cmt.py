@@ -1,0 +1,835 @@
+""" CMT: Convolutional Neural Networks Meet Vision Transformers
+
+Paper: `CMT: Convolutional Neural Networks Meet Vision Transformers` - https://arxiv.org/abs/2107.06263
+(Guo, Han, Wu, Tang, Chen, Wang, Xu; CVPR 2022)
+
+A hybrid backbone: a convolutional stem, then four stages of CMT blocks at strides 4/8/16/32. Each block
+is a local perception unit (depthwise 3x3 conv, Eq. 1), lightweight multi-head self-attention (keys and
+values shrunk by a stride-k depthwise conv, plus a learned position bias, Eq. 2-4) and an inverted
+residual feed-forward network (Eq. 5). The head is a 1x1 conv to 1280 channels, global pooling and a
+linear classifier.
+
+This module matches the authors' released code (and so their released checkpoints), which differs from
+the paper in a few places noted in the class docstrings. Unlike the released code it runs at any input
+size: the position bias is resized over its query and key grids at load time (`img_size=...`) or on
+the fly (`dynamic_img_size=True`).
+
+Released checkpoints load through timm:
+    timm.create_model('cmt_s', pretrained=True, pretrained_cfg_overlay=dict(file='cmt_small.pth'))
+"""
+import math
+import re
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (
+    ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calculate_drop_path_rates, get_device_dtype,
+    register_notrace_function, to_2tuple, trunc_normal_, use_fused_attn,
+)
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+__all__ = ['CMT', 'CMTBlock', 'CMTStage', 'checkpoint_filter_fn', 'resize_rel_pos_bias']
+
+# total downsampling of the network: the stem (2) and four patch aggregations (2 each)
+_NET_STRIDE = 32
+
+
+@register_notrace_function
+def check_input(
+        x: torch.Tensor,
+        in_chans: int,
+        img_size: Tuple[int, int],
+        dynamic_img_size: bool,
+        dynamic_img_pad: bool,
+) -> torch.Tensor:
+    """Validate an input batch, padding it to a multiple of 32 when `dynamic_img_pad` is set."""
+    if x.dim() != 4:
+        raise ValueError(f'CMT expects an image batch of shape (B, C, H, W), got {x.dim()} dims')
+    if x.shape[1] != in_chans:
+        raise ValueError(f'CMT expects {in_chans} input channels, got {x.shape[1]}')
+    height, width = x.shape[2], x.shape[3]
+    if dynamic_img_pad:
+        pad_h = (_NET_STRIDE - height % _NET_STRIDE) % _NET_STRIDE
+        pad_w = (_NET_STRIDE - width % _NET_STRIDE) % _NET_STRIDE
+        if pad_h > 0 or pad_w > 0:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+            height, width = height + pad_h, width + pad_w
+    elif height % _NET_STRIDE != 0 or width % _NET_STRIDE != 0 or height == 0 or width == 0:
+        raise ValueError(
+            f'CMT takes input sides that are positive multiples of {_NET_STRIDE}, got {height}x{width}; '
+            f'resize the input or create the model with dynamic_img_pad=True')
+    if not dynamic_img_size and (height != img_size[0] or width != img_size[1]):
+        raise ValueError(
+            f'input size {height}x{width} does not match the model img_size {img_size[0]}x{img_size[1]}; '
+            f'create the model with img_size=({height}, {width}) or dynamic_img_size=True')
+    return x
+
+
+@register_notrace_function
+def resize_rel_pos_bias(
+        bias: torch.Tensor,
+        old_grid: Tuple[int, int],
+        new_grid: Tuple[int, int],
+        sr_ratio: int,
+) -> torch.Tensor:
+    """Resize a position bias of shape (heads, queries, keys) from one token grid to another.
+
+    The query axis lives on the `old_grid` token grid and the key axis on that grid shrunk by `sr_ratio`;
+    both are interpolated (bicubic) to the grids of `new_grid`.
+    """
+    if old_grid[0] == new_grid[0] and old_grid[1] == new_grid[1]:
+        return bias
+    num_heads = bias.shape[0]
+    old_kv = (old_grid[0] // sr_ratio, old_grid[1] // sr_ratio)
+    new_kv = (new_grid[0] // sr_ratio, new_grid[1] // sr_ratio)
+    orig_dtype = bias.dtype
+    b = bias.float().reshape(num_heads, old_grid[0] * old_grid[1], old_kv[0], old_kv[1])
+    b = F.interpolate(b, size=new_kv, mode='bicubic', align_corners=False)  # key grid
+    b = b.reshape(num_heads, old_grid[0], old_grid[1], new_kv[0] * new_kv[1]).permute(0, 3, 1, 2)
+    b = F.interpolate(b, size=new_grid, mode='bicubic', align_corners=False)  # query grid
+    return b.flatten(2).transpose(1, 2).contiguous().to(orig_dtype)
+
+
+class ConvStem(nn.Module):
+    """Three 3x3 convs (the first with stride 2), each followed by GELU then BatchNorm.
+
+    The activation comes BEFORE the norm, as in the released code. The stem also checks (and with
+    `dynamic_img_pad`, pads) the input, so that feature extractors built from the module list do too.
+    """
+
+    def __init__(
+            self,
+            in_chans: int,
+            out_chs: int,
+            img_size: Tuple[int, int],
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
+            act_layer: Type[nn.Module] = nn.GELU,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.dynamic_img_size = dynamic_img_size
+        self.dynamic_img_pad = dynamic_img_pad
+        self.conv1 = nn.Conv2d(in_chans, out_chs, 3, stride=2, padding=1, **dd)
+        self.act1 = act_layer()
+        self.norm1 = nn.BatchNorm2d(out_chs, **dd)
+        self.conv2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, **dd)
+        self.act2 = act_layer()
+        self.norm2 = nn.BatchNorm2d(out_chs, **dd)
+        self.conv3 = nn.Conv2d(out_chs, out_chs, 3, padding=1, **dd)
+        self.act3 = act_layer()
+        self.norm3 = nn.BatchNorm2d(out_chs, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = check_input(x, self.in_chans, self.img_size, self.dynamic_img_size, self.dynamic_img_pad)
+        x = self.norm1(self.act1(self.conv1(x)))
+        x = self.norm2(self.act2(self.conv2(x)))
+        x = self.norm3(self.act3(self.conv3(x)))
+        return x
+
+
+class PatchAggregation(nn.Module):
+    """2x2 stride-2 conv then LayerNorm over channels (eps 1e-5): the downsampling between stages."""
+
+    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2, **dd)
+        self.norm = LayerNorm2d(out_chs, eps=1e-5, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+class LocalPerceptionUnit(nn.Module):
+    """LPU (Eq. 1): LPU(X) = DWConv(X) + X, a 3x3 depthwise conv with bias, no norm or activation."""
+
+    def __init__(self, dim: int, device=None, dtype=None):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + x
+
+
+class LightweightAttention(nn.Module):
+    """Lightweight multi-head self-attention, LMHSA (Eq. 2-4).
+
+    Queries come from every token; keys and values from the tokens shrunk by a k x k depthwise conv with
+    stride k followed by BatchNorm (k = `sr_ratio`; no reduction when k = 1). A learned bias B of shape
+    (heads, queries, keys) is added to the attention logits: softmax(Q K^T / sqrt(d) + B) V.
+
+    Differences from the paper, kept from the released code: keys and values are separate linear
+    projections of the reduced map, and B is a free tensor per (query, key) pair, owned by the stage and
+    shared by all of its blocks (passed in at forward).
+    """
+    fused_attn: torch.jit.Final[bool]
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            sr_ratio: int,
+            qkv_bias: bool = True,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if dim % num_heads != 0:
+            raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.sr_ratio = sr_ratio
+        self.fused_attn = use_fused_attn()
+
+        self.q = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias, **dd)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, sr_ratio, stride=sr_ratio, groups=dim, **dd)
+            self.sr_norm = nn.BatchNorm2d(dim, **dd)
+        else:
+            self.sr = nn.Identity()
+            self.sr_norm = nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, height: int, width: int, rel_pos_bias: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = x
+        if self.sr_ratio > 1:
+            kv = x.transpose(1, 2).reshape(B, C, height, width)
+            kv = self.sr_norm(self.sr(kv)).flatten(2).transpose(1, 2)
+        k = self.k(kv).reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v(kv).reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
+
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=rel_pos_bias.to(q.dtype),
+                dropout_p=self.attn_drop.p if self.training else 0.,
+            )
+        else:
+            attn = (q @ k.transpose(-2, -1)) * self.scale + rel_pos_bias
+            attn = self.attn_drop(attn.softmax(dim=-1))
+            x = attn @ v
+
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class InvertedResidualFFN(nn.Module):
+    """IRFFN (Eq. 5): 1x1 expansion, a depthwise 3x3 conv with a shortcut around it, 1x1 projection.
+
+    Released-code order: conv1x1 -> GELU -> BN -> (DWConv + identity) -> GELU -> BN -> conv1x1 -> BN.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            hidden_dim: int,
+            act_layer: Type[nn.Module] = nn.GELU,
+            drop: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1, **dd)
+        self.act1 = act_layer()
+        self.norm1 = nn.BatchNorm2d(hidden_dim, **dd)
+        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1, groups=hidden_dim, **dd)
+        self.act2 = act_layer()
+        self.norm2 = nn.BatchNorm2d(hidden_dim, **dd)
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1, **dd)
+        self.norm3 = nn.BatchNorm2d(dim, **dd)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.norm1(self.act1(self.fc1(x))))
+        x = self.dwconv(x) + x
+        x = self.norm2(self.act2(x))
+        x = self.norm3(self.fc2(x))
+        return self.drop(x)
+
+
+class CMTBlock(nn.Module):
+    """CMT block (Eq. 6): X = LPU(X); X = X + LMHSA(LN(X)); X = X + IRFFN(LN(X)).
+
+    Takes and returns an NCHW map. Drop path applies to the attention and FFN branches, not the LPU.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            sr_ratio: int,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: float = 0.,
+            act_layer: Type[nn.Module] = nn.GELU,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.lpu = LocalPerceptionUnit(dim, **dd)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.attn = LightweightAttention(
+            dim, num_heads, sr_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        self.mlp = InvertedResidualFFN(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rel_pos_bias: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        x = self.lpu(x)
+        x = x.flatten(2).transpose(1, 2)  # (B, N, C) tokens
+        x = x + self.drop_path1(self.attn(self.norm1(x), H, W, rel_pos_bias))
+        ffn_in = self.norm2(x).transpose(1, 2).reshape(B, C, H, W)
+        x = x.transpose(1, 2).reshape(B, C, H, W)
+        return x + self.drop_path2(self.mlp(ffn_in))
+
+
+class CMTStage(nn.Module):
+    """Patch aggregation, then `depth` CMT blocks sharing one position bias of shape (heads, N, N / k^2)."""
+
+    def __init__(
+            self,
+            in_chs: int,
+            dim: int,
+            depth: int,
+            num_heads: int,
+            sr_ratio: int,
+            grid_size: Tuple[int, int],
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.,
+            attn_drop: float = 0.,
+            drop_path: Union[float, List[float]] = 0.,
+            dynamic_img_size: bool = False,
+            act_layer: Type[nn.Module] = nn.GELU,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.sr_ratio = sr_ratio
+        self.grid_size = grid_size
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+
+        self.downsample = PatchAggregation(in_chs, dim, **dd)
+        num_keys = (grid_size[0] // sr_ratio) * (grid_size[1] // sr_ratio)
+        self.rel_pos_bias = nn.Parameter(torch.empty(num_heads, grid_size[0] * grid_size[1], num_keys, **dd))
+        drop_paths = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
+        self.blocks = nn.ModuleList([
+            CMTBlock(
+                dim, num_heads, sr_ratio,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_drop=proj_drop,
+                attn_drop=attn_drop,
+                drop_path=drop_paths[i],
+                act_layer=act_layer,
+                **dd,
+            )
+            for i in range(depth)])
+
+    def set_grid_size(self, grid_size: Tuple[int, int]) -> None:
+        """Resize the position bias to a new token grid, in place (keeps requires_grad)."""
+        with torch.no_grad():
+            bias = resize_rel_pos_bias(self.rel_pos_bias, self.grid_size, grid_size, self.sr_ratio)
+        self.rel_pos_bias = nn.Parameter(bias, requires_grad=self.rel_pos_bias.requires_grad)
+        self.grid_size = grid_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        rel_pos_bias = self.rel_pos_bias
+        if self.dynamic_img_size:
+            rel_pos_bias = resize_rel_pos_bias(rel_pos_bias, self.grid_size, (x.shape[2], x.shape[3]), self.sr_ratio)
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, rel_pos_bias)
+            else:
+                x = blk(x, rel_pos_bias)
+        return x
+
+
+class CMT(nn.Module):
+    """CMT: stem -> 4 x (patch aggregation + CMT blocks) -> 1x1 conv (1280) + BN + Swish -> pool -> FC.
+
+    The model is built for one input size (`img_size`), which fixes the grid of each stage's position
+    bias. `dynamic_img_size=True` resizes the bias on the fly for any input whose sides are multiples of
+    32; `dynamic_img_pad=True` pads other inputs up to such a size.
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = 'avg',
+            stem_chs: int = 32,
+            embed_dims: Tuple[int, ...] = (64, 128, 256, 512),
+            depths: Tuple[int, ...] = (3, 3, 16, 3),
+            num_heads: Tuple[int, ...] = (1, 2, 4, 8),
+            sr_ratios: Tuple[int, ...] = (8, 4, 2, 1),
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            head_hidden_size: int = 1280,
+            drop_rate: float = 0.1,
+            proj_drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
+            act_layer: Type[nn.Module] = nn.GELU,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            img_size: Input size the position biases are built for (int or (H, W), multiples of 32).
+            in_chans: Number of input image channels.
+            num_classes: Number of classes of the classifier, 0 for none.
+            global_pool: Global pooling type of the head ('avg', 'max', '' for none, ...).
+            stem_chs: Channels of the convolutional stem.
+            embed_dims: Channels of each stage.
+            depths: Number of CMT blocks in each stage.
+            num_heads: Attention heads in each stage.
+            sr_ratios: Key/value reduction ratio k of each stage.
+            mlp_ratio: IRFFN expansion ratio.
+            qkv_bias: Bias in the query, key and value projections.
+            head_hidden_size: Channels of the 1x1 conv before pooling.
+            drop_rate: Dropout before the classifier.
+            proj_drop_rate: Dropout after the attention projection and the FFN.
+            attn_drop_rate: Dropout of the attention weights.
+            drop_path_rate: Stochastic depth rate, linear over all blocks.
+            dynamic_img_size: Accept any input size (multiples of 32), resizing the position biases.
+            dynamic_img_pad: Pad inputs up to a multiple of 32.
+            act_layer: Activation of the stem and FFNs.
+        """
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        num_stages = len(depths)
+        for name, seq in (('embed_dims', embed_dims), ('num_heads', num_heads), ('sr_ratios', sr_ratios)):
+            if len(seq) != num_stages:
+                raise ValueError(f'{name} has {len(seq)} entries, expected one per stage ({num_stages})')
+        img_size = to_2tuple(img_size)
+        if img_size[0] % _NET_STRIDE or img_size[1] % _NET_STRIDE:
+            raise ValueError(f'img_size must be a multiple of {_NET_STRIDE}, got {img_size}')
+        self.img_size: Tuple[int, int] = (int(img_size[0]), int(img_size[1]))
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.dynamic_img_size = dynamic_img_size
+
+        self.stem = ConvStem(
+            in_chans, stem_chs, self.img_size,
+            dynamic_img_size=dynamic_img_size,
+            dynamic_img_pad=dynamic_img_pad,
+            act_layer=act_layer,
+            **dd,
+        )
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
+        stages = []
+        self.feature_info = []
+        in_chs = stem_chs
+        for i in range(num_stages):
+            stride = 4 * 2 ** i
+            stages.append(CMTStage(
+                in_chs, embed_dims[i], depths[i], num_heads[i], sr_ratios[i],
+                grid_size=(self.img_size[0] // stride, self.img_size[1] // stride),
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                proj_drop=proj_drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[i],
+                dynamic_img_size=dynamic_img_size,
+                act_layer=act_layer,
+                **dd,
+            ))
+            in_chs = embed_dims[i]
+            self.feature_info.append(dict(num_chs=in_chs, reduction=stride, module=f'stages.{i}'))
+        self.stages = nn.Sequential(*stages)
+
+        self.num_features = self.head_hidden_size = head_hidden_size
+        self.final_conv = ConvNormAct(in_chs, head_hidden_size, 1, bias=True, act_layer=nn.SiLU, **dd)
+        self.head = ClassifierHead(head_hidden_size, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The released init: trunc-normal linears, kaiming (fan-out) convs, standard-normal position bias."""
+        for stage in self.stages:
+            nn.init.normal_(stage.rel_pos_bias)
+        self.apply(_init_weights)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {f'stages.{i}.rel_pos_bias' for i in range(len(self.stages))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^stem',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^stages\.(\d+)\.(downsample|rel_pos_bias)', (0,)),
+                (r'^stages\.(\d+)\.blocks\.(\d+)', None),
+                (r'^final_conv', (99999,)),
+            ]
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        dd = get_device_dtype(self)
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool, in_features=self.num_features, **dd)
+        self.head_hidden_size = self.head.num_features
+        if global_pool is not None:
+            self.global_pool = global_pool
+
+    @torch.jit.ignore
+    def set_input_size(self, img_size: Optional[Union[int, Tuple[int, int]]] = None) -> None:
+        """Rebuild for another input size: the position biases are resized to the new token grids."""
+        if img_size is None:
+            return
+        img_size = to_2tuple(img_size)
+        if img_size[0] % _NET_STRIDE or img_size[1] % _NET_STRIDE:
+            raise ValueError(f'img_size must be a multiple of {_NET_STRIDE}, got {img_size}')
+        self.img_size = (int(img_size[0]), int(img_size[1]))
+        self.stem.img_size = self.img_size
+        for i, stage in enumerate(self.stages):
+            stride = 4 * 2 ** i
+            stage.set_grid_size((self.img_size[0] // stride, self.img_size[1] // stride))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that returns intermediates (the output of each stage).
+
+        Args:
+            x: Input image tensor.
+            indices: Take last n stages if int, all if None, select matching indices if sequence.
+            norm: Unused, the stage outputs have no separate norm.
+            stop_early: Stop iterating over stages when the last desired intermediate is hit.
+            output_fmt: Shape of intermediate feature outputs, only 'NCHW'.
+            intermediates_only: Only return intermediate features.
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        intermediates = []
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        last_idx = len(self.stages) - 1
+
+        x = self.stem(x)
+        if torch.jit.is_scripting() or not stop_early:
+            stages = self.stages
+        else:
+            stages = self.stages[:max_index + 1]
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages):
+            x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.final_conv(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Prune the layers not required for the given intermediates; returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        # the 1x1 head conv follows the last stage and never feeds an intermediate: it goes with the
+        # norm or the head, as EfficientNet's conv_head does
+        prune_end = prune_norm or prune_head or max_index < len(self.stages) - 1
+        if prune_end:
+            self.final_conv = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+        self.stages = self.stages[:max_index + 1]
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = self.stages(x)
+        return self.final_conv(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=True) if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.forward_head(x)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode='fan_out')
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+# released (authors') name -> our name, for the parts below a block prefix
+_RELEASED_BLOCK_KEYS = (
+    ('proj.', 'lpu.conv.'),
+    ('attn.sr.0.', 'attn.sr.'),
+    ('attn.sr.1.', 'attn.sr_norm.'),
+    ('mlp.conv1.0.', 'mlp.fc1.'),
+    ('mlp.conv1.2.', 'mlp.norm1.'),
+    ('mlp.proj.', 'mlp.dwconv.'),
+    ('mlp.proj_bn.', 'mlp.norm2.'),
+    ('mlp.conv2.0.', 'mlp.fc2.'),
+    ('mlp.conv2.1.', 'mlp.norm3.'),
+)
+_RELEASED_STAGE_LETTERS = 'abcd'
+
+
+def _convert_released_key(key: str) -> str:
+    """Map one key of the authors' released state_dict to this module's naming."""
+    m = re.fullmatch(r'relative_pos_([a-d])', key)
+    if m:
+        return f'stages.{_RELEASED_STAGE_LETTERS.index(m[1])}.rel_pos_bias'
+    m = re.fullmatch(r'stem_(conv|norm)(\d)\.(.+)', key)
+    if m:
+        return f'stem.{m[1]}{m[2]}.{m[3]}'
+    m = re.fullmatch(r'patch_embed_([a-d])\.(proj|norm)\.(.+)', key)
+    if m:
+        return f'stages.{_RELEASED_STAGE_LETTERS.index(m[1])}.downsample.{"conv" if m[2] == "proj" else "norm"}.{m[3]}'
+    m = re.fullmatch(r'blocks_([a-d])\.(\d+)\.(.+)', key)
+    if m:
+        rest = m[3]
+        for old, new in _RELEASED_BLOCK_KEYS:
+            if rest.startswith(old):
+                rest = new + rest[len(old):]
+                break
+        return f'stages.{_RELEASED_STAGE_LETTERS.index(m[1])}.blocks.{m[2]}.{rest}'
+    for old, new in (('_fc.', 'final_conv.conv.'), ('_bn.', 'final_conv.bn.'), ('head.', 'head.fc.')):
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def _architecture(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, Tuple[int, ...], Tuple[int, ...]]:
+    """(stem channels, stage widths, stage depths) of a state_dict in this module's naming."""
+    stem = state_dict['stem.conv1.weight'].shape[0] if 'stem.conv1.weight' in state_dict else 0
+    widths, depths = [], []
+    while f'stages.{len(widths)}.downsample.conv.weight' in state_dict:
+        i = len(widths)
+        widths.append(state_dict[f'stages.{i}.downsample.conv.weight'].shape[0])
+        blocks = {int(m[1]) for k in state_dict for m in [re.match(rf'stages\.{i}\.blocks\.(\d+)\.', k)] if m}
+        depths.append(max(blocks) + 1 if blocks else 0)
+    return stem, tuple(widths), tuple(depths)
+
+
+def _describe(arch: Tuple[int, Tuple[int, ...], Tuple[int, ...]]) -> str:
+    name = next((n for n, a in _VARIANT_ARCHS.items() if a == arch), 'a custom CMT')
+    return f'{name} (stem {arch[0]}, widths {arch[1]}, depths {arch[2]})'
+
+
+def _checkpoint_grid(num_queries: int, num_keys: int, sr_ratio: int, like: Tuple[int, int]) -> Tuple[int, int]:
+    """The token grid a checkpoint's position bias was built for, from its query and key counts.
+
+    Among the grids that fit both counts, take the one closest in aspect ratio to `like`.
+    """
+    candidates = [
+        (h, num_queries // h) for h in range(1, num_queries + 1)
+        if num_queries % h == 0 and (h // sr_ratio) * (num_queries // h // sr_ratio) == num_keys
+    ]
+    if not candidates:
+        raise ValueError(
+            f'position bias with {num_queries} queries and {num_keys} keys fits no token grid '
+            f'with key/value reduction {sr_ratio}')
+    aspect = math.log(like[0] / like[1])
+    return min(candidates, key=lambda g: abs(math.log(g[0] / g[1]) - aspect))
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Any], model: CMT) -> Dict[str, torch.Tensor]:
+    """Convert a checkpoint to this model: the authors' released format or our own (timm-style keys).
+
+    Accepts a bare state_dict or a training checkpoint dict (`model`, `model_ema`, `state_dict`), renames
+    released keys, resizes the position biases to the model's grids, and refuses, with a ValueError that
+    names the problem, a checkpoint of another variant, with missing or unknown entries, or with
+    mismatched shapes. The classifier and the first conv are left to timm to adapt (num_classes,
+    in_chans).
+    """
+    for key in ('model_ema', 'state_dict_ema', 'model', 'state_dict'):
+        if isinstance(state_dict.get(key, None), dict):
+            state_dict = state_dict[key]
+            break
+    non_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+    if non_tensors:
+        raise ValueError(f'checkpoint entries are not tensors: {non_tensors[:5]}')
+    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    if 'stem_conv1.weight' in state_dict:
+        state_dict = {_convert_released_key(k): v for k, v in state_dict.items()}
+
+    model_sd = model.state_dict()
+    ckpt_arch, model_arch = _architecture(state_dict), _architecture(model_sd)
+    # a pruned model (fewer stages) takes the leading stages of a full checkpoint
+    num_stages = len(model_arch[1])
+    if ckpt_arch[0] != model_arch[0] or ckpt_arch[1][:num_stages] != model_arch[1] \
+            or ckpt_arch[2][:num_stages] != model_arch[2]:
+        raise ValueError(
+            f'checkpoint holds {_describe(ckpt_arch)}, but the model is {_describe(model_arch)}; '
+            f'create the model that matches the checkpoint')
+
+    out, unexpected, mismatched = {}, [], []
+    for k, v in state_dict.items():
+        if k.startswith('head.fc.'):
+            out[k] = v  # timm drops or keeps the classifier by num_classes
+            continue
+        if k not in model_sd:
+            stage = re.match(r'stages\.(\d+)\.', k)
+            if not (stage and int(stage[1]) >= num_stages) and not (k.startswith('final_conv.')
+                                                                    and 'final_conv.conv.weight' not in model_sd):
+                unexpected.append(k)
+            continue
+        target = model_sd[k]
+        if k.endswith('rel_pos_bias') and v.shape != target.shape and v.shape[0] == target.shape[0]:
+            stage = model.stages[int(k.split('.')[1])]
+            old_grid = _checkpoint_grid(v.shape[1], v.shape[2], stage.sr_ratio, stage.grid_size)
+            v = resize_rel_pos_bias(v, old_grid, stage.grid_size, stage.sr_ratio)
+        elif k == 'stem.conv1.weight' and v.shape[0] == target.shape[0] and v.shape[2:] == target.shape[2:]:
+            pass  # timm adapts the input channels (in_chans)
+        elif v.shape != target.shape:
+            mismatched.append(f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(target.shape)}')
+        out[k] = v
+    missing = [k for k in model_sd if k not in out and not k.startswith('head.fc.')]
+    problems = []
+    if missing:
+        problems.append(f'{len(missing)} missing entries (e.g. {missing[:3]})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unknown entries (e.g. {unexpected[:3]})')
+    if mismatched:
+        problems.append(f'{len(mismatched)} shape mismatches (e.g. {mismatched[:3]})')
+    if problems:
+        raise ValueError(f'checkpoint does not fit {_describe(model_arch)}: ' + '; '.join(problems))
+    return out
+
+
+def _create_cmt(variant: str, pretrained: bool = False, **kwargs) -> CMT:
+    out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
+    return build_model_with_cfg(
+        CMT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bicubic',
+        'fixed_input_size': True,
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.conv1',
+        'classifier': 'head.fc',
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2107.06263',
+        'paper_name': 'CMT: Convolutional Neural Networks Meet Vision Transformers',
+        'origin_url': 'https://github.com/huawei-noah/Efficient-AI-Backbones/tree/master/cmt_pytorch',
+        **kwargs,
+    }
+
+
+_RELEASE_URL = 'https://github.com/ggjy/CMT.pytorch/releases/download/release-v1/'
+
+default_cfgs = generate_default_cfgs({
+    'cmt_ti.in1k': _cfg(url=_RELEASE_URL + 'cmt_tiny.pth', input_size=(3, 160, 160), pool_size=(5, 5)),
+    'cmt_xs.in1k': _cfg(url=_RELEASE_URL + 'cmt_xs.pth', input_size=(3, 192, 192), pool_size=(6, 6)),
+    'cmt_s.in1k': _cfg(url=_RELEASE_URL + 'cmt_small.pth', input_size=(3, 224, 224), pool_size=(7, 7)),
+    'cmt_b.in1k': _cfg(url=_RELEASE_URL + 'cmt_base.pth', input_size=(3, 256, 256), pool_size=(8, 8)),
+})
+
+# per variant: the native input size and the architecture arguments of the released models
+VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
+    'cmt_ti': dict(img_size=160, stem_chs=16, embed_dims=(46, 92, 184, 368), depths=(2, 2, 10, 2),
+                   mlp_ratio=3.6, drop_rate=0.1),
+    'cmt_xs': dict(img_size=192, stem_chs=16, embed_dims=(52, 104, 208, 416), depths=(3, 3, 12, 3),
+                   mlp_ratio=3.77, drop_rate=0.1),
+    'cmt_s': dict(img_size=224, stem_chs=32, embed_dims=(64, 128, 256, 512), depths=(3, 3, 16, 3),
+                  mlp_ratio=4., drop_rate=0.1),
+    'cmt_b': dict(img_size=256, stem_chs=38, embed_dims=(76, 152, 304, 608), depths=(4, 4, 20, 4),
+                  mlp_ratio=4., drop_rate=0.3),
+}
+_VARIANT_ARCHS = {n: (a['stem_chs'], a['embed_dims'], a['depths']) for n, a in VARIANT_ARGS.items()}
+
+
+@register_model
+def cmt_ti(pretrained: bool = False, **kwargs) -> CMT:
+    """CMT-Ti: 9.5M params, 0.6 GMACs at 160x160."""
+    return _create_cmt('cmt_ti', pretrained=pretrained, **dict(VARIANT_ARGS['cmt_ti'], **kwargs))
+
+
+@register_model
+def cmt_xs(pretrained: bool = False, **kwargs) -> CMT:
+    """CMT-XS: 15.2M params, 1.5 GMACs at 192x192."""
+    return _create_cmt('cmt_xs', pretrained=pretrained, **dict(VARIANT_ARGS['cmt_xs'], **kwargs))
+
+
+@register_model
+def cmt_s(pretrained: bool = False, **kwargs) -> CMT:
+    """CMT-S: 26.3M params, 4.0 GMACs at 224x224."""
+    return _create_cmt('cmt_s', pretrained=pretrained, **dict(VARIANT_ARGS['cmt_s'], **kwargs))
+
+
+@register_model
+def cmt_b(pretrained: bool = False, **kwargs) -> CMT:
+    """CMT-B: 45.7M params, 9.3 GMACs at 256x256."""
+    return _create_cmt('cmt_b', pretrained=pretrained, **dict(VARIANT_ARGS['cmt_b'], **kwargs))
