@@ -46,22 +46,23 @@ def check_input(
         img_size: Tuple[int, int],
         dynamic_img_size: bool,
         dynamic_img_pad: bool,
+        multiple: int,
 ) -> torch.Tensor:
-    """Validate an input batch, padding it to a multiple of 32 when `dynamic_img_pad` is set."""
+    """Validate an input batch, padding its sides up to `multiple` when `dynamic_img_pad` is set."""
     if x.dim() != 4:
         raise ValueError(f'CMT expects an image batch of shape (B, C, H, W), got {x.dim()} dims')
     if x.shape[1] != in_chans:
         raise ValueError(f'CMT expects {in_chans} input channels, got {x.shape[1]}')
     height, width = x.shape[2], x.shape[3]
     if dynamic_img_pad:
-        pad_h = (_NET_STRIDE - height % _NET_STRIDE) % _NET_STRIDE
-        pad_w = (_NET_STRIDE - width % _NET_STRIDE) % _NET_STRIDE
+        pad_h = (multiple - height % multiple) % multiple
+        pad_w = (multiple - width % multiple) % multiple
         if pad_h > 0 or pad_w > 0:
             x = F.pad(x, (0, pad_w, 0, pad_h))
             height, width = height + pad_h, width + pad_w
-    elif height % _NET_STRIDE != 0 or width % _NET_STRIDE != 0 or height == 0 or width == 0:
+    elif height % multiple != 0 or width % multiple != 0 or height == 0 or width == 0:
         raise ValueError(
-            f'CMT takes input sides that are positive multiples of {_NET_STRIDE}, got {height}x{width}; '
+            f'CMT takes input sides that are positive multiples of {multiple}, got {height}x{width}; '
             f'resize the input or create the model with dynamic_img_pad=True')
     if not dynamic_img_size and (height != img_size[0] or width != img_size[1]):
         raise ValueError(
@@ -119,6 +120,7 @@ class ConvStem(nn.Module):
         self.img_size = img_size
         self.dynamic_img_size = dynamic_img_size
         self.dynamic_img_pad = dynamic_img_pad
+        self.multiple = _NET_STRIDE
         self.conv1 = nn.Conv2d(in_chans, out_chs, 3, stride=2, padding=1, **dd)
         self.act1 = act_layer()
         self.norm1 = nn.BatchNorm2d(out_chs, **dd)
@@ -130,7 +132,8 @@ class ConvStem(nn.Module):
         self.norm3 = nn.BatchNorm2d(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_input(x, self.in_chans, self.img_size, self.dynamic_img_size, self.dynamic_img_pad)
+        x = check_input(
+            x, self.in_chans, self.img_size, self.dynamic_img_size, self.dynamic_img_pad, self.multiple)
         x = self.norm1(self.act1(self.conv1(x)))
         x = self.norm2(self.act2(self.conv2(x)))
         x = self.norm3(self.act3(self.conv3(x)))
@@ -493,7 +496,7 @@ class CMT(nn.Module):
         return dict(
             stem=r'^stem',
             blocks=r'^stages\.(\d+)' if coarse else [
-                (r'^stages\.(\d+)\.(downsample|rel_pos_bias)', (0,)),
+                (r'^stages\.(\d+)\.(?:downsample|rel_pos_bias)', (0,)),
                 (r'^stages\.(\d+)\.blocks\.(\d+)', None),
                 (r'^final_conv', (99999,)),
             ]

@@ -1,0 +1,40 @@
+# make demo: create .venv, install cmtnet, run the main job on the embedded default dataset.
+# make test: the same set-up, then the test suite (ours, then timm's own model tests on our models).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
+TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
+
+.PHONY: demo test test-ours test-timm info bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/cmtnet info
+
+test: test-ours test-timm
+
+test-ours: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+# timm's model test-suite, from the source distribution of the pinned timm, run against our models
+$(TIMM_TESTS)/test_models.py: | $(STAMP)
+	rm -rf $(TIMM_TESTS) $(VENV)/timm-sdist && mkdir -p $(VENV)/timm-sdist $(TIMM_TESTS)
+	$(BIN)/python -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+		-d $(VENV)/timm-sdist timm==$(TIMM_VERSION)
+	tar -xzf $(VENV)/timm-sdist/timm-$(TIMM_VERSION).tar.gz -C $(VENV)/timm-sdist
+	cp $(VENV)/timm-sdist/timm-$(TIMM_VERSION)/tests/test_models.py $(TIMM_TESTS)/
+
+test-timm: $(STAMP) $(TIMM_TESTS)/test_models.py
+	PYTHONPATH=tests/timm_suite $(BIN)/python -m pytest -p timm_suite -rs --rootdir $(TIMM_TESTS) $(TIMM_TESTS)/test_models.py
+
+info: $(STAMP)
+	$(BIN)/cmtnet info
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

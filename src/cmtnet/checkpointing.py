@@ -1,0 +1,166 @@
+"""Checkpoint files: atomic writes, the training state behind --resume, exported weights, models from files.
+
+- `last.pth`: the whole training state (model, optimizer, schedule, EMA, loss scaler, counters, sampler
+  position, the RNG states of every process, the metrics so far), from which `--resume` continues exactly.
+- `*.safetensors`: weights alone, in timm's key names, with metadata (model name, input size, class names)
+  for `cmtnet eval` and `cmtnet predict`. timm loads them as any other checkpoint.
+
+Every file is written to a temporary file, fsync'ed, then renamed over the old one, so that a crash at any
+moment leaves the old file or the new one, never a torn one. Reading never unpickles arbitrary objects
+(`torch.load(weights_only=True)`): a state holds only tensors and plain containers of numbers and strings.
+"""
+import argparse
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
+
+import numpy as np
+import safetensors
+import safetensors.torch
+import timm
+import torch
+import torch.nn as nn
+
+from .options import InputError
+
+__all__ = [
+    'atomic_write', 'capture_rng', 'checkpoint_info', 'create_model', 'export_weights', 'load_state',
+    'restore_rng', 'save_state',
+]
+
+PathLike = Union[str, Path]
+
+# where our metadata sits in a .safetensors header (and in a .pth state), as one JSON string
+_META_KEY = 'cmtnet'
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file through `write(file)` so that it appears whole or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'wb') as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    # make the rename itself durable
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_state(path: PathLike, state: Dict[str, Any]) -> None:
+    """Save a training state (tensors and plain containers only) atomically."""
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def _torch_load(path: PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f'checkpoint {path} does not exist')
+    try:
+        # training checkpoints (the authors', timm's) often hold their options as an argparse.Namespace,
+        # a plain attribute bag that timm's loader allows too
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # unpickling errors come in several types, all mean the same to the user
+        raise InputError(f'{path} is not a checkpoint that can be loaded safely (weights only): {e}') from e
+
+
+def load_state(path: PathLike) -> Dict[str, Any]:
+    """Load a training state saved by `save_state`."""
+    state = _torch_load(path)
+    if not isinstance(state, dict) or 'optimizer' not in state:
+        raise InputError(f'{path} is not a training state written by cmtnet train')
+    return state
+
+
+def export_weights(path: PathLike, state_dict: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> None:
+    """Export weights as .safetensors, with `meta` (model, img_size, class_names, ...) in the header."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    data = safetensors.torch.save(tensors, metadata={'format': 'pt', _META_KEY: json.dumps(meta)})
+    atomic_write(path, lambda f: f.write(data))
+
+
+def checkpoint_info(path: PathLike) -> Tuple[int, Dict[str, Any]]:
+    """(number of classes of the classifier, our metadata or {}) of a weight file of any accepted kind:
+    our .safetensors / .pth, or a released checkpoint (a dict whose 'model' is the state_dict)."""
+    path = Path(path)
+    if path.suffix == '.safetensors':
+        if not path.is_file():
+            raise InputError(f'checkpoint {path} does not exist')
+        try:
+            with safetensors.safe_open(str(path), framework='pt') as f:
+                meta = json.loads((f.metadata() or {}).get(_META_KEY, '{}'))
+                shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        except safetensors.SafetensorError as e:
+            raise InputError(f'{path} is not a readable .safetensors file: {e}') from e
+    else:
+        checkpoint = _torch_load(path)
+        if not isinstance(checkpoint, dict):
+            raise InputError(f'{path} holds a {type(checkpoint).__name__}, not a state_dict')
+        meta = checkpoint.get('meta', {})
+        for key in ('model_ema', 'state_dict_ema', 'state_dict', 'model'):
+            if isinstance(checkpoint.get(key), dict):
+                checkpoint = checkpoint[key]
+                break
+        shapes = {k: tuple(v.shape) for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    # our classifier is head.fc, the released one head
+    head = shapes.get('head.fc.weight', shapes.get('module.head.fc.weight', shapes.get('head.weight')))
+    return (head[0] if head is not None else 0), meta
+
+
+def create_model(name: str, checkpoint: Optional[PathLike] = None, **kwargs: Any) -> nn.Module:
+    """`timm.create_model(name, **kwargs)`, with weights from `checkpoint` if given.
+
+    The checkpoint loads through timm (`pretrained_cfg_overlay=dict(file=...)`) and the model's
+    checkpoint filter, which resizes the position biases to the model's img_size. Its classifier is kept
+    when `num_classes` matches it (the default) and reset otherwise.
+    """
+    if checkpoint is None:
+        return timm.create_model(name, **kwargs)
+    checkpoint_classes, _ = checkpoint_info(checkpoint)
+    if kwargs.get('num_classes') is None:
+        kwargs['num_classes'] = checkpoint_classes
+    try:
+        return timm.create_model(
+            name, pretrained=True,
+            pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=checkpoint_classes), **kwargs)
+    except ValueError as e:  # the checkpoint filter names what does not fit
+        raise InputError(f'cannot load {checkpoint} into {name}: {e}') from e
+
+
+def capture_rng() -> Dict[str, torch.Tensor]:
+    """The states of the python, numpy, torch (and CUDA) RNGs of this process, as tensors."""
+    _, python_mt, python_gauss = random.getstate()
+    _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    state = {
+        'python': torch.tensor(python_mt, dtype=torch.int64),
+        'python_gauss': torch.tensor(float('nan') if python_gauss is None else python_gauss, dtype=torch.float64),
+        'numpy': torch.from_numpy(numpy_keys.astype(np.int64)),
+        'numpy_pos': torch.tensor([numpy_pos, numpy_has_gauss], dtype=torch.int64),
+        'numpy_gauss': torch.tensor(numpy_gauss, dtype=torch.float64),
+        'torch': torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: Dict[str, torch.Tensor]) -> None:
+    """Restore the RNG states captured by `capture_rng`."""
+    python_gauss = state['python_gauss'].item()
+    random.setstate((3, tuple(state['python'].tolist()), None if np.isnan(python_gauss) else python_gauss))
+    pos, has_gauss = state['numpy_pos'].tolist()
+    np.random.set_state(('MT19937', state['numpy'].numpy().astype(np.uint32), pos, has_gauss,
+                         state['numpy_gauss'].item()))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])

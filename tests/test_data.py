@@ -1,0 +1,129 @@
+"""Data: the digits, ImageFolder checks, skipping unreadable images, resumable per-sample-seeded sampling."""
+import logging
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from timm.data.distributed_sampler import RepeatAugSampler
+
+from cmtnet.data import (
+    DigitsDataset, ReadableImages, ResumableSampler, build_dataset, find_images, train_loader, train_transform,
+)
+from cmtnet.options import InputError
+from image_folders import corrupt, make_image_folder
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp('images'), per_class=6)
+
+
+def test_digits_fixed_split_at_the_model_size():
+    train, test = DigitsDataset('train', 32), DigitsDataset('test', 32)
+    assert len(train) + len(test) == 1797
+    assert len(test) == 360
+    assert train.classes == [str(i) for i in range(10)]
+    image, target = test[0]
+    assert image.size == (32, 32) and image.mode == 'RGB'
+    # the split is fixed: a second load gives the same images in the same order
+    again = DigitsDataset('test', 32)
+    assert again.targets == test.targets and again.names == test.names
+    assert not set(train.names) & set(test.names)
+    # stratified: every class in the test split
+    assert sorted(set(test.targets)) == list(range(10))
+
+
+def test_missing_or_empty_data_is_a_clear_error(tmp_path, folder):
+    with pytest.raises(InputError, match='does not exist'):
+        build_dataset(tmp_path / 'nowhere', 'train', 32)
+    with pytest.raises(InputError, match='no test/ folder'):
+        build_dataset(folder, 'test', 32)
+    (tmp_path / 'empty' / 'train').mkdir(parents=True)
+    with pytest.raises(InputError, match='class folder'):
+        build_dataset(tmp_path / 'empty', 'train', 32)
+    (tmp_path / 'empty' / 'train' / 'cats').mkdir()
+    with pytest.raises(InputError, match='cats'):
+        build_dataset(tmp_path / 'empty', 'train', 32)
+
+
+def test_image_folder_classes(folder):
+    dataset = build_dataset(folder, 'train', 32)
+    assert dataset.classes == ['blue', 'red'] and len(dataset) == 12
+
+
+def test_unreadable_image_is_skipped_with_a_warning(tmp_path, caplog):
+    root = make_image_folder(tmp_path, per_class=3, splits=('train',))
+    bad = corrupt(root / 'train' / 'blue' / '1.png')
+    images = ReadableImages(build_dataset(root, 'train', 32), train_transform(32))
+    with caplog.at_level(logging.WARNING):
+        results = [images[i] for i in range(len(images))]
+    assert str(bad) in caplog.text
+    assert [skipped for _, _, skipped in results] == [0, 1, 0, 0, 0, 0]
+    # its place is taken by the next readable image, so batches keep their size
+    assert all(t.shape == (3, 32, 32) for t, _, _ in results)
+
+    strict = ReadableImages(build_dataset(root, 'train', 32), train_transform(32), strict=True)
+    with pytest.raises(InputError, match=str(bad)):
+        strict[1]
+
+
+def test_seeded_augmentation_is_reproducible_and_leaves_global_rng_alone(folder):
+    images = ReadableImages(build_dataset(folder, 'train', 32), train_transform(32))
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    before = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    a, _, _ = images[(3, 1234)]
+    b, _, _ = images[(3, 1234)]
+    c, _, _ = images[(3, 999)]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
+    assert np.array_equal(np.random.get_state()[1], before[2])
+
+
+@pytest.mark.parametrize('repeats', [0, 3])
+def test_resumable_sampler_positions_and_seeds(folder, repeats):
+    dataset = build_dataset(folder, 'train', 32)
+
+    def sampler(rank, world):
+        inner = RepeatAugSampler(dataset, world, rank, num_repeats=repeats) if repeats else \
+            DistributedSampler(dataset, world, rank, shuffle=True, seed=7)
+        return ResumableSampler(inner, rank, world, seed=7)
+
+    one = sampler(0, 1)
+    one.set_epoch(2)
+    stream = list(one)
+    assert len(set(seed for _, seed in stream)) == len(stream)  # repeated images get their own augmentation
+    # resuming at position 5 yields the rest of the same stream
+    one.set_epoch(2, start=5)
+    assert list(one) == stream[5:] and len(one) == len(stream) - 5
+    # two processes deal out the same global order: process r takes places r, r + 2, ...
+    ranks = [sampler(r, 2) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(2)
+    shards = [list(s) for s in ranks]
+    interleaved = [pair for pairs in zip(*shards) for pair in pairs]
+    assert interleaved == stream[:len(interleaved)]
+    # another epoch, another order
+    one.set_epoch(3)
+    assert list(one) != stream
+
+
+def test_train_loader_rejects_a_batch_larger_than_the_shard(folder):
+    images = ReadableImages(build_dataset(folder, 'train', 32), train_transform(32))
+    with pytest.raises(InputError, match='lower --batch-size'):
+        train_loader(images, batch_size=64, workers=0)
+
+
+def test_find_images(folder, tmp_path):
+    found = find_images([folder / 'val', folder / 'train' / 'red' / '0.png'])
+    assert len(found) == 13 and found[-1].name == '0.png'
+    with pytest.raises(InputError, match='does not exist'):
+        find_images([tmp_path / 'missing.png'])
+    (tmp_path / 'nothing').mkdir()
+    with pytest.raises(InputError, match='holds no images'):
+        find_images([tmp_path / 'nothing'])
