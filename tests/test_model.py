@@ -191,3 +191,10 @@ def test_bfloat16_forward_is_close_to_float32(released_file):
 
 def test_package_exports():
     assert cmtnet.CMT is timm.create_model('cmt_ti').__class__
+
+
+def test_data_config_follows_img_size():
+    model = timm.create_model('cmt_s', img_size=(256, 384), in_chans=1)
+    assert timm.data.resolve_data_config(model=model)['input_size'] == (1, 256, 384)
+    assert model.pretrained_cfg['pool_size'] == (8, 12)
+    assert timm.models.get_pretrained_cfg('cmt_s').input_size == (3, 224, 224)  # registry untouched
