@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/cmtnet info
+	rm -rf runs/demo
+	$(BIN)/cmtnet train --config configs/demo.yaml
+	$(BIN)/cmtnet eval --checkpoint runs/demo/model_ema.safetensors
 
 test: test-ours test-timm
 

@@ -198,3 +198,12 @@ def test_data_config_follows_img_size():
     assert timm.data.resolve_data_config(model=model)['input_size'] == (1, 256, 384)
     assert model.pretrained_cfg['pool_size'] == (8, 12)
     assert timm.models.get_pretrained_cfg('cmt_s').input_size == (3, 224, 224)  # registry untouched
+
+
+def test_drop_path_rates_rise_linearly_over_all_blocks():
+    model = timm.create_model('cmt_xs', drop_path_rate=0.08, device='meta')
+    rates = [blk.drop_path1.drop_prob if hasattr(blk.drop_path1, 'drop_prob') else 0.
+             for stage in model.stages for blk in stage.blocks]
+    assert len(rates) == 21
+    expected = torch.linspace(0, 0.08, 21).tolist()
+    assert rates == pytest.approx(expected, abs=1e-7)

@@ -343,7 +343,7 @@ class CMTStage(nn.Module):
         self.downsample = PatchAggregation(in_chs, dim, **dd)
         num_keys = (grid_size[0] // sr_ratio) * (grid_size[1] // sr_ratio)
         self.rel_pos_bias = nn.Parameter(torch.empty(num_heads, grid_size[0] * grid_size[1], num_keys, **dd))
-        drop_paths = drop_path if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
+        drop_paths = list(drop_path) if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
         self.blocks = nn.ModuleList([
             CMTBlock(
                 dim, num_heads, sr_ratio,
@@ -453,7 +453,8 @@ class CMT(nn.Module):
             act_layer=act_layer,
             **dd,
         )
-        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=False)
+        # per block, linear over all blocks (as released), split into one list per stage
+        dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages = []
         self.feature_info = []
         in_chs = stem_chs

@@ -5,8 +5,9 @@ Two sources:
 - the embedded default, scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes), with a
   fixed stratified 80/20 train/test split, upscaled to the size the model takes.
 
-Unreadable images are skipped (the next readable one takes their place, so batches keep their size and
-processes stay in step) with a warning naming the file; `strict=True` makes them an error.
+Unreadable images are skipped with a warning naming the file (`strict=True` makes them an error): the
+next readable one takes their place, so that batches keep their size and processes stay in step, and
+evaluation and prediction leave that stand-in out.
 
 Training samples carry their own random seed, derived from the run seed, the epoch and the sample's place
 in the epoch's global order, and are augmented under it. A sample is therefore augmented the same way
@@ -24,7 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
@@ -32,9 +33,8 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from .options import InputError
 
 __all__ = [
-    'DigitsDataset', 'ReadableImages', 'ResumableSampler', 'build_dataset', 'default_eval_split', 'eval_loader',
-    'eval_transform',
-    'find_images', 'train_loader', 'train_transform',
+    'DigitsDataset', 'ImageFiles', 'ReadableImages', 'ResumableSampler', 'build_dataset', 'default_eval_split',
+    'eval_loader', 'eval_transform', 'find_images', 'train_loader', 'train_transform',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -95,6 +95,20 @@ def build_dataset(root: Optional[Union[str, Path]], split: str, img_size: int) -
         return ImageFolder(str(folder))
     except FileNotFoundError as e:  # no class folders, or a class folder without images
         raise InputError(f'{folder}: {e}') from e
+
+
+class ImageFiles(Dataset):
+    """Image files without labels (target -1), read as ImageFolder reads its files."""
+
+    def __init__(self, paths: Sequence[Union[str, Path]]):
+        self.samples = [(str(p), -1) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        path, target = self.samples[index]
+        return default_loader(path), target
 
 
 def find_images(paths: Sequence[Union[str, Path]]) -> List[Path]:

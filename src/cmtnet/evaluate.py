@@ -69,7 +69,8 @@ def evaluate(
         amp: Optional[torch.dtype] = None,
         channels_last: bool = False,
 ) -> Dict[str, Any]:
-    """Loss, top-1 and top-5 accuracy (in %), image count and confusion matrix of `model` on `loader`.
+    """Loss, top-1 and top-5 accuracy (in %), image count and confusion matrix of `model` on `loader`
+    (batches of `ReadableImages`: unreadable images are left out and counted as `skipped`).
 
     Under torch.distributed the sums are reduced over the processes, which must each hold a shard.
     """
@@ -86,13 +87,19 @@ def evaluate(
         with autocast(device, amp):
             logits = model(images)
         logits = logits.float()
+        skipped = skipped.to(device)
+        sums[4] += skipped.sum()
+        # an unreadable image's place holds a second copy of the next readable one: count each image once
+        keep = skipped == 0
+        logits, targets = logits[keep], targets[keep]
+        n = targets.shape[0]
+        if n == 0:
+            continue
         acc1, acc_k = accuracy(logits, targets, topk=(1, top_k))
-        n = images.shape[0]
-        sums += torch.stack([
+        sums[:4] += torch.stack([
             F.cross_entropy(logits, targets, reduction='sum').double(),
             acc1.double() * n / 100, acc_k.double() * n / 100,
             torch.tensor(n, dtype=torch.float64, device=device),
-            skipped.sum().to(device, torch.float64),
         ])
         confusion += torch.bincount(targets * num_classes + logits.argmax(1), minlength=num_classes ** 2)
     _all_reduce(sums, confusion)
@@ -123,6 +130,8 @@ def format_confusion(confusion: torch.Tensor, class_names: Sequence[str]) -> str
 def model_setup(options: argparse.Namespace) -> Dict[str, Any]:
     """Model name, input size, crop, interpolation and class names for eval / predict: the options first,
     then the checkpoint's metadata, then the model's native defaults."""
+    if not options.checkpoint:
+        raise InputError('--checkpoint is required (on the command line or in the --config file)')
     num_classes, meta = checkpoint_info(options.checkpoint)
     name = options.model or meta.get('model')
     if name is None:
@@ -145,8 +154,8 @@ def model_setup(options: argparse.Namespace) -> Dict[str, Any]:
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by eval and predict: which weights, at which size, on which device."""
-    parser.add_argument('--checkpoint', required=True, metavar='PATH',
-                        help='weights: our .safetensors / .pth, or a released checkpoint (with --model)')
+    parser.add_argument('--checkpoint', metavar='PATH',
+                        help='weights (required): our .safetensors / .pth, or a released checkpoint (with --model)')
     parser.add_argument('--model', choices=list(VARIANT_ARGS),
                         help='CMT variant (default: the one named in the checkpoint)')
     parser.add_argument('--img-size', type=int, metavar='N',

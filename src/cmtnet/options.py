@@ -6,6 +6,7 @@ same options, spelled `lr_base: 5.0e-4` or `lr-base: 5.0e-4`; it is checked by t
 the command line, so both accept the same values and reject the same mistakes.
 """
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -110,11 +111,14 @@ def resolve(
 ) -> argparse.Namespace:
     """The options of a run: built-in defaults, overridden by the recipe preset (`recipe`, from the command
     line or the config file), then by the config file (`config`), then by the command line."""
-    given = {k: v for k, v in vars(args).items() if not isinstance(v, _Default)}
+    # the parser's own options only (not the top-level command name or the handler)
+    own = {a.dest for a in parser._actions if a.dest != 'help'}
+    args = {k: v for k, v in vars(args).items() if k in own}
+    given = {k: v for k, v in args.items() if not isinstance(v, _Default)}
     from_config = _read_config(parser, Path(given['config'])) if given.get('config') else {}
     recipe = given.get('recipe', from_config.get('recipe'))
     from_recipe = dict(presets[recipe]) if recipe and presets else {}
-    options = {k: v.value if isinstance(v, _Default) else v for k, v in vars(args).items()}
+    options = {k: v.value if isinstance(v, _Default) else v for k, v in args.items()}
     options.update(from_recipe)
     options.update(from_config)
     options.update(given)
@@ -123,13 +127,14 @@ def resolve(
 
 def write_config(options: argparse.Namespace) -> str:
     """The options of a run as a YAML config file that reproduces it (`--config` takes it back)."""
-    values = {k: v for k, v in vars(options).items() if k not in ('func', 'config') and not callable(v)}
+    values = {k: v for k, v in vars(options).items() if k != 'config'}
     return yaml.safe_dump(values, sort_keys=False)
 
 
 def run_reporting_errors(command: str, fn: Callable[[], Any]) -> int:
-    """Run a command's `fn`; a CommandError becomes its message on stderr (from the first process only,
-    under torchrun) and the error's exit status."""
+    """Run a command's `fn`, with warnings (unreadable images, ...) logged to stderr; a CommandError becomes
+    its message on stderr (from the first process only, under torchrun) and the error's exit status."""
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
     try:
         fn()
     except CommandError as e:

@@ -7,24 +7,20 @@ Labels are the class names stored with our weights (the dataset's folders), the 
 a 1000-class model without stored names, and class indices otherwise.
 """
 import argparse
-import logging
 from functools import partial
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image
 
 from timm.data import ImageNetInfo
 
 from .checkpointing import create_model
-from .data import eval_transform, find_images
+from .data import ImageFiles, ReadableImages, eval_loader, eval_transform, find_images
 from .evaluate import add_model_options, amp_dtype, autocast, default_device, model_setup
 from .options import HelpFormatter, InputError, resolve, run_reporting_errors, track_defaults
 
 __all__ = ['add_parser', 'class_labels', 'predict']
-
-_logger = logging.getLogger(__name__)
 
 
 def class_labels(num_classes: int, class_names: Optional[Sequence[str]] = None) -> List[str]:
@@ -41,33 +37,29 @@ def class_labels(num_classes: int, class_names: Optional[Sequence[str]] = None) 
 def predict(
         model: torch.nn.Module,
         paths: Sequence[Path],
-        transform,
+        transform: Callable,
         labels: Sequence[str],
         top_k: int = 5,
         batch_size: int = 32,
         device: torch.device = torch.device('cpu'),
         amp: Optional[torch.dtype] = None,
 ) -> List[Tuple[Path, List[Tuple[str, float]]]]:
-    """(path, [(label, probability), ...] best first) for each readable image; unreadable ones are skipped
+    """(path, [(label, probability), ...] best first) for each readable image; unreadable ones are left out
     with a warning."""
     model.eval()
     top_k = min(top_k, len(labels))
+    loader = eval_loader(ReadableImages(ImageFiles(paths), transform), batch_size, workers=0)
     results = []
-    for start in range(0, len(paths), batch_size):
-        batch, tensors = [], []
-        for path in paths[start:start + batch_size]:
-            try:
-                with Image.open(path) as image:
-                    tensors.append(transform(image.convert('RGB')))
-                batch.append(path)
-            except Exception as e:  # PIL raises several kinds of error for broken or non-image files
-                _logger.warning('skipping unreadable image %s: %s', path, e)
-        if not batch:
+    for start, (images, _, skipped) in zip(range(0, len(paths), batch_size), loader):
+        # an unreadable image's place holds a copy of the next readable one: leave it out
+        keep = skipped == 0
+        if not keep.any():
             continue
         with autocast(device, amp):
-            logits = model(torch.stack(tensors).to(device))
+            logits = model(images[keep].to(device))
         probs, indices = logits.float().softmax(dim=-1).topk(top_k, dim=-1)
-        for path, p, i in zip(batch, probs.tolist(), indices.tolist()):
+        kept = [p for p, k in zip(paths[start:start + batch_size], keep.tolist()) if k]
+        for path, p, i in zip(kept, probs.tolist(), indices.tolist()):
             results.append((path, [(labels[c], q) for c, q in zip(i, p)]))
     return results
 
@@ -86,7 +78,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
     return run_reporting_errors('predict', lambda: predict_command(resolve(parser, args)))
 
 

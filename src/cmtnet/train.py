@@ -19,12 +19,12 @@ import argparse
 import csv
 import io
 import logging
-import math
+import os
 import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -49,7 +49,7 @@ from .options import CommandError, HelpFormatter, InputError, resolve, run_repor
     write_config
 from .recipes import RECIPES
 
-__all__ = ['Trainer', 'TrainingDiverged', 'add_parser', 'train']
+__all__ = ['Trainer', 'TrainingDiverged', 'add_parser', 'parse_options', 'train']
 
 _logger = logging.getLogger(__name__)
 
@@ -154,8 +154,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return parser
 
 
+def parse_options(argv: Sequence[str]) -> argparse.Namespace:
+    """The options of `cmtnet train ARGV`, with the recipe and config file applied, as `train` takes them."""
+    parser = add_parser(argparse.ArgumentParser(prog='cmtnet').add_subparsers())
+    return resolve(parser, parser.parse_args(list(argv)), RECIPES)
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
     return run_reporting_errors('train', lambda: train(resolve(parser, args, RECIPES)))
 
 
@@ -173,6 +178,11 @@ def _check_options(o: argparse.Namespace) -> None:
         raise InputError(f'mixup / cutmix pair the images of a batch: --batch-size must be even, got {o.batch_size}')
     if o.opt.lower() not in list_optimizers():
         raise InputError(f'unknown optimizer {o.opt!r}; timm knows {", ".join(list_optimizers())}')
+    device = o.device or default_device()
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise InputError(f'--device {device}: CUDA is not available here')
+    if o.sync_bn and not (device.startswith('cuda') and int(os.environ.get('WORLD_SIZE', '1')) > 1):
+        raise InputError('--sync-bn needs several CUDA processes (torchrun; torch has no SyncBatchNorm on CPU)')
     last = Path(o.output) / 'last.pth'
     if o.resume and not last.is_file():
         raise InputError(f'nothing to resume: {last} does not exist')
@@ -231,8 +241,6 @@ class Trainer:
         model = create_model(o.model, o.pretrained, **model_args)
         random_seed(o.seed, rank)
         if o.sync_bn:
-            if not (self.distributed and device.type == 'cuda'):
-                raise InputError('--sync-bn needs several CUDA processes (torch has no SyncBatchNorm on CPU)')
             model = convert_sync_batchnorm(model)
         model.to(device)
         if o.channels_last:
@@ -241,7 +249,7 @@ class Trainer:
         self.ema = ModelEmaV3(model, decay=o.model_ema_decay) if o.model_ema else None
 
         self.global_batch = o.batch_size * world_size * o.accum_steps
-        self.lr = o.lr or o.lr_base * self.global_batch / o.lr_base_size
+        self.lr = o.lr if o.lr is not None else o.lr_base * self.global_batch / o.lr_base_size
         no_decay = () if o.wd_pos_bias else model.no_weight_decay()
         self.optimizer = create_optimizer_v2(
             param_groups_weight_decay(model, o.weight_decay, no_weight_decay_list=no_decay),
@@ -309,11 +317,12 @@ class Trainer:
         self.model.train()
         started, start_batch = time.perf_counter(), self.batch_in_epoch
         bar = tqdm(total=batches, initial=start_batch, desc=f'epoch {epoch + 1}/{self.total_epochs}',
-                   disable=not (self.is_main and o.progress), leave=False, dynamic_ncols=True)
+                   # None: shown on a terminal only, not in logs
+                   disable=None if self.is_main and o.progress else True, leave=False, dynamic_ncols=True)
         for batch, (images, targets, skipped) in enumerate(self.loader, start_batch):
             if batch >= batches:
                 break
-            loss = self._train_step(batch, images, targets)
+            loss = self.train_step(batch, images, targets)
             self.epoch_sums += torch.stack([
                 loss.detach().double() * images.shape[0],
                 torch.tensor(images.shape[0], dtype=torch.float64, device=self.device),
@@ -335,8 +344,9 @@ class Trainer:
         elapsed = time.perf_counter() - started
         self._end_epoch(elapsed, (self.batch_in_epoch - start_batch) * o.batch_size * self.world_size / elapsed)
 
-    def _train_step(self, batch: int, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Forward and backward one batch; an optimizer update at the end of each accumulation group."""
+    def train_step(self, batch: int, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Forward and backward the `batch`-th batch of the epoch; an optimizer update (with EMA and schedule
+        steps) at the end of each accumulation group. Returns the loss."""
         o = self.options
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
@@ -506,8 +516,9 @@ class Trainer:
         if self.metrics:
             atomic_write(self.output / 'curves.png', lambda f: f.write(plot_curves(self.metrics)))
             last = self.metrics[-1]
-            print(f'done: val top-1 {last["val_top1"]:.2f}% (best {self.best_top1:.2f}% at epoch {self.best_epoch}); '
-                  f'weights {self.output / "model.safetensors"}')
+            ema = f', EMA {last["ema_top1"]:.2f}%' if 'ema_top1' in last else ''
+            print(f'done: val top-1 {last["val_top1"]:.2f}%{ema} (best {self.best_top1:.2f}% at epoch '
+                  f'{self.best_epoch}); weights in {self.output}')
 
 
 def _metrics_csv(rows: List[Dict[str, Any]]) -> str:
@@ -515,7 +526,7 @@ def _metrics_csv(rows: List[Dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: f'{v:.6g}' if isinstance(v, float) else v for k, v in row.items()} for row in rows)
     return out.getvalue()
 
 
