@@ -13,7 +13,8 @@ preset.
 | cmt_s   | 300    | 1024         | 5e-4    | 0.05 | 0.1       | 0.99996 | 20      | 1e-5   |
 | cmt_b   | 300    | 512          | 5e-4    | 0.05 | 0.25      | 0.99996 | 20      | 2e-5   |
 
-Shared: AdamW (eps 1e-8, torch's default), cosine schedule with 10 cool-down epochs at the minimum lr
+Shared: AdamW (eps 1e-8, torch's default; weight decay on the position biases too, not on norms and
+biases), cosine schedule with 10 cool-down epochs at the minimum lr
 (trained after the cosine epochs, as timm counts them), RandAugment rand-m9-mstd0.5-inc1, random erasing
 0.25, mixup 0.8 / cutmix 1.0, label smoothing 0.1, repeated augmentation x3, bicubic interpolation,
 evaluation at the native size after resizing to size / 0.875, the lr schedule stepped once per epoch.
@@ -27,6 +28,8 @@ RELEASED_PROCESSES = 8
 
 _SHARED: Dict[str, Any] = dict(
     opt='adamw',
+    # the released model listed no parameters to exempt, so its position biases were decayed too
+    wd_pos_bias=True,
     lr_base_size=512,
     warmup_epochs=20,
     warmup_lr=1e-6,
