@@ -23,6 +23,7 @@ import timm
 import torch
 import torch.nn as nn
 
+from .cmt import unwrap_state_dict
 from .options import InputError
 
 __all__ = [
@@ -107,11 +108,7 @@ def checkpoint_info(path: PathLike) -> Tuple[int, Dict[str, Any]]:
         if not isinstance(checkpoint, dict):
             raise InputError(f'{path} holds a {type(checkpoint).__name__}, not a state_dict')
         meta = checkpoint.get('meta', {})
-        for key in ('model_ema', 'state_dict_ema', 'state_dict', 'model'):
-            if isinstance(checkpoint.get(key), dict):
-                checkpoint = checkpoint[key]
-                break
-        shapes = {k: tuple(v.shape) for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+        shapes = {k: tuple(v.shape) for k, v in unwrap_state_dict(checkpoint).items() if isinstance(v, torch.Tensor)}
     # our classifier is head.fc, the released one head
     head = shapes.get('head.fc.weight', shapes.get('module.head.fc.weight', shapes.get('head.weight')))
     return (head[0] if head is not None else 0), meta

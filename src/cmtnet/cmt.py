@@ -33,7 +33,7 @@ from timm.layers import (
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-__all__ = ['CMT', 'CMTBlock', 'CMTStage', 'checkpoint_filter_fn', 'resize_rel_pos_bias']
+__all__ = ['CMT', 'CMTBlock', 'CMTStage', 'checkpoint_filter_fn', 'resize_rel_pos_bias', 'unwrap_state_dict']
 
 # total downsampling of the network: the stem (2) and four patch aggregations (2 each)
 _NET_STRIDE = 32
@@ -695,6 +695,14 @@ def _checkpoint_grid(num_queries: int, num_keys: int, sr_ratio: int, like: Tuple
     return min(candidates, key=lambda g: abs(math.log(g[0] / g[1]) - aspect))
 
 
+def unwrap_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
+    """The state_dict inside a training checkpoint (EMA weights first, as timm's loader picks them)."""
+    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
+        if isinstance(checkpoint.get(key, None), dict):
+            return checkpoint[key]
+    return checkpoint
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: CMT) -> Dict[str, torch.Tensor]:
     """Convert a checkpoint to this model: the authors' released format or our own (timm-style keys).
 
@@ -704,10 +712,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: CMT) -> Dict[str, to
     mismatched shapes. The classifier and the first conv are left to timm to adapt (num_classes,
     in_chans).
     """
-    for key in ('model_ema', 'state_dict_ema', 'model', 'state_dict'):
-        if isinstance(state_dict.get(key, None), dict):
-            state_dict = state_dict[key]
-            break
+    state_dict = unwrap_state_dict(state_dict)
     non_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
     if non_tensors:
         raise ValueError(f'checkpoint entries are not tensors: {non_tensors[:5]}')
