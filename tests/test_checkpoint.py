@@ -7,6 +7,7 @@ import safetensors.torch
 import timm
 import torch
 
+from cmtnet.cli import main
 from cmtnet.cmt import checkpoint_filter_fn
 from released import make_state, released_keys
 
@@ -133,6 +134,25 @@ def test_truncated_file_raises(released_file, tmp_path, suffix, match):
     path.write_bytes(data[:len(data) // 2])
     with pytest.raises(Exception, match=match):
         _load('cmt_ti', path)
+
+
+_NO_CHECKPOINT = 'it is not a checkpoint (neither a torch.save file nor a .safetensors file)'
+
+
+@pytest.mark.parametrize('name, content, problem', [
+    ('noise.pth', os.urandom(4096).replace(b'\x80', b'\x00'), _NO_CHECKPOINT),
+    ('notes.safetensors', b'these are notes, not weights', _NO_CHECKPOINT),
+    ('empty.pth', b'', 'the file is empty'),
+])
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path, capsys, name, content, problem):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        _load('cmt_ti', path)
+    assert str(error.value) == f'cannot load {path}: {problem}'
+    # the commands say the same
+    assert main(['eval', '--checkpoint', str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f'cmtnet eval: error: cannot load {path}: {problem}'
 
 
 class _Payload:

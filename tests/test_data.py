@@ -5,6 +5,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from timm.data.distributed_sampler import RepeatAugSampler
@@ -127,3 +128,33 @@ def test_find_images(folder, tmp_path):
     (tmp_path / 'nothing').mkdir()
     with pytest.raises(InputError, match='holds no images'):
         find_images([tmp_path / 'nothing'])
+
+
+@pytest.mark.parametrize('aa, name, magnitude', [
+    ('rand-m9-mstd0.5-inc1', 'PosterizeIncreasing', 10),  # the recipe's policy at its largest draw
+    ('rand-m9-mstd0.5', 'Posterize', 1),
+    ('v0', 'Posterize', 1),  # an AutoAugment policy
+])
+def test_posterize_keeping_no_bits_gives_a_black_image(aa, name, magnitude):
+    # timm asks for 0 bits at these magnitudes; Pillow 13 raises on that, which would end a run at random
+    transform = train_transform(32, aa=aa)
+    augment = transform.transforms[2]
+    ops = list(getattr(augment, 'ops', ())) + [op for sub in getattr(augment, 'policy', ()) for op in sub]
+    op = next(op for op in ops if op.name == name)
+    op.prob, op.magnitude, op.magnitude_std = 1.0, magnitude, 0
+    image = Image.fromarray(np.random.default_rng(0).integers(1, 256, (32, 32, 3), dtype=np.uint8))
+    out = op(image)
+    assert out.mode == 'RGB' and out.size == (32, 32)
+    assert not np.asarray(out).any()
+    # other magnitudes keep their bits: 4 bits at magnitude 0 of the increasing variant
+    op.magnitude = 0 if name == 'PosterizeIncreasing' else 10
+    kept = np.asarray(op(image))
+    assert kept.any() and not (kept & 0x0F).any()
+
+
+def test_the_recipe_augmentation_runs_at_its_largest_magnitudes():
+    transform = train_transform(32, aa='rand-m10-n4-inc1')  # every op at magnitude 10, posterize included
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    random.seed(0)
+    for _ in range(200):
+        assert transform(image).shape == (3, 32, 32)

@@ -23,7 +23,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from .cmt import unwrap_state_dict
+from .cmt import not_a_checkpoint, unwrap_state_dict
 from .options import InputError
 
 __all__ = [
@@ -66,6 +66,9 @@ def _torch_load(path: PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(f'checkpoint {path} does not exist')
+    problem = not_a_checkpoint(path)
+    if problem:
+        raise InputError(f'cannot load {path}: {problem}')
     try:
         # training checkpoints (the authors', timm's) often hold their options as an argparse.Namespace,
         # a plain attribute bag that timm's loader allows too
@@ -97,6 +100,9 @@ def checkpoint_info(path: PathLike) -> Tuple[int, Dict[str, Any]]:
     if path.suffix == '.safetensors':
         if not path.is_file():
             raise InputError(f'checkpoint {path} does not exist')
+        problem = not_a_checkpoint(path)
+        if problem:
+            raise InputError(f'cannot load {path}: {problem}')
         try:
             with safetensors.safe_open(str(path), framework='pt') as f:
                 meta = json.loads((f.metadata() or {}).get(_META_KEY, '{}'))

@@ -30,10 +30,14 @@ from timm.layers import (
     ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calculate_drop_path_rates, get_device_dtype,
     register_notrace_function, to_2tuple, trunc_normal_, use_fused_attn,
 )
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models import (
+    build_model_with_cfg, checkpoint, generate_default_cfgs, register_model, resolve_pretrained_cfg,
+)
 from timm.models._features import feature_take_indices
 
-__all__ = ['CMT', 'CMTBlock', 'CMTStage', 'checkpoint_filter_fn', 'resize_rel_pos_bias', 'unwrap_state_dict']
+__all__ = [
+    'CMT', 'CMTBlock', 'CMTStage', 'checkpoint_filter_fn', 'not_a_checkpoint', 'resize_rel_pos_bias', 'unwrap_state_dict',
+]
 
 # total downsampling of the network: the stem (2) and four patch aggregations (2 each)
 _NET_STRIDE = 32
@@ -760,20 +764,47 @@ def checkpoint_filter_fn(state_dict: Dict[str, Any], model: CMT) -> Dict[str, to
 
 def _create_cmt(variant: str, pretrained: bool = False, **kwargs) -> CMT:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
-    model = build_model_with_cfg(
-        CMT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        **kwargs,
-    )
+    try:
+        model = build_model_with_cfg(
+            CMT,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+            **kwargs,
+        )
+    except Exception as e:
+        # the readers' own errors on a file that is no checkpoint at all mislead ("non-allowlisted pickle
+        # globals", "header too large", a bare EOFError): say what the file is not
+        path = resolve_pretrained_cfg(
+            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')).file if pretrained else None
+        problem = not_a_checkpoint(path) if path else None
+        if problem:
+            raise ValueError(f'cannot load {path}: {problem}') from e
+        raise
     # the model's cfg describes the model as built (after loading, which reads the checkpoint's cfg), so
     # that timm.data.resolve_data_config(model=model) gives the size a fixed-size model accepts
     img_size = to_2tuple(kwargs.get('img_size', 224))
     model.pretrained_cfg['input_size'] = (kwargs.get('in_chans', 3), *img_size)
     model.pretrained_cfg['pool_size'] = (img_size[0] // _NET_STRIDE, img_size[1] // _NET_STRIDE)
     return model
+
+
+def not_a_checkpoint(path: str) -> Optional[str]:
+    """Why the file at `path` cannot be a checkpoint, from its first bytes; None if it may be one."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(9)
+            size = f.seek(0, 2)
+    except OSError:
+        return None  # the loader's own error (e.g. no such file) says it best
+    if not head:
+        return 'the file is empty'
+    if head.startswith(b'PK\x03\x04') or head[0] == 0x80:  # torch.save: a zip archive, or a legacy pickle
+        return None
+    if len(head) == 9 and head[8:] == b'{' and int.from_bytes(head[:8], 'little') <= size - 8:  # safetensors
+        return None
+    return 'it is not a checkpoint (neither a torch.save file nor a .safetensors file)'
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:

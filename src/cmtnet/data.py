@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment, create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
 
 from .options import InputError
@@ -138,11 +138,34 @@ def train_transform(
         interpolation: str = 'bicubic',
 ) -> Callable:
     """timm's training transform: random resized crop, flip, RandAugment (or colour jitter), random erasing."""
-    return create_transform(
+    transform = create_transform(
         img_size, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip,
         color_jitter=color_jitter, auto_augment=None if aa in (None, '', 'none') else aa,
         interpolation=interpolation, re_prob=reprob, re_mode='pixel', re_count=1,
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+    return _posterize_on_any_pillow(transform)
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize, where keeping 0 bits gives a black image, as it did before Pillow 13 (which raises)."""
+    if bits_to_keep < 1:
+        return Image.new(img.mode, img.size)
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def _posterize_on_any_pillow(transform: Callable) -> Callable:
+    """Give the posterize ops of timm's auto-augment policies in `transform` the 0-bit case back.
+
+    timm's increasing posterize keeps 0 bits at magnitude 10, which `rand-m9-mstd0.5` draws in about 2% of
+    its posterizes, and its plain posterize does so at magnitudes below 2.5. Pillow 13 made 0 bits an error,
+    which would end a long run at random; with this the augmentation is the one timm intends.
+    """
+    for t in getattr(transform, 'transforms', ()):
+        ops = list(getattr(t, 'ops', ())) + [op for sub_policy in getattr(t, 'policy', ()) for op in sub_policy]
+        for op in ops:
+            if getattr(op, 'aug_fn', None) is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
 
 
 def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = 'bicubic') -> Callable:
