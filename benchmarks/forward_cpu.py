@@ -3,15 +3,15 @@
 CMT-S has about ResNet-50's MACs (4.1 vs 4.1 G) but more, smaller ops (depthwise convs, attention with a
 position bias, many norms), so MACs alone mislead about speed. All models run in one process, in eval mode
 under torch.inference_mode, on the same input; after a warm-up the models take turns, round by round, so
-that drifting machine load hits each of them alike, and the median round is reported.
+that drifting machine load hits each of them alike, and the median round is reported (see timing.py).
 
     python benchmarks/forward_cpu.py                      # batch 16 at 224, 1 warm-up + 5 rounds
     python benchmarks/forward_cpu.py --rounds 11 --threads 4
 """
 import argparse
 import statistics
-import time
-from typing import Dict, List, Sequence
+from functools import partial
+from typing import Sequence
 
 import timm
 import torch
@@ -19,6 +19,7 @@ import torch.nn as nn
 
 import cmtnet  # noqa: F401  (registers the CMT models with timm)
 from cmtnet.complexity import count_macs
+from timing import interleaved
 
 BASELINE = 'resnet50'
 DEFAULT_MODELS = ('cmt_s', BASELINE, 'swin_tiny_patch4_window7_224')
@@ -32,32 +33,13 @@ def build(name: str, img_size: int) -> nn.Module:
     return model.eval()
 
 
-def forward_seconds(model: nn.Module, x: torch.Tensor) -> float:
-    start = time.perf_counter()
-    model(x)
-    return time.perf_counter() - start
-
-
-def benchmark(models: Dict[str, nn.Module], x: torch.Tensor, warmup: int, rounds: int) -> Dict[str, List[float]]:
-    """Seconds per forward of each model, `rounds` times, the models interleaved within each round."""
-    times: Dict[str, List[float]] = {name: [] for name in models}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for model in models.values():
-                model(x)
-        for _ in range(rounds):
-            for name, model in models.items():
-                times[name].append(forward_seconds(model, x))
-    return times
-
-
 def main(argv: Sequence[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
                         help=f'timm model names (the ratio is against {BASELINE}, which is always run)')
     parser.add_argument('--img-size', type=int, default=224)
     parser.add_argument('--batch-size', type=int, default=16)
-    parser.add_argument('--warmup', type=int, default=1, help='untimed rounds first')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed forwards of each model first')
     parser.add_argument('--rounds', type=int, default=5, help='timed rounds (median reported)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     args = parser.parse_args(argv)
@@ -69,7 +51,8 @@ def main(argv: Sequence[str] = None) -> None:
     models = {n: build(n, args.img_size) for n in names}
     gmacs = {n: count_macs(m, args.img_size) / 1e9 for n, m in models.items()}
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
-    times = benchmark(models, x, args.warmup, args.rounds)
+    with torch.inference_mode():
+        _, times = interleaved({n: partial(m, x) for n, m in models.items()}, args.warmup, args.rounds)
 
     print(f'CPU forward, batch {args.batch_size} at {args.img_size}x{args.img_size}, eval + inference_mode, '
           f'{torch.get_num_threads()} threads, torch {torch.__version__}, timm {timm.__version__}; '

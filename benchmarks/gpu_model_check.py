@@ -23,8 +23,9 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import timm
 import torch
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 import cmtnet
 from cmtnet.cmt import LightweightAttention
+from timing import interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 PARITY_TOL = 1e-4
@@ -153,14 +155,9 @@ def check_training(device: torch.device, batch_size: int) -> Dict[str, Any]:
     return dict(steps=results, passed=passed)
 
 
-def time_rounds(run: Callable[[], Any], device: torch.device, iters: int) -> float:
-    """Seconds per call of `run`, over `iters` calls."""
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        run()
-    synchronize(device)
-    return (time.perf_counter() - start) / iters
+def calls(model: nn.Module, x: torch.Tensor, n: int) -> None:
+    for _ in range(n):
+        model(x)
 
 
 def check_throughput(device: torch.device, batch_size: int, warmup: int, iters: int, rounds: int) -> Dict[str, Any]:
@@ -173,16 +170,13 @@ def check_throughput(device: torch.device, batch_size: int, warmup: int, iters: 
     print(f'   {"model":<30} {"precision":<9} {"img/s":>8} {"vs " + BASELINE:>12}')
     results = {}
     for precision in ('fp32', 'bf16'):
-        seconds: Dict[str, List[float]] = {n: [] for n in models}
         with torch.inference_mode(), autocast(device, precision):
             for model in models.values():
-                time_rounds(lambda: model(x), device, warmup)
-            for _ in range(rounds):
-                for name, model in models.items():
-                    seconds[name].append(time_rounds(lambda: model(x), device, iters))
-        base = batch_size / statistics.median(seconds[BASELINE])
+                calls(model, x, warmup)
+            _, seconds = interleaved({n: partial(calls, m, x, iters) for n, m in models.items()}, 0, rounds, device)
+        base = batch_size * iters / statistics.median(seconds[BASELINE])
         for name in models:
-            ips = batch_size / statistics.median(seconds[name])
+            ips = batch_size * iters / statistics.median(seconds[name])
             print(f'   {name:<30} {precision:<9} {ips:>8.0f} {ips / base:>11.2f}x')
             results[f'{name} {precision}'] = dict(img_per_s=ips, vs_baseline=ips / base)
     torch.backends.cudnn.benchmark = False

@@ -3,7 +3,9 @@
 #  1. a few hundred steps with bf16 autocast, channels_last and torch.compile, beside the same run on the
 #     CPU in eager float32: the two loss curves (metrics.csv) should fall alike;
 #  2. a 1-GPU torchrun (NCCL) run killed with SIGKILL mid-run and resumed, beside an uninterrupted run:
-#     the last metrics rows should be equal.
+#     the last metrics rows should be equal;
+#  3. training throughput of CMT-S at 224 (batch 128, bf16 autocast) beside timm's ResNet-50, a plain
+#     step for both in one run, and our Trainer's step eager vs channels_last vs compile.
 # Usage: bash benchmarks/gpu_train_check.sh [OUTPUT_DIR]   (from the repository root, after `make demo`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +32,7 @@ fi
 echo "== last metrics row: uninterrupted | killed and resumed"
 tail -n 1 "$OUT/whole/metrics.csv"
 tail -n 1 "$OUT/resumed/metrics.csv"
+
+echo "== training throughput at 224, batch 128, bf16 autocast"
+"$BIN/python" benchmarks/train_throughput.py --device cuda --amp bf16 --batch-size 128 --warmup 3 --rounds 10 \
+  --against resnet50

@@ -1,23 +1,34 @@
-"""CPU training throughput of CMT-S at 224: eager vs --channels-last vs --compile, as ratios to eager.
+"""Training throughput of CMT-S at 224: eager vs --channels-last vs --compile, and beside ResNet-50.
 
-Each variant is the `cmtnet train` Trainer built from those options (model, AdamW, schedule, the training
-step itself), fed the same synthetic batch. The first steps are untimed warm-up (torch.compile compiles
-there); then the variants take turns, one step each per round, so that drifting machine load hits them
-alike, and the median round is reported. The data pipeline is left out: this measures the model's step.
+Two tables, from one run:
+1. the `cmtnet train` step (the Trainer built from those options: model, AdamW, schedule, mixup, EMA)
+   in each variant, as a ratio to eager;
+2. with `--against resnet50`, a plain training step (timm model, timm AdamW, cross-entropy, the same
+   precision) of CMT-S and of each model named, as a ratio to the first of them; the plain step leaves
+   out what only our Trainer does, so that the models are compared alike.
+Every step is fed the same synthetic batch: the data pipeline is left out. The steps take turns, round by
+round, after untimed warm-up steps (see timing.py).
 
-    python benchmarks/train_throughput.py                         # batch 8 at 224, 2 warm-up + 3 rounds
-    python benchmarks/train_throughput.py --batch-size 16 --rounds 5 --threads 4
+    python benchmarks/train_throughput.py                         # CPU, batch 8 at 224, 2 warm-up + 3 rounds
+    python benchmarks/train_throughput.py --against resnet50 --variants eager
+    python benchmarks/train_throughput.py --device cuda --amp bf16 --batch-size 128 --against resnet50
 """
 import argparse
 import statistics
 import tempfile
-import time
-from typing import Dict, List, Sequence
+from functools import partial
+from typing import Dict, List, Optional, Sequence
 
 import timm
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
 
+from cmtnet.cmt import VARIANT_ARGS
+from cmtnet.evaluate import amp_dtype, autocast
 from cmtnet.train import Trainer, parse_options
+from timing import interleaved
 
 BASELINE = 'eager'
 VARIANTS: Dict[str, List[str]] = {
@@ -27,59 +38,93 @@ VARIANTS: Dict[str, List[str]] = {
 }
 
 
-def build(variant: str, model: str, img_size: int, batch_size: int, output: str) -> Trainer:
+def build_trainer(variant: str, args: argparse.Namespace, output: str) -> Trainer:
     """A Trainer as `cmtnet train` builds it; the embedded digits stand in for data, which is not used."""
     options = parse_options([
-        '--model', model, '--img-size', str(img_size), '--batch-size', str(batch_size), '--workers', '0',
-        '--output', output, '--no-progress', *VARIANTS[variant]])
-    return Trainer(options, torch.device('cpu'))
+        '--model', args.model, '--img-size', str(args.img_size), '--batch-size', str(args.batch_size),
+        '--workers', '0', '--output', output, '--no-progress', '--amp', args.amp, *VARIANTS[variant]])
+    trainer = Trainer(options, torch.device(args.device))
+    trainer.model.train()
+    return trainer
 
 
-def step_seconds(trainer: Trainer, images: torch.Tensor, targets: torch.Tensor) -> float:
-    start = time.perf_counter()
-    trainer.train_step(0, images, targets)
-    return time.perf_counter() - start
+class PlainStep:
+    """One training step of any timm model: forward and cross-entropy under autocast, backward, AdamW."""
+
+    def __init__(self, name: str, img_size: int, device: torch.device, amp: Optional[torch.dtype]):
+        size = dict(img_size=img_size) if name in VARIANT_ARGS else {}
+        self.model: nn.Module = timm.create_model(name, **size).to(device).train()
+        self.optimizer = create_optimizer_v2(self.model, 'adamw', lr=1e-3, weight_decay=0.05)
+        self.device, self.amp = device, amp
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        with autocast(self.device, self.amp):
+            loss = F.cross_entropy(self.model(images), targets)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def report(title: str, columns: str, warmup: Dict[str, float], times: Dict[str, List[float]], batch_size: int,
+           baseline: str) -> None:
+    print(title)
+    print(f'{columns:<30} {"warm-up s":>9} {"s/step":>7} {"(min-max)":>13} {"img/s":>8} {"vs " + baseline:>12}')
+    base = statistics.median(times[baseline])
+    for name, t in times.items():
+        median = statistics.median(t)
+        print(f'{name:<30} {warmup[name]:>9.1f} {median:>7.3f} {f"({min(t):.3f}-{max(t):.3f})":>13} '
+              f'{batch_size / median:>8.1f} {base / median:>11.2f}x')
 
 
 def main(argv: Sequence[str] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--model', default='cmt_s')
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 1)[1])
+    parser.add_argument('--model', default='cmt_s', choices=list(VARIANT_ARGS))
     parser.add_argument('--img-size', type=int, default=224)
     parser.add_argument('--batch-size', type=int, default=8)
-    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS),
-                        help=f'what to measure (the ratio is against {BASELINE}, which is always run)')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--amp', choices=['none', 'bf16', 'fp16'], default='none', help='mixed precision')
+    parser.add_argument('--variants', nargs='*', choices=list(VARIANTS), default=list(VARIANTS),
+                        help=f'Trainer variants to measure (the ratio is against {BASELINE}, always run if any is)')
+    parser.add_argument('--against', nargs='*', default=[], metavar='MODEL',
+                        help='timm models to compare the plain training step of --model with')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (compilation happens here)')
     parser.add_argument('--rounds', type=int, default=3, help='timed rounds (median reported)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = list(dict.fromkeys([BASELINE, *args.variants]))
+    device = torch.device(args.device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    print(f'{where}; torch {torch.__version__}, timm {timm.__version__}; batch {args.batch_size} at '
+          f'{args.img_size}x{args.img_size}, amp {args.amp}; {args.warmup} warm-up steps + {args.rounds} '
+          f'interleaved rounds, median (min-max)')
 
     torch.manual_seed(0)
-    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
-    targets = torch.randint(0, 10, (args.batch_size,))
-    with tempfile.TemporaryDirectory() as output:
-        trainers = {n: build(n, args.model, args.img_size, args.batch_size, output) for n in names}
-        warmup = {}
-        for name, trainer in trainers.items():
-            trainer.model.train()
-            warmup[name] = sum(step_seconds(trainer, images, targets) for _ in range(args.warmup))
-        times: Dict[str, List[float]] = {n: [] for n in names}
-        for _ in range(args.rounds):
-            for name, trainer in trainers.items():
-                times[name].append(step_seconds(trainer, images, targets))
-
-    print(f'CPU training step (forward, backward, AdamW) of {args.model}, batch {args.batch_size} at '
-          f'{args.img_size}x{args.img_size}, {torch.get_num_threads()} threads, torch {torch.__version__}, '
-          f'timm {timm.__version__}; {args.warmup} warm-up steps + {args.rounds} interleaved rounds, median (min-max)')
-    base = statistics.median(times[BASELINE])
-    print(f'{"variant":<15} {"warm-up s":>9} {"s/step":>7} {"(min-max)":>13} {"img/s":>7} {"vs " + BASELINE:>9}')
-    for name in names:
-        t = times[name]
-        median = statistics.median(t)
-        print(f'{name:<15} {warmup[name]:>9.1f} {median:>7.2f} {f"({min(t):.2f}-{max(t):.2f})":>13} '
-              f'{args.batch_size / median:>7.2f} {base / median:>8.2f}x')
+    images = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
+    targets = torch.randint(0, 10, (args.batch_size,), device=device)
+    variants = list(dict.fromkeys([BASELINE, *args.variants])) if args.variants else []
+    if variants:
+        with tempfile.TemporaryDirectory() as output:
+            steps = {}
+            for name in variants:
+                trainer = build_trainer(name, args, output)
+                steps[name] = partial(trainer.train_step, 0, images, targets)
+            warmup, times = interleaved(steps, args.warmup, args.rounds, device)
+        report(f'\n{args.model}: the cmtnet train step (AdamW, schedule, mixup/cutmix, EMA)', 'variant', warmup,
+               times, args.batch_size, BASELINE)
+        del steps, trainer
+    if args.against:
+        models = list(dict.fromkeys([*args.against, args.model]))
+        amp = amp_dtype(args.amp, device)
+        plain = {name: PlainStep(name, args.img_size, device, amp) for name in models}
+        warmup, times = interleaved({n: partial(step, images, targets) for n, step in plain.items()},
+                                    args.warmup, args.rounds, device)
+        report('\nplain training step (timm AdamW, cross-entropy), eager', 'model', warmup, times,
+               args.batch_size, args.against[0])
 
 
 if __name__ == '__main__':
