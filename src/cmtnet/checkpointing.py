@@ -62,13 +62,18 @@ def save_state(path: PathLike, state: Dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def _torch_load(path: PathLike) -> Any:
-    path = Path(path)
+def _check_checkpoint_file(path: Path) -> None:
+    """Raise InputError, naming the problem, if `path` is missing or cannot be a checkpoint at all."""
     if not path.is_file():
         raise InputError(f'checkpoint {path} does not exist')
     problem = not_a_checkpoint(path)
     if problem:
         raise InputError(f'cannot load {path}: {problem}')
+
+
+def _torch_load(path: PathLike) -> Any:
+    path = Path(path)
+    _check_checkpoint_file(path)
     try:
         # training checkpoints (the authors', timm's) often hold their options as an argparse.Namespace,
         # a plain attribute bag that timm's loader allows too
@@ -98,11 +103,7 @@ def checkpoint_info(path: PathLike) -> Tuple[int, Dict[str, Any]]:
     our .safetensors / .pth, or a released checkpoint (a dict whose 'model' is the state_dict)."""
     path = Path(path)
     if path.suffix == '.safetensors':
-        if not path.is_file():
-            raise InputError(f'checkpoint {path} does not exist')
-        problem = not_a_checkpoint(path)
-        if problem:
-            raise InputError(f'cannot load {path}: {problem}')
+        _check_checkpoint_file(path)
         try:
             with safetensors.safe_open(str(path), framework='pt') as f:
                 meta = json.loads((f.metadata() or {}).get(_META_KEY, '{}'))
