@@ -17,8 +17,6 @@ the fly (`dynamic_img_size=True`).
 Released checkpoints load through timm:
     timm.create_model('cmt_s', pretrained=True, pretrained_cfg_overlay=dict(file='cmt_small.pth'))
 """
-import math
-import re
 from typing import Any, Dict, List, Optional, Tuple, Type, Union
 
 import torch
@@ -35,12 +33,11 @@ from timm.models import (
 )
 from timm.models._features import feature_take_indices
 
-__all__ = [
-    'CMT', 'CMTBlock', 'CMTStage', 'checkpoint_filter_fn', 'not_a_checkpoint', 'resize_rel_pos_bias', 'unwrap_state_dict',
-]
+from .pos_bias import resize_rel_pos_bias
+from .released import checkpoint_filter_fn, not_a_checkpoint
+from .variants import NET_STRIDE, VARIANT_ARGS, check_img_size
 
-# total downsampling of the network: the stem (2) and four patch aggregations (2 each)
-_NET_STRIDE = 32
+__all__ = ['CMT', 'CMTBlock', 'CMTStage', 'LightweightAttention', 'VARIANT_ARGS', 'set_fused_attn']
 
 
 @register_notrace_function
@@ -75,31 +72,6 @@ def check_input(
     return x
 
 
-@register_notrace_function
-def resize_rel_pos_bias(
-        bias: torch.Tensor,
-        old_grid: Tuple[int, int],
-        new_grid: Tuple[int, int],
-        sr_ratio: int,
-) -> torch.Tensor:
-    """Resize a position bias of shape (heads, queries, keys) from one token grid to another.
-
-    The query axis lives on the `old_grid` token grid and the key axis on that grid shrunk by `sr_ratio`;
-    both are interpolated (bicubic) to the grids of `new_grid`.
-    """
-    if old_grid[0] == new_grid[0] and old_grid[1] == new_grid[1]:
-        return bias
-    num_heads = bias.shape[0]
-    old_kv = (old_grid[0] // sr_ratio, old_grid[1] // sr_ratio)
-    new_kv = (new_grid[0] // sr_ratio, new_grid[1] // sr_ratio)
-    orig_dtype = bias.dtype
-    b = bias.float().reshape(num_heads, old_grid[0] * old_grid[1], old_kv[0], old_kv[1])
-    b = F.interpolate(b, size=new_kv, mode='bicubic', align_corners=False)  # key grid
-    b = b.reshape(num_heads, old_grid[0], old_grid[1], new_kv[0] * new_kv[1]).permute(0, 3, 1, 2)
-    b = F.interpolate(b, size=new_grid, mode='bicubic', align_corners=False)  # query grid
-    return b.flatten(2).transpose(1, 2).contiguous().to(orig_dtype)
-
-
 class ConvStem(nn.Module):
     """Three 3x3 convs (the first with stride 2), each followed by GELU then BatchNorm.
 
@@ -124,7 +96,7 @@ class ConvStem(nn.Module):
         self.img_size = img_size
         self.dynamic_img_size = dynamic_img_size
         self.dynamic_img_pad = dynamic_img_pad
-        self.multiple = _NET_STRIDE
+        self.multiple = NET_STRIDE
         self.conv1 = nn.Conv2d(in_chans, out_chs, 3, stride=2, padding=1, **dd)
         self.act1 = act_layer()
         self.norm1 = nn.BatchNorm2d(out_chs, **dd)
@@ -238,6 +210,15 @@ class LightweightAttention(nn.Module):
 
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
+
+
+def set_fused_attn(model: nn.Module, fused: bool) -> None:
+    """Switch every LightweightAttention in `model` to `scaled_dot_product_attention` (fused) or to the
+    explicit matmul-softmax-matmul path (e.g. to compare them, or for counters and exporters that need
+    plain ops)."""
+    for m in model.modules():
+        if isinstance(m, LightweightAttention):
+            m.fused_attn = fused
 
 
 class InvertedResidualFFN(nn.Module):
@@ -441,10 +422,7 @@ class CMT(nn.Module):
         for name, seq in (('embed_dims', embed_dims), ('num_heads', num_heads), ('sr_ratios', sr_ratios)):
             if len(seq) != num_stages:
                 raise ValueError(f'{name} has {len(seq)} entries, expected one per stage ({num_stages})')
-        img_size = to_2tuple(img_size)
-        if img_size[0] % _NET_STRIDE or img_size[1] % _NET_STRIDE:
-            raise ValueError(f'img_size must be a multiple of {_NET_STRIDE}, got {img_size}')
-        self.img_size: Tuple[int, int] = (int(img_size[0]), int(img_size[1]))
+        self.img_size: Tuple[int, int] = check_img_size(img_size)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -529,10 +507,7 @@ class CMT(nn.Module):
         """Rebuild for another input size: the position biases are resized to the new token grids."""
         if img_size is None:
             return
-        img_size = to_2tuple(img_size)
-        if img_size[0] % _NET_STRIDE or img_size[1] % _NET_STRIDE:
-            raise ValueError(f'img_size must be a multiple of {_NET_STRIDE}, got {img_size}')
-        self.img_size = (int(img_size[0]), int(img_size[1]))
+        self.img_size = check_img_size(img_size)
         self.stem.img_size = self.img_size
         for i, stage in enumerate(self.stages):
             stride = 4 * 2 ** i
@@ -623,145 +598,6 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-# --- checkpoints ---------------------------------------------------------------------------------
-
-# released (authors') name -> our name, for the parts below a block prefix
-_RELEASED_BLOCK_KEYS = (
-    ('proj.', 'lpu.conv.'),
-    ('attn.sr.0.', 'attn.sr.'),
-    ('attn.sr.1.', 'attn.sr_norm.'),
-    ('mlp.conv1.0.', 'mlp.fc1.'),
-    ('mlp.conv1.2.', 'mlp.norm1.'),
-    ('mlp.proj.', 'mlp.dwconv.'),
-    ('mlp.proj_bn.', 'mlp.norm2.'),
-    ('mlp.conv2.0.', 'mlp.fc2.'),
-    ('mlp.conv2.1.', 'mlp.norm3.'),
-)
-_RELEASED_STAGE_LETTERS = 'abcd'
-
-
-def _convert_released_key(key: str) -> str:
-    """Map one key of the authors' released state_dict to this module's naming."""
-    m = re.fullmatch(r'relative_pos_([a-d])', key)
-    if m:
-        return f'stages.{_RELEASED_STAGE_LETTERS.index(m[1])}.rel_pos_bias'
-    m = re.fullmatch(r'stem_(conv|norm)(\d)\.(.+)', key)
-    if m:
-        return f'stem.{m[1]}{m[2]}.{m[3]}'
-    m = re.fullmatch(r'patch_embed_([a-d])\.(proj|norm)\.(.+)', key)
-    if m:
-        return f'stages.{_RELEASED_STAGE_LETTERS.index(m[1])}.downsample.{"conv" if m[2] == "proj" else "norm"}.{m[3]}'
-    m = re.fullmatch(r'blocks_([a-d])\.(\d+)\.(.+)', key)
-    if m:
-        rest = m[3]
-        for old, new in _RELEASED_BLOCK_KEYS:
-            if rest.startswith(old):
-                rest = new + rest[len(old):]
-                break
-        return f'stages.{_RELEASED_STAGE_LETTERS.index(m[1])}.blocks.{m[2]}.{rest}'
-    for old, new in (('_fc.', 'final_conv.conv.'), ('_bn.', 'final_conv.bn.'), ('head.', 'head.fc.')):
-        if key.startswith(old):
-            return new + key[len(old):]
-    return key
-
-
-def _architecture(state_dict: Dict[str, torch.Tensor]) -> Tuple[int, Tuple[int, ...], Tuple[int, ...]]:
-    """(stem channels, stage widths, stage depths) of a state_dict in this module's naming."""
-    stem = state_dict['stem.conv1.weight'].shape[0] if 'stem.conv1.weight' in state_dict else 0
-    widths, depths = [], []
-    while f'stages.{len(widths)}.downsample.conv.weight' in state_dict:
-        i = len(widths)
-        widths.append(state_dict[f'stages.{i}.downsample.conv.weight'].shape[0])
-        blocks = {int(m[1]) for k in state_dict for m in [re.match(rf'stages\.{i}\.blocks\.(\d+)\.', k)] if m}
-        depths.append(max(blocks) + 1 if blocks else 0)
-    return stem, tuple(widths), tuple(depths)
-
-
-def _describe(arch: Tuple[int, Tuple[int, ...], Tuple[int, ...]]) -> str:
-    name = next((n for n, a in _VARIANT_ARCHS.items() if a == arch), 'a custom CMT')
-    return f'{name} (stem {arch[0]}, widths {arch[1]}, depths {arch[2]})'
-
-
-def _checkpoint_grid(num_queries: int, num_keys: int, sr_ratio: int, like: Tuple[int, int]) -> Tuple[int, int]:
-    """The token grid a checkpoint's position bias was built for, from its query and key counts.
-
-    Among the grids that fit both counts, take the one closest in aspect ratio to `like`.
-    """
-    candidates = [
-        (h, num_queries // h) for h in range(1, num_queries + 1)
-        if num_queries % h == 0 and (h // sr_ratio) * (num_queries // h // sr_ratio) == num_keys
-    ]
-    if not candidates:
-        raise ValueError(
-            f'position bias with {num_queries} queries and {num_keys} keys fits no token grid '
-            f'with key/value reduction {sr_ratio}')
-    aspect = math.log(like[0] / like[1])
-    return min(candidates, key=lambda g: abs(math.log(g[0] / g[1]) - aspect))
-
-
-def unwrap_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, Any]:
-    """The state_dict inside a training checkpoint (EMA weights first, as timm's loader picks them)."""
-    for key in ('state_dict_ema', 'model_ema', 'state_dict', 'model'):
-        if isinstance(checkpoint.get(key, None), dict):
-            return checkpoint[key]
-    return checkpoint
-
-
-def checkpoint_filter_fn(state_dict: Dict[str, Any], model: CMT) -> Dict[str, torch.Tensor]:
-    """Convert a checkpoint to this model: the authors' released format or our own (timm-style keys).
-
-    Accepts a bare state_dict or a training checkpoint dict (`model`, `model_ema`, `state_dict`), renames
-    released keys, resizes the position biases to the model's grids, and refuses, with a ValueError that
-    names the problem, a checkpoint of another variant, with missing or unknown entries, or with
-    mismatched shapes. The classifier and the first conv are left to timm to adapt (num_classes,
-    in_chans).
-    """
-    state_dict = unwrap_state_dict(state_dict)
-    non_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
-    if non_tensors:
-        raise ValueError(f'checkpoint entries are not tensors: {non_tensors[:5]}')
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
-    if 'stem_conv1.weight' in state_dict:
-        state_dict = {_convert_released_key(k): v for k, v in state_dict.items()}
-
-    model_sd = model.state_dict()
-    ckpt_arch, model_arch = _architecture(state_dict), _architecture(model_sd)
-    if ckpt_arch != model_arch:
-        raise ValueError(
-            f'checkpoint holds {_describe(ckpt_arch)}, but the model is {_describe(model_arch)}; '
-            f'create the model that matches the checkpoint')
-
-    out, unexpected, mismatched = {}, [], []
-    for k, v in state_dict.items():
-        if k.startswith('head.fc.'):
-            out[k] = v  # timm drops or keeps the classifier by num_classes
-            continue
-        if k not in model_sd:
-            unexpected.append(k)
-            continue
-        target = model_sd[k]
-        if k.endswith('rel_pos_bias') and v.shape != target.shape and v.shape[0] == target.shape[0]:
-            stage = model.stages[int(k.split('.')[1])]
-            old_grid = _checkpoint_grid(v.shape[1], v.shape[2], stage.sr_ratio, stage.grid_size)
-            v = resize_rel_pos_bias(v, old_grid, stage.grid_size, stage.sr_ratio)
-        elif k == 'stem.conv1.weight' and v.shape[0] == target.shape[0] and v.shape[2:] == target.shape[2:]:
-            pass  # timm adapts the input channels (in_chans)
-        elif v.shape != target.shape:
-            mismatched.append(f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(target.shape)}')
-        out[k] = v
-    missing = [k for k in model_sd if k not in out and not k.startswith('head.fc.')]
-    problems = []
-    if missing:
-        problems.append(f'{len(missing)} missing entries (e.g. {missing[:3]})')
-    if unexpected:
-        problems.append(f'{len(unexpected)} unknown entries (e.g. {unexpected[:3]})')
-    if mismatched:
-        problems.append(f'{len(mismatched)} shape mismatches (e.g. {mismatched[:3]})')
-    if problems:
-        raise ValueError(f'checkpoint does not fit {_describe(model_arch)}: ' + '; '.join(problems))
-    return out
-
-
 def _create_cmt(variant: str, pretrained: bool = False, **kwargs) -> CMT:
     out_indices = kwargs.pop('out_indices', (0, 1, 2, 3))
     try:
@@ -786,25 +622,8 @@ def _create_cmt(variant: str, pretrained: bool = False, **kwargs) -> CMT:
     # that timm.data.resolve_data_config(model=model) gives the size a fixed-size model accepts
     img_size = to_2tuple(kwargs.get('img_size', 224))
     model.pretrained_cfg['input_size'] = (kwargs.get('in_chans', 3), *img_size)
-    model.pretrained_cfg['pool_size'] = (img_size[0] // _NET_STRIDE, img_size[1] // _NET_STRIDE)
+    model.pretrained_cfg['pool_size'] = (img_size[0] // NET_STRIDE, img_size[1] // NET_STRIDE)
     return model
-
-
-def not_a_checkpoint(path: str) -> Optional[str]:
-    """Why the file at `path` cannot be a checkpoint, from its first bytes; None if it may be one."""
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(9)
-            size = f.seek(0, 2)
-    except OSError:
-        return None  # the loader's own error (e.g. no such file) says it best
-    if not head:
-        return 'the file is empty'
-    if head.startswith(b'PK\x03\x04') or head[0] == 0x80:  # torch.save: a zip archive, or a legacy pickle
-        return None
-    if len(head) == 9 and head[8:] == b'{' and int.from_bytes(head[:8], 'little') <= size - 8:  # safetensors
-        return None
-    return 'it is not a checkpoint (neither a torch.save file nor a .safetensors file)'
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
@@ -836,20 +655,6 @@ default_cfgs = generate_default_cfgs({
     'cmt_s.in1k': _cfg(url=_RELEASE_URL + 'cmt_small.pth', input_size=(3, 224, 224), pool_size=(7, 7)),
     'cmt_b.in1k': _cfg(url=_RELEASE_URL + 'cmt_base.pth', input_size=(3, 256, 256), pool_size=(8, 8)),
 })
-
-# per variant: the native input size and the architecture arguments of the released models
-VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
-    'cmt_ti': dict(img_size=160, stem_chs=16, embed_dims=(46, 92, 184, 368), depths=(2, 2, 10, 2),
-                   mlp_ratio=3.6, drop_rate=0.1),
-    'cmt_xs': dict(img_size=192, stem_chs=16, embed_dims=(52, 104, 208, 416), depths=(3, 3, 12, 3),
-                   mlp_ratio=3.77, drop_rate=0.1),
-    'cmt_s': dict(img_size=224, stem_chs=32, embed_dims=(64, 128, 256, 512), depths=(3, 3, 16, 3),
-                  mlp_ratio=4., drop_rate=0.1),
-    'cmt_b': dict(img_size=256, stem_chs=38, embed_dims=(76, 152, 304, 608), depths=(4, 4, 20, 4),
-                  mlp_ratio=4., drop_rate=0.3),
-}
-_VARIANT_ARCHS = {n: (a['stem_chs'], a['embed_dims'], a['depths']) for n, a in VARIANT_ARGS.items()}
-
 
 @register_model
 def cmt_ti(pretrained: bool = False, **kwargs) -> CMT:

@@ -1,0 +1,107 @@
+"""Where and how a command runs: device, mixed precision, processes, memory format, seeds.
+
+Every command (training, evaluation, prediction, detection, benchmarks) takes its device, autocast and
+distributed set-up from here, so that `--device`, `--amp` and `--channels-last` mean the same everywhere.
+Under torchrun, `distributed()` joins the process group (NCCL on GPUs, gloo on CPU) and leaves it again.
+"""
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from timm.utils import random_seed
+from timm.utils.distributed import init_distributed_device_so
+
+from .errors import InputError
+
+__all__ = [
+    'Processes', 'all_reduce', 'amp_dtype', 'autocast', 'default_device', 'distributed', 'is_main_process',
+    'prepare_model', 'random_seed', 'to_device',
+]
+
+
+def default_device() -> str:
+    return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
+def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for `--amp`: 'auto' is bfloat16 on CUDA (float16 where bfloat16 is unsupported)
+    and full precision on CPU; float16 is for CUDA only."""
+    if amp == 'auto':
+        if device.type != 'cuda':
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == 'fp16' and device.type != 'cuda':
+        raise InputError('--amp fp16 needs a CUDA device; on CPU use --amp bf16')
+    return {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:
+    """Mixed precision in `dtype`, or nothing when `dtype` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:
+    """`model` on `device`, in channels-last memory if asked."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def to_device(images: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """An input batch on `device` (without waiting for the copy), in channels-last memory if asked."""
+    images = images.to(device, non_blocking=True)
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the processes of a run (one, or several under torchrun)."""
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def check_device(device: Optional[str]) -> str:
+    """`--device`, or the default; an InputError if it names CUDA where there is none."""
+    device = device or default_device()
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise InputError(f'--device {device}: CUDA is not available here')
+    return device
+
+
+@contextlib.contextmanager
+def distributed(device: Optional[str] = None) -> Iterator[Processes]:
+    """Join the torchrun process group if there is one (else run as the only process) and leave it after.
+
+    Yields the `Processes`: device (under torchrun, this process's GPU), rank and world size.
+    """
+    env = init_distributed_device_so(device=check_device(device))
+    try:
+        yield Processes(torch.device(env['device']), env['global_rank'], env['world_size'])
+    finally:
+        if env['distributed']:
+            dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and in its first process."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def all_reduce(*tensors: torch.Tensor) -> None:
+    """Sum each tensor over the processes, in place (nothing to do in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        for t in tensors:
+            dist.all_reduce(t)
