@@ -25,25 +25,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
-from cmtnet.cmt import VARIANT_ARGS
-from cmtnet.evaluate import amp_dtype, autocast
-from cmtnet.train import Trainer, parse_options
+from cmtnet.classification import ClassificationTask, TrainOptions
+from cmtnet.engine import Trainer
+from cmtnet.models import VARIANT_ARGS
+from cmtnet.runtime import Processes, amp_dtype, autocast
 from timing import interleaved
 
 BASELINE = 'eager'
-VARIANTS: Dict[str, List[str]] = {
-    BASELINE: [],
-    'channels-last': ['--channels-last'],
-    'compile': ['--compile'],
+VARIANTS: Dict[str, Dict[str, bool]] = {
+    BASELINE: {},
+    'channels-last': dict(channels_last=True),
+    'compile': dict(compile=True),
 }
 
 
 def build_trainer(variant: str, args: argparse.Namespace, output: str) -> Trainer:
-    """A Trainer as `cmtnet train` builds it; the embedded digits stand in for data, which is not used."""
-    options = parse_options([
-        '--model', args.model, '--img-size', str(args.img_size), '--batch-size', str(args.batch_size),
-        '--workers', '0', '--output', output, '--no-progress', '--amp', args.amp, *VARIANTS[variant]])
-    trainer = Trainer(options, torch.device(args.device))
+    """The engine's run as `cmtnet train` builds it; the embedded digits stand in for data, which is not used."""
+    options = TrainOptions(model=args.model, img_size=args.img_size, batch_size=args.batch_size, workers=0,
+                           output=output, progress=False, amp=args.amp, **VARIANTS[variant])
+    trainer = Trainer(ClassificationTask(options), options, Processes(torch.device(args.device)))
     trainer.model.train()
     return trainer
 
@@ -112,7 +112,7 @@ def main(argv: Sequence[str] = None) -> None:
             steps = {}
             for name in variants:
                 trainer = build_trainer(name, args, output)
-                steps[name] = partial(trainer.train_step, 0, images, targets)
+                steps[name] = partial(trainer.train_step, 0, (images, targets, torch.zeros(len(targets))))
             warmup, times = interleaved(steps, args.warmup, args.rounds, device)
         report(f'\n{args.model}: the cmtnet train step (AdamW, schedule, mixup/cutmix, EMA)', 'variant', warmup,
                times, args.batch_size, BASELINE)

@@ -1,45 +1,26 @@
 """Stand-in checkpoints in the authors' released format, for tests.
 
 The released checkpoints cannot be downloaded in tests, so weights are generated from a seed by the rule
-the parity fixture (data/cmt_ti_160.json) was made with: one torch.Generator, the state_dict entries in
-the released order, each drawn from a standard normal and then scaled by the kind of entry.
+the parity fixture (data/cmt_ti_160.json) was made with (`make_state`, the package's `stand_in_state`), in
+the released layout of any variant (`released_keys`).
 """
 import json
-import math
 import re
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 
-from cmtnet.cmt import VARIANT_ARGS, _convert_released_key
+from cmtnet.models.released import convert_released_key, stand_in_state as make_state
+from cmtnet.models.variants import VARIANT_ARGS
+
+__all__ = ['load_fixture', 'make_input', 'make_state', 'released_keys']
 
 DATA = Path(__file__).parent / 'data'
 
 
 def load_fixture(name: str = 'cmt_ti_160.json') -> dict:
     return json.loads((DATA / name).read_text())
-
-
-def make_state(keys: List[Tuple[str, List[int]]], seed: int) -> Dict[str, torch.Tensor]:
-    """Fill each [name, shape] entry, in order, from one generator seeded with `seed`."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for name, shape in keys:
-        if name.endswith('num_batches_tracked'):
-            state[name] = torch.tensor(0, dtype=torch.long)
-            continue
-        t = torch.randn(shape, generator=g, dtype=torch.float32)
-        if name.endswith('running_var'):
-            t = t.abs() * 0.5 + 0.5
-        elif name.endswith('running_mean') or name.endswith('.bias'):
-            t = t * 0.1
-        elif name.endswith('.weight') and len(shape) == 1:
-            t = 1.0 + 0.1 * t
-        elif name.endswith('.weight'):
-            t = t / math.sqrt(math.prod(shape[1:]))
-        state[name] = t
-    return state
 
 
 def make_input(shape: List[int], seed: int) -> torch.Tensor:
@@ -68,4 +49,4 @@ def released_keys(variant: str, img_size: int = 0, num_classes: int = 1000) -> L
             first_block = [n[len(f'blocks_{m[1]}.0.'):] for n in template if n.startswith(f'blocks_{m[1]}.0.')]
             depth = args['depths']['abcd'.index(m[1])]
             names.extend(f'blocks_{m[1]}.{j}.{rest}' for j in range(depth) for rest in first_block)
-    return [(n, shapes[_convert_released_key(n)]) for n in names]
+    return [(n, shapes[convert_released_key(n)]) for n in names]

@@ -1,31 +1,54 @@
-"""The `cmtnet` command (also `python -m cmtnet`).
+"""The `cmtnet` command (also `python -m cmtnet`): one subcommand per capability.
 
-Each subcommand lives in its own module, which provides `add_parser(subparsers)` and sets `func` on it.
+Each capability's command module provides `add_parser(subparsers)`, which declares its options and sets
+`func(args)` on its parser; `func` builds the capability's typed options and runs it. Errors of the
+package (`CommandError`) become one line on stderr and the error's exit status, without a traceback.
 """
 import argparse
+import logging
+import os
 import sys
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 from . import __version__
+from .errors import CommandError
+
+
+def _command_modules() -> List[Any]:
+    from .analysis import complexity
+    from .classification import commands as classification
+    return [classification, complexity]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import complexity, evaluate, predict, train
     parser = argparse.ArgumentParser(
         prog='cmtnet',
         description='CMT (Convolutional Neural Networks Meet Vision Transformers): models, training, tools.',
     )
     parser.add_argument('--version', action='version', version=f'cmtnet {__version__}')
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND', required=True)
-    for module in (train, evaluate, predict, complexity):
+    for module in _command_modules():
         module.add_parser(subparsers)
     return parser
+
+
+def run_reporting_errors(command: str, fn: Callable[[], Any]) -> int:
+    """Run a command's `fn`, with warnings (unreadable images, ...) logged to stderr; a CommandError becomes
+    its message on stderr (from the first process only, under torchrun) and the error's exit status."""
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
+    try:
+        status = fn()
+    except CommandError as e:
+        if int(os.environ.get('RANK', '0')) == 0:
+            print(f'cmtnet {command}: error: {e}', file=sys.stderr)
+        return e.exit_status
+    return status if isinstance(status, int) else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args) or 0
+    return run_reporting_errors(args.command, lambda: args.func(args))
 
 
 if __name__ == '__main__':

@@ -11,16 +11,10 @@ import torch.nn as nn
 
 from cmtnet import VARIANT_ARGS
 from cmtnet.cli import main
-from cmtnet.cmt import LightweightAttention
-from cmtnet.complexity import REFERENCE, count_macs, count_params, mac_analysis
+from cmtnet.models import LightweightAttention, set_fused_attn
+from cmtnet.analysis.complexity import REFERENCE, count_macs, count_params, mac_analysis
 
 VARIANTS = list(VARIANT_ARGS)
-
-
-def _set_fused_attn(model: nn.Module, fused: bool) -> None:
-    for m in model.modules():
-        if isinstance(m, LightweightAttention):
-            m.fused_attn = fused
 
 
 def _table(text: str) -> list:
@@ -38,7 +32,7 @@ def test_fused_and_explicit_attention_count_the_same():
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # nothing a CMT uses may go uncounted
         fused = count_macs(model, 64)
-        _set_fused_attn(model, False)
+        set_fused_attn(model, False)
         explicit = count_macs(model, 64)
     assert fused == explicit
 
@@ -75,7 +69,7 @@ class _TokenAttention(nn.Module):
 def test_attention_block_macs_are_analytic(sr_ratio, fused):
     dim, heads, grid = 16, 2, 8
     module = _TokenAttention(dim, heads, sr_ratio, grid)
-    _set_fused_attn(module, fused)
+    set_fused_attn(module, fused)
     n, nk = grid * grid, (grid // sr_ratio) ** 2
     linears = n * dim * dim * 2 + nk * dim * dim * 2  # q and output projection on n tokens, k and v on nk
     reduction = nk * dim * sr_ratio ** 2 + 2 * nk * dim if sr_ratio > 1 else 0  # depthwise conv + BatchNorm

@@ -6,14 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DistributedSampler
 
-from timm.data.distributed_sampler import RepeatAugSampler
-
-from cmtnet.data import (
-    DigitsDataset, ReadableImages, ResumableSampler, build_dataset, find_images, train_loader, train_transform,
+from cmtnet.classification.data import (
+    DigitsDataset, ReadableImages, build_dataset, find_images, train_loader, train_transform,
 )
-from cmtnet.options import InputError
+from cmtnet.errors import InputError
 from image_folders import corrupt, make_image_folder
 
 
@@ -84,34 +81,6 @@ def test_seeded_augmentation_is_reproducible_and_leaves_global_rng_alone(folder)
     assert not torch.equal(a, c)
     assert torch.equal(torch.get_rng_state(), before[0]) and random.getstate() == before[1]
     assert np.array_equal(np.random.get_state()[1], before[2])
-
-
-@pytest.mark.parametrize('repeats', [0, 3])
-def test_resumable_sampler_positions_and_seeds(folder, repeats):
-    dataset = build_dataset(folder, 'train', 32)
-
-    def sampler(rank, world):
-        inner = RepeatAugSampler(dataset, world, rank, num_repeats=repeats) if repeats else \
-            DistributedSampler(dataset, world, rank, shuffle=True, seed=7)
-        return ResumableSampler(inner, rank, world, seed=7)
-
-    one = sampler(0, 1)
-    one.set_epoch(2)
-    stream = list(one)
-    assert len(set(seed for _, seed in stream)) == len(stream)  # repeated images get their own augmentation
-    # resuming at position 5 yields the rest of the same stream
-    one.set_epoch(2, start=5)
-    assert list(one) == stream[5:] and len(one) == len(stream) - 5
-    # two processes deal out the same global order: process r takes places r, r + 2, ...
-    ranks = [sampler(r, 2) for r in range(2)]
-    for s in ranks:
-        s.set_epoch(2)
-    shards = [list(s) for s in ranks]
-    interleaved = [pair for pairs in zip(*shards) for pair in pairs]
-    assert interleaved == stream[:len(interleaved)]
-    # another epoch, another order
-    one.set_epoch(3)
-    assert list(one) != stream
 
 
 def test_train_loader_rejects_a_batch_larger_than_the_shard(folder):

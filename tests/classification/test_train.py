@@ -20,14 +20,22 @@ import torch
 from timm.data import ImageNetInfo
 from timm.utils import random_seed
 
-from cmtnet.checkpointing import export_weights, load_state
+from cmtnet.classification import ClassificationTask, TrainOptions
+from cmtnet.classification.commands import parse_options
 from cmtnet.cli import main
-from cmtnet.cmt import resize_rel_pos_bias
-from cmtnet.train import TIMING_COLUMNS, Trainer, parse_options
+from cmtnet.engine import Trainer
+from cmtnet.engine.checkpoint import export_weights, load_state
+from cmtnet.engine.report import TIMING_COLUMNS
+from cmtnet.models import resize_rel_pos_bias
+from cmtnet.runtime import Processes
 from image_folders import corrupt, make_image_folder
 from released import make_state, released_keys
 
 # a small, fast run; what each test varies comes after these options and overrides them
+TINY_OPTIONS = TrainOptions(
+    model='cmt_ti', img_size=32, batch_size=4, workers=0, epochs=2, warmup_epochs=0, cooldown_epochs=0, lr=1e-3,
+    aa='none', color_jitter=0, reprob=0, mixup=0, cutmix=0, aug_repeats=0, progress=False)
+# the same on the command line
 TINY = ['--model', 'cmt_ti', '--img-size', '32', '--batch-size', '4', '--workers', '0', '--epochs', '2',
         '--warmup-epochs', '0', '--cooldown-epochs', '0', '--lr', '1e-3', '--aa', 'none', '--color-jitter', '0',
         '--reprob', '0', '--mixup', '0', '--cutmix', '0', '--aug-repeats', '0', '--no-progress']
@@ -39,6 +47,11 @@ TIMEOUT = 300
 def _cmtnet(*argv: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, '-m', 'cmtnet', *argv], env=ENV, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def _trainer(options: TrainOptions) -> Trainer:
+    """The engine's run of classification on one CPU process, as `cmtnet train` builds it."""
+    return Trainer(ClassificationTask(options), options, Processes(torch.device('cpu')))
 
 
 def _metrics(run: Path) -> List[Dict[str, str]]:
@@ -67,20 +80,19 @@ def trained(folder, tmp_path_factory):
 
 def test_loss_decreases_on_the_digits():
     """A few updates on one batch of the embedded digits bring its loss well down."""
-    trainer = Trainer(parse_options([*TINY, '--batch-size', '16', '--lr', '2e-3', '--smoothing', '0', '--drop-path', '0',
-                                '--output', 'unused']), torch.device('cpu'))
-    trainer.loader.sampler.set_epoch(0)
-    images, targets, _ = next(iter(trainer.loader))
+    trainer = _trainer(TINY_OPTIONS.replace(batch_size=16, lr=2e-3, smoothing=0, drop_path=0, output='unused'))
+    trainer.task.train_loader.sampler.set_epoch(0)
+    batch = next(iter(trainer.task.train_loader))
     trainer.model.train()
-    losses = [trainer.train_step(0, images, targets).item() for _ in range(8)]
+    losses = [trainer.train_step(0, batch).item() for _ in range(8)]
     assert losses[-1] < 0.5 * losses[0], losses
-    assert trainer.num_updates == 8
+    assert trainer.state.num_updates == 8
 
 
 def test_optimizer_groups_schedule_and_lr_scaling(folder):
     o = parse_options(['--recipe', 'cmt_xs', '--data', str(folder), '--img-size', '32', '--batch-size', '4',
                   '--workers', '0', '--output', 'unused'])
-    trainer = Trainer(o, torch.device('cpu'))
+    trainer = _trainer(o)
     assert trainer.lr == pytest.approx(7e-4 * 4 / 512)  # base lr x global batch / 512
     assert trainer.ema is not None and trainer.ema.decay == 0.9998
     assert trainer.total_epochs == 400 + 10  # cosine epochs, then the cool-down
@@ -93,7 +105,7 @@ def test_optimizer_groups_schedule_and_lr_scaling(folder):
     assert 'stages.2.rel_pos_bias' in decay  # the released runs decayed the position biases
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     # outside the recipe, the switch is off by default: the position biases go without weight decay
-    plain = Trainer(parse_options([*TINY, '--data', str(folder), '--output', 'unused']), torch.device('cpu'))
+    plain = _trainer(TINY_OPTIONS.replace(data=str(folder), output='unused'))
     names = {id(p): n for n, p in plain.unwrapped.named_parameters()}
     decay = {names[id(p)] for g in plain.optimizer.param_groups if g['weight_decay'] > 0 for p in g['params']}
     assert 'stages.0.blocks.0.attn.q.weight' in decay and 'stages.2.rel_pos_bias' not in decay
@@ -115,8 +127,7 @@ def test_run_outputs(trained, folder):
 
 
 def test_exported_weights_load_through_timm(trained, folder):
-    trainer = Trainer(parse_options([*TINY, '--data', str(folder), '--output', str(trained), '--resume']),
-                      torch.device('cpu'))
+    trainer = _trainer(TINY_OPTIONS.replace(data=str(folder), output=str(trained), resume=True))
     x = torch.randn(2, 3, 32, 32)
     expected = trainer.unwrapped.eval()(x)
     path = str(trained / 'model.safetensors')

@@ -4,14 +4,8 @@ import timm
 import torch
 
 import cmtnet
-from cmtnet.cmt import LightweightAttention, resize_rel_pos_bias
+from cmtnet.models import resize_rel_pos_bias, set_fused_attn
 from released import load_fixture, make_input, make_state
-
-
-def _set_fused_attn(model: torch.nn.Module, fused: bool) -> None:
-    for m in model.modules():
-        if isinstance(m, LightweightAttention):
-            m.fused_attn = fused
 
 
 @pytest.fixture(scope='module')
@@ -34,7 +28,7 @@ def _load(name, path, **kwargs):
 @pytest.mark.parametrize('fused', [True, False])
 def test_parity_with_released_code(fixture, released_file, fused):
     model = _load(fixture['variant'], released_file)
-    _set_fused_attn(model, fused)
+    set_fused_attn(model, fused)
     x = make_input(fixture['input_shape'], fixture['input_seed'])
     expected = torch.tensor(fixture['logits'], dtype=torch.float64)
     with torch.no_grad():
@@ -49,7 +43,7 @@ def test_native_config():
         assert cfg.input_size == (3, size, size) and cfg.pool_size == (size // 32, size // 32)
         assert cfg.crop_pct == 0.875 and cfg.interpolation == 'bicubic' and cfg.url.endswith('.pth')
         assert cfg.paper_ids == 'arXiv:2107.06263' and cfg.license
-    assert timm.list_models('cmt_*') == ['cmt_b', 'cmt_s', 'cmt_ti', 'cmt_xs']
+    assert timm.list_models('cmt_*', module='cmt') == ['cmt_b', 'cmt_s', 'cmt_ti', 'cmt_xs']
 
 
 def _output_and_grads(model, x):
@@ -67,7 +61,7 @@ def test_fused_and_explicit_attention_agree_with_gradients():
     x = torch.randn(2, 3, 64, 64)
     grads = []
     for fused in (True, False):
-        _set_fused_attn(model, fused)
+        set_fused_attn(model, fused)
         grads.append(_output_and_grads(model, x))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-5)
     for name, g in grads[0][1].items():

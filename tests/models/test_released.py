@@ -8,7 +8,7 @@ import timm
 import torch
 
 from cmtnet.cli import main
-from cmtnet.cmt import checkpoint_filter_fn
+from cmtnet.models.released import checkpoint_filter_fn
 from released import make_state, released_keys
 
 

@@ -23,7 +23,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from .cmt import VARIANT_ARGS
+from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size
 
 with warnings.catch_warnings():
     # importing fvcore.nn scripts its focal loss with the deprecated torch.jit.script: not our concern
@@ -135,7 +135,7 @@ _COLUMNS: Tuple[Tuple[str, bool], ...] = (
 
 
 def _row(variant: str, img_size: Optional[int]) -> List[str]:
-    native = VARIANT_ARGS[variant]['img_size']
+    native = native_img_size(variant)
     size = img_size or native
     model = timm.create_model(variant, img_size=size)
     params, macs = count_params(model), count_macs(model, size)
@@ -167,9 +167,10 @@ def _format_table(rows: Sequence[Sequence[str]], markdown: bool) -> str:
 
 def _img_size(text: str) -> int:
     size = int(text)
-    if size <= 0 or size % 32:
-        raise argparse.ArgumentTypeError(f'image size must be a positive multiple of 32, got {text}')
-    return size
+    try:
+        return check_img_size(size, 'image size')[0]
+    except ValueError as e:  # argparse names the option and prints the message
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def _run_info(args: argparse.Namespace) -> int:

@@ -15,26 +15,25 @@ whatever the number of processes or loader workers, and a run resumed in the mid
 exactly the batches the interrupted run would have seen.
 """
 import logging
-import random
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment, create_transform
 from timm.data.distributed_sampler import RepeatAugSampler
 
-from .options import InputError
+from ..engine.sampling import ResumableSampler, seeded
+from ..errors import InputError
 
 __all__ = [
-    'DigitsDataset', 'ImageFiles', 'ReadableImages', 'ResumableSampler', 'build_dataset', 'default_eval_split',
-    'eval_loader', 'eval_transform', 'find_images', 'train_loader', 'train_transform',
+    'DigitsDataset', 'ImageFiles', 'ReadableImages', 'build_dataset', 'default_eval_split',
+    'eval_loader', 'eval_transform', 'find_images', 'own_images', 'train_loader', 'train_transform',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -175,21 +174,6 @@ def eval_transform(img_size: int, crop_pct: float = 0.875, interpolation: str = 
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
 
 
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed the global RNGs timm's transforms draw from (python, numpy, torch), restoring them after."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-
 class ReadableImages(Dataset):
     """A dataset of (image, target) made into (tensor, target, skipped), skipping unreadable images.
 
@@ -224,42 +208,18 @@ class ReadableImages(Dataset):
                 continue
             if seed is None:
                 return self.transform(image), target, skipped
-            with _seeded(seed):
+            with seeded(seed):
                 return self.transform(image), target, skipped
         raise InputError(f'none of the {len(self)} images of the dataset could be read')
 
 
-class ResumableSampler(Sampler):
-    """An epoch-seeded (distributed) sampler made resumable, yielding `(index, seed)` pairs.
-
-    `set_epoch(epoch, start)` starts the epoch at this process's `start`-th sample. Both samplers used here
-    (torch's DistributedSampler, timm's RepeatAugSampler) deal the epoch's global order out to processes in
-    turn, so a process's p-th sample is the (p * world_size + rank)-th of the epoch: its seed depends on that
-    place alone.
-    """
-
-    def __init__(self, sampler: Union[DistributedSampler, RepeatAugSampler], rank: int, world_size: int, seed: int):
-        self.sampler = sampler
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = seed
-        self.epoch = 0
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.sampler.set_epoch(epoch)
-        self.epoch = epoch
-        self.start = start
-
-    def __iter__(self) -> Iterator[Tuple[int, int]]:
-        for position, index in enumerate(self.sampler):
-            if position >= self.start:
-                place = position * self.world_size + self.rank
-                seed = int(np.random.SeedSequence([self.seed, self.epoch, place]).generate_state(1)[0])
-                yield index, seed
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.start
+def own_images(batch: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, targets, kept) of a `ReadableImages` batch without the stand-ins: the place of an unreadable
+    image holds a second copy of the next readable one, which evaluation and prediction must count once.
+    `kept` marks the batch places that hold their own image."""
+    images, targets, skipped = batch
+    kept = skipped == 0
+    return images[kept], targets[kept], kept
 
 
 def train_loader(

@@ -1,4 +1,4 @@
-"""Evaluation: top-1 / top-5 accuracy, loss and a confusion matrix, and the `cmtnet eval` command.
+"""Evaluation: top-1 / top-5 accuracy, loss and a confusion matrix, and `cmtnet eval`.
 
     cmtnet eval --checkpoint runs/demo/model.safetensors                  # the digits test split
     cmtnet eval --checkpoint cmt_small.pth --model cmt_s --data /path/imagenet
@@ -6,58 +6,25 @@
 Our exported weights carry the model name, input size and class names; a released checkpoint needs
 `--model`. Under torchrun each process evaluates a shard and the counts are summed.
 """
-import argparse
-import contextlib
-from functools import partial
-from typing import Any, ContextManager, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-
 from timm.utils import accuracy
-from timm.utils.distributed import init_distributed_device_so
 
-from .checkpointing import checkpoint_info, create_model
-from .cmt import VARIANT_ARGS
-from .data import ReadableImages, build_dataset, default_eval_split, eval_loader, eval_transform
-from .options import HelpFormatter, InputError, resolve, run_reporting_errors, track_defaults
+from ..engine.checkpoint import checkpoint_info, create_model
+from ..errors import InputError
+from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size
+from ..runtime import all_reduce, amp_dtype, autocast, distributed, prepare_model, to_device
+from .data import ReadableImages, build_dataset, default_eval_split, eval_loader, eval_transform, own_images
+from .options import EvalOptions, ModelOptions
 
-__all__ = ['add_model_options', 'add_parser', 'amp_dtype', 'autocast', 'default_device', 'evaluate', 'format_confusion', 'model_setup']
+__all__ = ['MAX_CONFUSION_CLASSES', 'eval_command', 'evaluate', 'format_confusion', 'load_for_inference']
 
 # a confusion matrix is printed for at most this many classes
 MAX_CONFUSION_CLASSES = 20
-
-
-def default_device() -> str:
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
-
-
-def amp_dtype(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for `--amp`: 'auto' is bfloat16 on CUDA (float16 where bfloat16 is unsupported)
-    and full precision on CPU; float16 is for CUDA only."""
-    if amp == 'auto':
-        if device.type != 'cuda':
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == 'fp16' and device.type != 'cuda':
-        raise InputError('--amp fp16 needs a CUDA device; on CPU use --amp bf16')
-    return {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
-
-
-def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:
-    """Mixed precision in `dtype`, or nothing when `dtype` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _all_reduce(*tensors: torch.Tensor) -> None:
-    if dist.is_available() and dist.is_initialized():
-        for t in tensors:
-            dist.all_reduce(t)
 
 
 @torch.no_grad()
@@ -79,22 +46,16 @@ def evaluate(
     # float64 sums on the device: no sync per batch, and no rounding over a large validation set
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # loss, top-1, top-k, count, skipped
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
-    for images, targets, skipped in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(images)
-        logits = logits.float()
-        skipped = skipped.to(device)
-        sums[4] += skipped.sum()
-        # an unreadable image's place holds a second copy of the next readable one: count each image once
-        keep = skipped == 0
-        logits, targets = logits[keep], targets[keep]
+    for batch in loader:
+        sums[4] += batch[2].to(device).sum()
+        images, targets, _ = own_images(batch)
         n = targets.shape[0]
         if n == 0:
             continue
+        targets = targets.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(to_device(images, device, channels_last))
+        logits = logits.float()
         acc1, acc_k = accuracy(logits, targets, topk=(1, top_k))
         sums[:4] += torch.stack([
             F.cross_entropy(logits, targets, reduction='sum').double(),
@@ -102,7 +63,7 @@ def evaluate(
             torch.tensor(n, dtype=torch.float64, device=device),
         ])
         confusion += torch.bincount(targets * num_classes + logits.argmax(1), minlength=num_classes ** 2)
-    _all_reduce(sums, confusion)
+    all_reduce(sums, confusion)
     loss, correct1, correct_k, count, skipped = sums.tolist()
     count = max(count, 1.)
     return dict(
@@ -127,9 +88,9 @@ def format_confusion(confusion: torch.Tensor, class_names: Sequence[str]) -> str
     return '\n'.join(lines)
 
 
-def model_setup(options: argparse.Namespace) -> Dict[str, Any]:
-    """Model name, input size, crop, interpolation and class names for eval / predict: the options first,
-    then the checkpoint's metadata, then the model's native defaults."""
+def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str, Any]:
+    """The model of `--checkpoint` on `device`, with its name, input size, crop, interpolation and class
+    names: the options first, then the checkpoint's metadata, then the model's native defaults."""
     if not options.checkpoint:
         raise InputError('--checkpoint is required (on the command line or in the --config file)')
     num_classes, meta = checkpoint_info(options.checkpoint)
@@ -139,11 +100,12 @@ def model_setup(options: argparse.Namespace) -> Dict[str, Any]:
             f'{options.checkpoint} does not say which model it holds; pass --model ({", ".join(VARIANT_ARGS)})')
     if name not in VARIANT_ARGS:
         raise InputError(f'unknown model {name!r}; expected one of {", ".join(VARIANT_ARGS)}')
-    img_size = options.img_size or meta.get('img_size') or VARIANT_ARGS[name]['img_size']
-    if img_size % 32:
-        raise InputError(f'--img-size must be a multiple of 32, got {img_size}')
+    img_size = options.img_size or meta.get('img_size') or native_img_size(name)
+    check_img_size(img_size, '--img-size')
+    model = create_model(name, options.checkpoint, num_classes=num_classes, img_size=img_size)
     return dict(
-        model=name,
+        model=prepare_model(model, device, options.channels_last),
+        name=name,
         num_classes=num_classes,
         img_size=img_size,
         crop_pct=options.crop_pct or meta.get('crop_pct', 0.875),
@@ -152,79 +114,29 @@ def model_setup(options: argparse.Namespace) -> Dict[str, Any]:
     )
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by eval and predict: which weights, at which size, on which device."""
-    parser.add_argument('--checkpoint', metavar='PATH',
-                        help='weights (required): our .safetensors / .pth, or a released checkpoint (with --model)')
-    parser.add_argument('--model', choices=list(VARIANT_ARGS),
-                        help='CMT variant (default: the one named in the checkpoint)')
-    parser.add_argument('--img-size', type=int, metavar='N',
-                        help='input side, a multiple of 32 (default: the checkpoint\'s, else the native size)')
-    parser.add_argument('--crop-pct', type=float, help='centre-crop fraction (default: the checkpoint\'s, else 0.875)')
-    parser.add_argument('--interpolation', choices=['bicubic', 'bilinear'],
-                        help='resize interpolation (default: the checkpoint\'s, else bicubic)')
-    parser.add_argument('--batch-size', type=int, default=64, metavar='N', help='images per batch')
-    parser.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
-    parser.add_argument('--amp', choices=['auto', 'none', 'bf16', 'fp16'], default='auto',
-                        help='mixed precision: auto is bf16 on CUDA and off on CPU')
-    parser.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=False,
-                        help='channels-last memory format')
-    parser.add_argument('--config', metavar='YAML', help='YAML file of options (the command line wins)')
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `eval` subcommand."""
-    parser = subparsers.add_parser(
-        'eval', help='top-1 / top-5 accuracy of a checkpoint on a dataset', formatter_class=HelpFormatter,
-        description='Top-1 / top-5 accuracy (and, for up to %d classes, the confusion matrix) of a checkpoint '
-                    'on a split of an ImageFolder tree, or on the test split of the embedded digits.'
-                    % MAX_CONFUSION_CLASSES)
-    add_model_options(parser)
-    parser.add_argument('--data', metavar='DIR',
-                        help='ImageFolder root (ROOT/<split>/<class>/<image>); default: the embedded digits')
-    parser.add_argument('--split', help='split to evaluate (default: val, or test for the digits)')
-    parser.add_argument('--workers', type=int, default=2, metavar='N', help='data loading processes')
-    parser.add_argument('--strict', action=argparse.BooleanOptionalAction, default=False,
-                        help='stop at an unreadable image instead of skipping it')
-    track_defaults(parser)
-    parser.set_defaults(func=partial(run, parser=parser))
-    return parser
-
-
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    return run_reporting_errors('eval', lambda: eval_command(resolve(parser, args)))
-
-
-def eval_command(options: argparse.Namespace) -> Dict[str, Any]:
+def eval_command(options: EvalOptions) -> Dict[str, Any]:
     """`cmtnet eval`: evaluate and print the figures; the last line states the top-1 accuracy."""
-    setup = model_setup(options)
     split = options.split or default_eval_split(options.data)
-    dataset = build_dataset(options.data, split, setup['img_size'])
-    class_names: List[str] = list(dataset.classes)
-    if setup['num_classes'] != len(class_names):
-        raise InputError(
-            f'{options.checkpoint} classifies {setup["num_classes"]} classes, the data has {len(class_names)}')
-    if setup['class_names'] is not None and list(setup['class_names']) != class_names:
-        raise InputError(f'the classes of {options.checkpoint} ({setup["class_names"][:5]}...) are not those '
-                         f'of the data ({class_names[:5]}...)')
-    env = init_distributed_device_so(device=options.device or default_device())
-    device, rank, world = torch.device(env['device']), env['global_rank'], env['world_size']
-    try:
-        model = create_model(setup['model'], options.checkpoint, num_classes=setup['num_classes'],
-                             img_size=setup['img_size']).to(device)
-        if options.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+    with distributed(options.device) as processes:
+        device = processes.device
+        setup = load_for_inference(options, device)
+        dataset = build_dataset(options.data, split, setup['img_size'])
+        class_names: List[str] = list(dataset.classes)
+        if setup['num_classes'] != len(class_names):
+            raise InputError(
+                f'{options.checkpoint} classifies {setup["num_classes"]} classes, the data has {len(class_names)}')
+        if setup['class_names'] is not None and list(setup['class_names']) != class_names:
+            raise InputError(f'the classes of {options.checkpoint} ({setup["class_names"][:5]}...) are not those '
+                             f'of the data ({class_names[:5]}...)')
         images = ReadableImages(
             dataset, eval_transform(setup['img_size'], setup['crop_pct'], setup['interpolation']), options.strict)
-        loader = eval_loader(images, options.batch_size, rank, world, options.workers, device.type == 'cuda')
-        result = evaluate(model, loader, len(class_names), device, amp_dtype(options.amp, device),
+        loader = eval_loader(images, options.batch_size, processes.rank, processes.world_size, options.workers,
+                             device.type == 'cuda')
+        result = evaluate(setup['model'], loader, len(class_names), device, amp_dtype(options.amp, device),
                           options.channels_last)
-    finally:
-        if env['distributed']:
-            dist.destroy_process_group()
-    if rank == 0:
+    if processes.is_main:
         source = f'{options.data}/{split}' if options.data else f'the digits {split} split'
-        print(f'{setup["model"]} at {setup["img_size"]}px ({options.checkpoint}) on {source}: '
+        print(f'{setup["name"]} at {setup["img_size"]}px ({options.checkpoint}) on {source}: '
               f'{result["count"]} images, loss {result["loss"]:.4f}')
         if result['skipped']:
             print(f'skipped {result["skipped"]} unreadable image(s)')

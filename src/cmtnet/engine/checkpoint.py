@@ -1,5 +1,7 @@
 """Checkpoint files: atomic writes, the training state behind --resume, exported weights, models from files.
 
+Every task's run writes the same files through this module:
+
 - `last.pth`: the whole training state (model, optimizer, schedule, EMA, loss scaler, counters, sampler
   position, the RNG states of every process, the metrics so far), from which `--resume` continues exactly.
 - `*.safetensors`: weights alone, in timm's key names, with metadata (model name, input size, class names)
@@ -12,7 +14,6 @@ moment leaves the old file or the new one, never a torn one. Reading never unpic
 import argparse
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
 
@@ -23,12 +24,11 @@ import timm
 import torch
 import torch.nn as nn
 
-from .cmt import not_a_checkpoint, unwrap_state_dict
-from .options import InputError
+from ..errors import InputError
+from ..models.released import classifier_classes, not_a_checkpoint, unwrap_state_dict
 
 __all__ = [
-    'atomic_write', 'capture_rng', 'checkpoint_info', 'create_model', 'export_weights', 'load_state',
-    'restore_rng', 'save_state',
+    'atomic_write', 'checkpoint_info', 'create_model', 'export_weights', 'load_state', 'save_state',
 ]
 
 PathLike = Union[str, Path]
@@ -116,9 +116,7 @@ def checkpoint_info(path: PathLike) -> Tuple[int, Dict[str, Any]]:
             raise InputError(f'{path} holds a {type(checkpoint).__name__}, not a state_dict')
         meta = checkpoint.get('meta', {})
         shapes = {k: tuple(v.shape) for k, v in unwrap_state_dict(checkpoint).items() if isinstance(v, torch.Tensor)}
-    # our classifier is head.fc, the released one head
-    head = shapes.get('head.fc.weight', shapes.get('module.head.fc.weight', shapes.get('head.weight')))
-    return (head[0] if head is not None else 0), meta
+    return classifier_classes(shapes), meta
 
 
 def create_model(name: str, checkpoint: Optional[PathLike] = None, **kwargs: Any) -> nn.Module:
@@ -139,32 +137,3 @@ def create_model(name: str, checkpoint: Optional[PathLike] = None, **kwargs: Any
             pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=checkpoint_classes), **kwargs)
     except ValueError as e:  # the checkpoint filter names what does not fit
         raise InputError(f'cannot load {checkpoint} into {name}: {e}') from e
-
-
-def capture_rng() -> Dict[str, torch.Tensor]:
-    """The states of the python, numpy, torch (and CUDA) RNGs of this process, as tensors."""
-    _, python_mt, python_gauss = random.getstate()
-    _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
-    state = {
-        'python': torch.tensor(python_mt, dtype=torch.int64),
-        'python_gauss': torch.tensor(float('nan') if python_gauss is None else python_gauss, dtype=torch.float64),
-        'numpy': torch.from_numpy(numpy_keys.astype(np.int64)),
-        'numpy_pos': torch.tensor([numpy_pos, numpy_has_gauss], dtype=torch.int64),
-        'numpy_gauss': torch.tensor(numpy_gauss, dtype=torch.float64),
-        'torch': torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng(state: Dict[str, torch.Tensor]) -> None:
-    """Restore the RNG states captured by `capture_rng`."""
-    python_gauss = state['python_gauss'].item()
-    random.setstate((3, tuple(state['python'].tolist()), None if np.isnan(python_gauss) else python_gauss))
-    pos, has_gauss = state['numpy_pos'].tolist()
-    np.random.set_state(('MT19937', state['numpy'].numpy().astype(np.uint32), pos, has_gauss,
-                         state['numpy_gauss'].item()))
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state['cuda'])

@@ -1,36 +1,75 @@
-"""Where a command's options come from: built-in default < recipe preset < YAML config file < command line.
+"""A run's options as a typed object, filled from built-in default < recipe preset < YAML config < command line.
 
-A subcommand declares its options with plain argparse and then calls `track_defaults` on its parser, so
-that `resolve` can tell an option the user typed from one left at its default. A config file holds the
-same options, spelled `lr_base: 5.0e-4` or `lr-base: 5.0e-4`; it is checked by the very parser that checks
-the command line, so both accept the same values and reject the same mistakes.
+Library code takes a dataclass of options (`RunOptions` here, a task's subclass of it for its own
+fields), never an argparse namespace. The command line fills one in two steps: a subcommand declares its
+options with plain argparse, taking each default from the dataclass (`add_option`), then calls
+`track_defaults` on its parser, so that `resolve` can tell an option the user typed from one left at its
+default. A config file holds the same options, spelled `lr_base: 5.0e-4` or `lr-base: 5.0e-4`; it is
+checked by the very parser that checks the command line, so both accept the same values and reject the
+same mistakes. `write_config` writes the options back as a config file that reproduces the run.
 """
 import argparse
-import logging
-import os
-import sys
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
 import yaml
 
-__all__ = [
-    'CommandError', 'InputError', 'HelpFormatter', 'resolve', 'run_reporting_errors', 'track_defaults',
-    'write_config',
-]
+from ..errors import InputError
+
+__all__ = ['SCHEDULES', 'HelpFormatter', 'RunOptions', 'add_option', 'add_run_options', 'resolve', 'track_defaults', 'write_config']
+
+Options = TypeVar('Options')
+
+# the schedules offered (timm names); cosine is the released recipe's, multistep the detection 1x schedule's
+SCHEDULES = ('cosine', 'multistep', 'step', 'constant')
 
 
-class CommandError(Exception):
-    """An error the command line reports as a one-line message (no traceback) and an exit status."""
-    exit_status = 1
+@dataclass
+class RunOptions:
+    """What the engine needs of any training run: schedule, optimisation, speed, and the run itself."""
+    # optimisation
+    epochs: int = 300
+    batch_size: int = 128
+    accum_steps: int = 1
+    lr: Optional[float] = None
+    lr_base: float = 5e-4
+    lr_base_size: int = 512
+    opt: str = 'adamw'
+    weight_decay: float = 0.05
+    clip_grad: Optional[float] = None
+    clip_mode: str = 'norm'
+    sched: str = 'cosine'
+    decay_milestones: List[int] = dataclasses.field(default_factory=lambda: [8, 11])
+    decay_rate: float = 0.1
+    warmup_epochs: float = 20
+    warmup_updates: int = 0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 10
+    step_on_epochs: bool = False
+    model_ema: bool = False
+    model_ema_decay: float = 0.99996
+    # speed
+    device: Optional[str] = None
+    amp: str = 'auto'
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    workers: int = 4
+    # the run
+    output: str = 'runs/train'
+    resume: bool = False
+    checkpoint_interval: int = 0
+    seed: int = 0
+    log_interval: int = 10
+    progress: bool = True
+    config: Optional[str] = None
 
-
-class InputError(CommandError, ValueError):
-    """Bad input from the user (an option, a config file, a data folder, a checkpoint).
-
-    The message must name the bad value and what was expected.
-    """
-    exit_status = 2
+    def replace(self: Options, **changes: Any) -> Options:
+        """A copy with some options changed."""
+        return dataclasses.replace(self, **changes)
 
 
 class _Default:
@@ -51,6 +90,65 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if default is None or default is False or default == [] or '%(default)' in (action.help or ''):
             return action.help
         return super()._get_help_string(action)
+
+
+def add_option(group: Any, options: Type, flag: str, **kwargs: Any) -> argparse.Action:
+    """`group.add_argument(flag, ...)` with the default of the matching field of the `options` dataclass
+    (`--lr-base` -> `lr_base`); booleans become `--x / --no-x` switches."""
+    dest = kwargs.pop('dest', flag.lstrip('-').replace('-', '_'))
+    field = {f.name: f for f in dataclasses.fields(options)}[dest]
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    if isinstance(default, bool) and 'action' not in kwargs:
+        kwargs['action'] = argparse.BooleanOptionalAction
+    return group.add_argument(flag, dest=dest, default=default, **kwargs)
+
+
+def add_run_options(parser: argparse.ArgumentParser, options: Type[RunOptions]) -> None:
+    """Declare the engine's options (optimisation, speed, the run) on a training command's parser.
+
+    The task declares its own (data, model, augmentation), `--workers` among them."""
+    def opt(group: Any, flag: str, **kwargs: Any) -> None:
+        add_option(group, options, flag, **kwargs)
+
+    g = parser.add_argument_group('optimisation')
+    opt(g, '--epochs', type=int, metavar='N', help='epochs of the schedule (warm-up included); --cooldown-epochs follow')
+    opt(g, '--batch-size', type=int, metavar='N', help='images per process and step')
+    opt(g, '--accum-steps', type=int, metavar='N', help='batches accumulated per update')
+    opt(g, '--lr', type=float, metavar='LR', help='learning rate (default: scaled from --lr-base)')
+    opt(g, '--lr-base', type=float, metavar='LR', help='learning rate at a global batch of --lr-base-size')
+    opt(g, '--lr-base-size', type=int, metavar='N', help='global batch of --lr-base')
+    opt(g, '--opt', help='optimizer, by timm name')
+    opt(g, '--weight-decay', type=float, metavar='WD', help='weight decay (never on norms and biases)')
+    opt(g, '--clip-grad', type=float, metavar='NORM', help='clip gradients to this norm (or value)')
+    opt(g, '--clip-mode', choices=['norm', 'value', 'agc'], help='gradient clipping mode')
+    opt(g, '--sched', choices=list(SCHEDULES), help='learning-rate schedule (timm)')
+    opt(g, '--decay-milestones', type=int, nargs='+', metavar='EPOCH',
+        help='epochs after which the multistep schedule multiplies the lr by --decay-rate')
+    opt(g, '--decay-rate', type=float, metavar='F', help='lr factor at each step of the step schedules')
+    opt(g, '--warmup-epochs', type=float, metavar='N', help='epochs of linear warm-up')
+    opt(g, '--warmup-updates', type=int, metavar='N', help='updates of linear warm-up, instead of --warmup-epochs')
+    opt(g, '--warmup-lr', type=float, metavar='LR', help='learning rate at the start of warm-up')
+    opt(g, '--min-lr', type=float, metavar='LR', help='learning rate at the end of the cosine')
+    opt(g, '--cooldown-epochs', type=int, metavar='N', help='epochs at --min-lr after the cosine')
+    opt(g, '--step-on-epochs', help='change the learning rate once per epoch (as the released code) instead of '
+                                    'every update')
+    opt(g, '--model-ema', help='keep an exponential moving average of the weights')
+    opt(g, '--model-ema-decay', type=float, metavar='D', help='EMA decay per update')
+    g = parser.add_argument_group('speed')
+    opt(g, '--device', help='torch device (default: cuda if available, else cpu)')
+    opt(g, '--amp', choices=['auto', 'none', 'bf16', 'fp16'],
+        help='mixed precision: auto is bf16 on CUDA and off on CPU; fp16 (loss-scaled) is CUDA only')
+    opt(g, '--channels-last', help='channels-last memory format')
+    opt(g, '--compile', help='torch.compile the model')
+    opt(g, '--sync-bn', help='synchronise BatchNorm statistics over processes (CUDA)')
+    g = parser.add_argument_group('run')
+    opt(g, '--output', metavar='DIR', help='folder for checkpoints, metrics and plots')
+    opt(g, '--resume', help='continue the run in --output from its last.pth')
+    opt(g, '--checkpoint-interval', type=int, metavar='N', help='also write last.pth every N updates (0: at epoch ends only)')
+    opt(g, '--seed', type=int, help='random seed')
+    opt(g, '--log-interval', type=int, metavar='N', help='batches between progress updates')
+    opt(g, '--progress', help='progress bar per epoch')
+    opt(g, '--config', metavar='YAML', help='YAML file of options')
 
 
 def track_defaults(parser: argparse.ArgumentParser) -> None:
@@ -107,10 +205,11 @@ def _read_config(parser: argparse.ArgumentParser, path: Path) -> Dict[str, Any]:
 def resolve(
         parser: argparse.ArgumentParser,
         args: argparse.Namespace,
+        options: Type[Options],
         presets: Optional[Mapping[str, Mapping[str, Any]]] = None,
-) -> argparse.Namespace:
-    """The options of a run: built-in defaults, overridden by the recipe preset (`recipe`, from the command
-    line or the config file), then by the config file (`config`), then by the command line."""
+) -> Options:
+    """The `options` dataclass of a run: built-in defaults, overridden by the recipe preset (`recipe`, from
+    the command line or the config file), then by the config file (`config`), then by the command line."""
     # the parser's own options only (not the top-level command name or the handler)
     own = {a.dest for a in parser._actions if a.dest != 'help'}
     args = {k: v for k, v in vars(args).items() if k in own}
@@ -118,27 +217,14 @@ def resolve(
     from_config = _read_config(parser, Path(given['config'])) if given.get('config') else {}
     recipe = given.get('recipe', from_config.get('recipe'))
     from_recipe = dict(presets[recipe]) if recipe and presets else {}
-    options = {k: v.value if isinstance(v, _Default) else v for k, v in args.items()}
-    options.update(from_recipe)
-    options.update(from_config)
-    options.update(given)
-    return argparse.Namespace(**options)
+    values = {k: v.value if isinstance(v, _Default) else v for k, v in args.items()}
+    values.update(from_recipe)
+    values.update(from_config)
+    values.update(given)
+    return options(**values)
 
 
-def write_config(options: argparse.Namespace) -> str:
+def write_config(options: Any) -> str:
     """The options of a run as a YAML config file that reproduces it (`--config` takes it back)."""
-    values = {k: v for k, v in vars(options).items() if k != 'config'}
+    values = {k: v for k, v in dataclasses.asdict(options).items() if k != 'config'}
     return yaml.safe_dump(values, sort_keys=False)
-
-
-def run_reporting_errors(command: str, fn: Callable[[], Any]) -> int:
-    """Run a command's `fn`, with warnings (unreadable images, ...) logged to stderr; a CommandError becomes
-    its message on stderr (from the first process only, under torchrun) and the error's exit status."""
-    logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
-    try:
-        fn()
-    except CommandError as e:
-        if int(os.environ.get('RANK', '0')) == 0:
-            print(f'cmtnet {command}: error: {e}', file=sys.stderr)
-        return e.exit_status
-    return 0

@@ -7,8 +7,9 @@ token grid a checkpoint's position biases were built for and resizes them to the
 that is no checkpoint at all from its first bytes, and refuses a checkpoint that does not fit the model.
 `checkpoint_filter_fn` is what timm's loader calls (`pretrained=True`).
 """
+import math
 import re
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -17,7 +18,7 @@ from .pos_bias import checkpoint_grid, resize_rel_pos_bias
 from .variants import VARIANT_ARGS
 
 __all__ = ['checkpoint_filter_fn', 'classifier_classes', 'convert_released_key', 'not_a_checkpoint',
-           'unwrap_state_dict']
+           'stand_in_state', 'unwrap_state_dict']
 
 # released (authors') name -> our name, for the parts below a block prefix
 _RELEASED_BLOCK_KEYS = (
@@ -167,3 +168,30 @@ def not_a_checkpoint(path: str) -> Optional[str]:
     if len(head) == 9 and head[8:] == b'{' and int.from_bytes(head[:8], 'little') <= size - 8:  # safetensors
         return None
     return 'it is not a checkpoint (neither a torch.save file nor a .safetensors file)'
+
+
+def stand_in_state(keys: List[Tuple[str, Sequence[int]]], seed: int) -> Dict[str, torch.Tensor]:
+    """A deterministic state_dict with the entries `keys` ([name, shape] in order), for tests and checks
+    where the released files cannot be had.
+
+    The rule the parity fixture (tests/data/cmt_ti_160.json) was made with: one torch.Generator seeded with
+    `seed`; for each entry in order, `num_batches_tracked` is 0 (no draw), everything else a standard-normal
+    draw, scaled by the kind of entry so that the network's activations stay in a realistic range.
+    """
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, shape in keys:
+        if name.endswith('num_batches_tracked'):
+            state[name] = torch.tensor(0, dtype=torch.long)
+            continue
+        t = torch.randn(list(shape), generator=g, dtype=torch.float32)
+        if name.endswith('running_var'):
+            t = t.abs() * 0.5 + 0.5
+        elif name.endswith('running_mean') or name.endswith('.bias'):
+            t = t * 0.1
+        elif name.endswith('.weight') and len(shape) == 1:
+            t = 1.0 + 0.1 * t
+        elif name.endswith('.weight'):
+            t = t / math.sqrt(math.prod(shape[1:]))
+        state[name] = t
+    return state

@@ -2,10 +2,10 @@
 import pytest
 import yaml
 
+from cmtnet.classification.commands import parse_options
+from cmtnet.classification.recipes import RECIPES, RELEASED_PROCESSES
 from cmtnet.cli import main
-from cmtnet.options import InputError
-from cmtnet.recipes import RECIPES, RELEASED_PROCESSES
-from cmtnet.train import parse_options
+from cmtnet.errors import InputError
 
 
 @pytest.mark.parametrize('command, expected', [

@@ -1,0 +1,59 @@
+"""Optimisation from timm's components: the learning rate rule, optimizer, schedule, EMA and loss scaler.
+
+The learning rate is `lr`, or else `lr_base` x global batch / `lr_base_size` (the global batch is the
+per-process batch x processes x accumulation steps). Weight decay never applies to norms and biases, nor
+to the parameters the task exempts. Any timm optimizer and schedule can be named; the schedule steps per
+update unless `step_on_epochs`.
+"""
+from typing import Iterable, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.optim import create_optimizer_v2, list_optimizers, param_groups_weight_decay
+from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3, NativeScaler
+
+from ..errors import InputError
+from .options import RunOptions
+
+__all__ = ['check_optimisation', 'create_ema', 'create_optimizer', 'create_scaler',
+           'create_scheduler', 'learning_rate']
+
+def check_optimisation(o: RunOptions) -> None:
+    """Refuse inconsistent optimisation options before any work starts."""
+    for name in ('epochs', 'batch_size', 'accum_steps', 'lr_base_size', 'log_interval'):
+        if getattr(o, name) < 1:
+            raise InputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(o, name)}')
+    if not 0 <= o.warmup_epochs < o.epochs:
+        raise InputError(f'--warmup-epochs ({o.warmup_epochs}) must be below --epochs ({o.epochs})')
+    if o.opt.lower() not in list_optimizers():
+        raise InputError(f'unknown optimizer {o.opt!r}; timm knows {", ".join(list_optimizers())}')
+
+
+def learning_rate(o: RunOptions, global_batch: int) -> float:
+    return o.lr if o.lr is not None else o.lr_base * global_batch / o.lr_base_size
+
+
+def create_optimizer(model: nn.Module, o: RunOptions, lr: float, no_weight_decay: Iterable[str]) -> torch.optim.Optimizer:
+    groups = param_groups_weight_decay(model, o.weight_decay, no_weight_decay_list=tuple(no_weight_decay))
+    return create_optimizer_v2(groups, opt=o.opt, lr=lr, weight_decay=o.weight_decay)
+
+
+def create_scheduler(optimizer: torch.optim.Optimizer, o: RunOptions, updates_per_epoch: int) -> Tuple[Scheduler, int]:
+    """The schedule and the total number of epochs (cool-down included). A warm-up given in updates
+    (`warmup_updates`, as detection schedules count it) takes the place of `warmup_epochs`."""
+    warmup_epochs = o.warmup_updates / updates_per_epoch if o.warmup_updates else o.warmup_epochs
+    return create_scheduler_v2(
+        optimizer, o.sched, num_epochs=o.epochs, decay_milestones=list(o.decay_milestones),
+        decay_rate=o.decay_rate, warmup_epochs=warmup_epochs, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
+        cooldown_epochs=o.cooldown_epochs, step_on_epochs=o.step_on_epochs, updates_per_epoch=updates_per_epoch)
+
+
+def create_ema(model: nn.Module, o: RunOptions) -> Optional[ModelEmaV3]:
+    return ModelEmaV3(model, decay=o.model_ema_decay) if o.model_ema else None
+
+
+def create_scaler(amp: Optional[torch.dtype], device: torch.device) -> Optional[NativeScaler]:
+    """A loss scaler only for float16: bfloat16 has float32's range."""
+    return NativeScaler(device=device.type) if amp == torch.float16 else None
