@@ -1,0 +1,94 @@
+"""A small cache of tensors computed per token grid, for eager inference at changing input sizes.
+
+A CMT at a size other than its native one needs, per stage, tensors that depend only on the token grid and
+on the weights: the position bias resized to the grid above all (at 800x1344 the four resized biases of
+CMT-S take about half a gigabyte in fp32, and the bicubic resize costs as much as a few blocks). Detection
+inputs change size from batch to batch but come back to the same few grids, so the eager inference path
+keeps the last few results.
+
+The cache must never change what a graph computes: it is bypassed while scripting, tracing, compiling or
+exporting (so those graphs keep the computation), and whenever autograd would record it (grad enabled
+and a source requires grad: in training the resize stays in the graph so that the bias learns). An entry
+is keyed on the caller's key (the grid), on each source tensor's identity, storage, shape and in-place
+version counter (so new weights, loaded or stepped in place, are never served stale results), and on
+device, dtype and inference mode.
+"""
+import weakref
+from collections import OrderedDict
+from typing import Callable, Hashable, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = ['GridCache']
+
+
+def _bypass(sources: Sequence[torch.Tensor]) -> bool:
+    """True where the computation must run (and be recorded) every time instead of coming from the cache."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return True
+    if torch.onnx.is_in_onnx_export():
+        return True
+    return torch.is_grad_enabled() and any(t.requires_grad for t in sources)
+
+
+class GridCache:
+    """Least-recently-used cache of at most `max_entries` tensors, each computed from `sources` for a key.
+
+    Usage: `value = cache.get(grid, (weight,), lambda: resize(weight, grid))`. The cache holds no strong
+    reference to its sources (a freed weight's entry can never match a new tensor that reuses its id), is
+    not copied by `copy.deepcopy` (an EMA copy of a model starts empty) and is not pickled.
+    """
+
+    def __init__(self, max_entries: int = 3):
+        if max_entries < 1:
+            raise ValueError(f'GridCache needs room for at least one entry, got max_entries={max_entries}')
+        self.max_entries = max_entries
+        self._entries: 'OrderedDict[Hashable, Tuple[Tuple[weakref.ref, ...], torch.Tensor]]' = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def get(
+            self,
+            key: Hashable,
+            sources: Sequence[torch.Tensor],
+            compute: Callable[[], torch.Tensor],
+    ) -> torch.Tensor:
+        """`compute()`, or its result cached for `key` and the present state of `sources`."""
+        if _bypass(sources):
+            return compute()
+        full_key = (key, torch.is_inference_mode_enabled()) + tuple(
+            (id(t), t.data_ptr(), tuple(t.shape), t._version, t.device, t.dtype) for t in sources)
+        value = self._lookup(full_key, sources)
+        if value is None:
+            value = compute()
+            self._entries[full_key] = (tuple(weakref.ref(t) for t in sources), value)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return value
+
+    def _lookup(self, full_key: Hashable, sources: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:
+        entry = self._entries.get(full_key)
+        if entry is None:
+            return None
+        refs, value = entry
+        if any(r() is not t for r, t in zip(refs, sources)):  # an id reused by a new tensor
+            del self._entries[full_key]
+            return None
+        self._entries.move_to_end(full_key)
+        return value
+
+    def __deepcopy__(self, memo: dict) -> 'GridCache':
+        return GridCache(self.max_entries)
+
+    def __getstate__(self) -> dict:
+        return {'max_entries': self.max_entries}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state['max_entries'])
+
+    def __repr__(self) -> str:
+        return f'GridCache(max_entries={self.max_entries}, entries={len(self._entries)})'
