@@ -33,7 +33,9 @@ from timm.models import (
 )
 from timm.models._features import feature_take_indices
 
-from .pos_bias import resize_rel_pos_bias
+from .fuse import EdgeCorrectedConv, FusedAttention, FusedCMTBlock, bn_scale_shift, fuse_block
+from .grid_cache import GridCache
+from .pos_bias import cached_resize_rel_pos_bias, resize_rel_pos_bias
 from .released import checkpoint_filter_fn, not_a_checkpoint
 from .variants import NET_STRIDE, VARIANT_ARGS, check_img_size
 
@@ -115,6 +117,13 @@ class ConvStem(nn.Module):
         x = self.norm3(self.act3(self.conv3(x)))
         return x
 
+    def reparameterize(self) -> None:
+        """Fold the BatchNorms after the first two GELUs into the next convs, for inference (models/fuse.py)."""
+        if isinstance(self.norm1, nn.BatchNorm2d):
+            self.conv2 = EdgeCorrectedConv(self.conv2, *bn_scale_shift(self.norm1))
+            self.conv3 = EdgeCorrectedConv(self.conv3, *bn_scale_shift(self.norm2))
+            self.norm1, self.norm2 = nn.Identity(), nn.Identity()
+
 
 class PatchAggregation(nn.Module):
     """2x2 stride-2 conv then LayerNorm over channels (eps 1e-5): the downsampling between stages."""
@@ -192,8 +201,9 @@ class LightweightAttention(nn.Module):
         q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         kv = x
         if self.sr_ratio > 1:
-            kv = x.transpose(1, 2).reshape(B, C, height, width)
-            kv = self.sr_norm(self.sr(kv)).flatten(2).transpose(1, 2)
+            # row-major tokens are a channels_last map: views both ways, no copies
+            kv = x.reshape(B, height, width, C).permute(0, 3, 1, 2)
+            kv = self.sr_norm(self.sr(kv)).permute(0, 2, 3, 1).reshape(B, -1, C)
         k = self.k(kv).reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v(kv).reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
 
@@ -217,7 +227,7 @@ def set_fused_attn(model: nn.Module, fused: bool) -> None:
     explicit matmul-softmax-matmul path (e.g. to compare them, or for counters and exporters that need
     plain ops)."""
     for m in model.modules():
-        if isinstance(m, LightweightAttention):
+        if isinstance(m, (LightweightAttention, FusedAttention)):
             m.fused_attn = fused
 
 
@@ -256,10 +266,17 @@ class InvertedResidualFFN(nn.Module):
         return self.drop(x)
 
 
+def tokens_to_map(x: torch.Tensor, height: int, width: int, channels_last: bool) -> torch.Tensor:
+    """Tokens (B, N, C) as a (B, C, H, W) map: a view in channels_last memory, else a contiguous copy."""
+    x = x.reshape(x.shape[0], height, width, x.shape[2]).permute(0, 3, 1, 2)
+    return x if channels_last else x.contiguous()
+
+
 class CMTBlock(nn.Module):
     """CMT block (Eq. 6): X = LPU(X); X = X + LMHSA(LN(X)); X = X + IRFFN(LN(X)).
 
-    Takes and returns an NCHW map. Drop path applies to the attention and FFN branches, not the LPU.
+    Takes and returns an NCHW map, in the input's memory format (in channels_last the tokens are views of
+    the map). Drop path applies to the attention and FFN branches, not the LPU.
     """
 
     def __init__(
@@ -289,12 +306,16 @@ class CMTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, rel_pos_bias: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
         x = self.lpu(x)
-        x = x.flatten(2).transpose(1, 2)  # (B, N, C) tokens
+        x = x.permute(0, 2, 3, 1).reshape(B, H * W, C)  # (B, N, C) tokens: a view of a channels_last map
         x = x + self.drop_path1(self.attn(self.norm1(x), H, W, rel_pos_bias))
-        ffn_in = self.norm2(x).transpose(1, 2).reshape(B, C, H, W)
-        x = x.transpose(1, 2).reshape(B, C, H, W)
-        return x + self.drop_path2(self.mlp(ffn_in))
+        ffn_in = tokens_to_map(self.norm2(x), H, W, channels_last)
+        return tokens_to_map(x, H, W, channels_last) + self.drop_path2(self.mlp(ffn_in))
+
+    def fuse(self) -> FusedCMTBlock:
+        """The block with its norms' affines, BatchNorms and shortcuts folded, for inference (models/fuse.py)."""
+        return fuse_block(self)
 
 
 class CMTStage(nn.Module):
@@ -328,6 +349,7 @@ class CMTStage(nn.Module):
         self.downsample = PatchAggregation(in_chs, dim, **dd)
         num_keys = (grid_size[0] // sr_ratio) * (grid_size[1] // sr_ratio)
         self.rel_pos_bias = nn.Parameter(torch.empty(num_heads, grid_size[0] * grid_size[1], num_keys, **dd))
+        self.bias_cache = GridCache()  # the bias resized to recent grids, for eager inference
         drop_paths = list(drop_path) if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
         self.blocks = nn.ModuleList([
             CMTBlock(
@@ -353,7 +375,12 @@ class CMTStage(nn.Module):
         x = self.downsample(x)
         rel_pos_bias = self.rel_pos_bias
         if self.dynamic_img_size:
-            rel_pos_bias = resize_rel_pos_bias(rel_pos_bias, self.grid_size, (x.shape[2], x.shape[3]), self.sr_ratio)
+            grid = (x.shape[2], x.shape[3])
+            if torch.jit.is_scripting():
+                rel_pos_bias = resize_rel_pos_bias(rel_pos_bias, self.grid_size, grid, self.sr_ratio)
+            else:
+                rel_pos_bias = cached_resize_rel_pos_bias(
+                    self.bias_cache, rel_pos_bias, self.grid_size, grid, self.sr_ratio)
         for blk in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint(blk, x, rel_pos_bias)

@@ -1,0 +1,370 @@
+"""How fast CMT runs, in each way it can be run, beside its timm peers: `cmtnet bench` and its library.
+
+Inference paths of a CMT variant: `eager` (the unfused model, NCHW: the baseline, which runs at the authors'
+code's speed), `channels_last`, `fused` (`timm.utils.reparameterize_model`, models/fuse.py), `fused_cl`
+(fused, channels_last), `fused_compiled` (fused, channels_last, inductor with freezing at static shapes),
+`onnxruntime` (the fused model exported as in export.py). Peers run `eager`, `channels_last` and `compiled`
+(reparameterized first where timm offers it). Training paths: `train_eager`, `train_cl`, `train_compiled`.
+
+Everything compared runs in one process, in turns, one step each per round after untimed warm-up steps
+(the compile time is the warm-up's), so that a change in machine load hits all alike; the median round is
+reported, as images per second, as a ratio to the baseline's images per second, and as achieved GFLOP/s
+(2 x fvcore MACs) beside the machine's practical fp32 peak. Peak memory is measured in a child process
+per model, whose peak resident set (CPU) or peak allocation (CUDA) is the model's alone.
+"""
+import argparse
+import multiprocessing
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.utils import reparameterize_model
+
+from ..errors import InputError
+from ..models import VARIANT_ARGS, native_img_size
+from .complexity import count_macs
+
+__all__ = ['BenchOptions', 'Result', 'interleaved', 'run_bench', 'format_table', 'peak_memory', 'add_parser']
+
+CMT_PATHS = ('eager', 'channels_last', 'fused', 'fused_cl', 'fused_compiled', 'onnxruntime')
+PEER_PATHS = ('eager', 'channels_last', 'compiled')
+TRAIN_PATHS = ('train_eager', 'train_cl', 'train_compiled')
+PEERS = ('resnet50', 'convnext_tiny', 'swin_tiny_patch4_window7_224', 'deit_small_patch16_224', 'nextvit_small',
+         'fastvit_sa24')
+# published ImageNet-1k top-1 (%) of the weights timm ships by default, and of the CMT paper
+TOP1 = {'cmt_ti': 79.1, 'cmt_xs': 81.8, 'cmt_s': 83.5, 'cmt_b': 84.5, 'resnet50': 80.4, 'convnext_tiny': 82.1,
+        'swin_tiny_patch4_window7_224': 81.2, 'deit_small_patch16_224': 79.9, 'nextvit_small': 82.5,
+        'fastvit_sa24': 82.6}
+PRACTICAL_PEAK_GFLOPS = 480.  # fp32, oneDNN 1x1 conv in channels_last on the project's CPU (perf-notes)
+
+
+def _seconds(step: Callable[[], object], device: torch.device) -> float:
+    start = time.perf_counter()
+    step()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved(
+        steps: Dict[str, Callable[[], object]],
+        warmup: int,
+        rounds: int,
+        device: torch.device = torch.device('cpu'),
+) -> Tuple[Dict[str, float], Dict[str, List[float]]]:
+    """(warm-up seconds, [seconds per round]) of each step: `warmup` untimed steps, then `rounds` turns."""
+    warmup_seconds = {name: sum(_seconds(step, device) for _ in range(warmup)) for name, step in steps.items()}
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            times[name].append(_seconds(step, device))
+    return warmup_seconds, times
+
+
+@dataclass
+class BenchOptions:
+    """What `cmtnet bench` measures. Sizes: each CMT variant at its native size, peers at 224."""
+    models: List[str] = field(default_factory=lambda: ['cmt_s', 'resnet50', 'fastvit_sa24'])
+    paths: List[str] = field(default_factory=lambda: list(CMT_PATHS) + list(PEER_PATHS))
+    baseline: str = 'cmt_s:eager'
+    batch_size: int = 16
+    warmup: int = 1
+    rounds: int = 5
+    threads: int = 0
+    device: str = 'cpu'
+    amp: Optional[str] = None  # 'bf16' on CUDA
+    peak_gflops: float = PRACTICAL_PEAK_GFLOPS
+
+    def __post_init__(self) -> None:
+        known = set(CMT_PATHS) | set(PEER_PATHS) | set(TRAIN_PATHS)
+        for path in self.paths:
+            if path not in known:
+                raise InputError(f'unknown path {path!r}; expected some of {", ".join(sorted(known))}')
+        for name in self.models:
+            if name not in VARIANT_ARGS and not timm.is_model(name):
+                raise InputError(f'unknown model {name!r}: not a CMT variant nor a timm model')
+        if ':' not in self.baseline:
+            raise InputError(f'--baseline must be MODEL:PATH, got {self.baseline!r}')
+        if self.batch_size < 1 or self.rounds < 1 or self.warmup < 0:
+            raise InputError(f'--batch-size and --rounds must be positive and --warmup not negative, got '
+                             f'{self.batch_size}, {self.rounds}, {self.warmup}')
+        if self.device != 'cpu' and 'onnxruntime' in self.paths:
+            raise InputError(f'the onnxruntime path runs on the CPU only, not on --device {self.device}')
+        if self.amp not in (None, 'bf16'):
+            raise InputError(f'--amp must be bf16 or left out, got {self.amp!r}')
+
+
+@dataclass
+class Result:
+    model: str
+    path: str
+    img_size: int
+    batch_size: int
+    seconds: List[float]
+    warmup_seconds: float
+    gmacs: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.batch_size / statistics.median(self.seconds)
+
+
+def img_size_of(name: str) -> int:
+    return native_img_size(name) if name in VARIANT_ARGS else 224
+
+
+def build_model(name: str, path: str) -> nn.Module:
+    """The model `path` runs, in eval mode (train mode for training paths), on the CPU, fp32."""
+    kwargs = dict(img_size=img_size_of(name)) if name in VARIANT_ARGS else {}
+    model = timm.create_model(name, **kwargs)
+    if path.startswith('train'):
+        return model.train()
+    model.eval()
+    if path.startswith('fused') or path == 'onnxruntime' or (name not in VARIANT_ARGS and path != 'eager'):
+        model = reparameterize_model(model)  # peers: where timm offers it (FastViT, MobileOne, ...)
+    return model
+
+
+def _onnx_step(model: nn.Module, x: torch.Tensor, workdir: str, threads: int) -> Callable[[], object]:
+    import onnxruntime as ort
+    from ..export import export_onnx
+    path = Path(workdir) / f'{id(model)}.onnx'
+    export_onnx(model, path, x.shape[-1], dynamic=False)
+    session_options = ort.SessionOptions()
+    if threads:
+        session_options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), session_options, providers=['CPUExecutionProvider'])
+    images = x.numpy()
+    return lambda: session.run(None, {'images': images})
+
+
+def _train_step(model: nn.Module, x: torch.Tensor, autocast_dtype: Optional[torch.dtype]) -> Callable[[], object]:
+    optimizer = create_optimizer_v2(model, 'adamw', lr=1e-4, weight_decay=0.05)
+    targets = torch.randint(0, 1000, (x.shape[0],), device=x.device)
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = F.cross_entropy(model(x), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def build_step(name: str, path: str, batch_size: int, device: torch.device, amp: Optional[torch.dtype],
+               workdir: str, threads: int) -> Callable[[], object]:
+    """A step running `path` of model `name` on one synthetic batch (built, converted and compiled here)."""
+    size = img_size_of(name)
+    model = build_model(name, path).to(device)
+    x = torch.randn(batch_size, 3, size, size, device=device)
+    if path == 'onnxruntime':
+        if name not in VARIANT_ARGS:
+            raise InputError(f'the onnxruntime path is for CMT models (export.py), not {name}')
+        return _onnx_step(model, x, workdir, threads)
+    if path in ('channels_last', 'fused_cl', 'fused_compiled', 'train_cl', 'train_compiled') or (
+            path == 'compiled' and name not in VARIANT_ARGS):
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if path.startswith('train'):
+        if path == 'train_compiled':
+            model = torch.compile(model)
+        return _train_step(model, x, amp)
+    if path in ('compiled', 'fused_compiled'):
+        # freezing folds the weights into the graph as constants (inference only)
+        torch._inductor.config.freezing = True
+        model = torch.compile(model, dynamic=False)
+
+    def step() -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            return model(x)
+    return step
+
+
+def _applies(name: str, path: str) -> bool:
+    if path in TRAIN_PATHS:
+        return True
+    return path in (CMT_PATHS if name in VARIANT_ARGS else PEER_PATHS)
+
+
+def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> List[Result]:
+    """Build every (model, path) that applies, time them interleaved, and return one Result each."""
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    device = torch.device(options.device)
+    amp = torch.bfloat16 if options.amp == 'bf16' else None
+    steps, sizes, gmacs = {}, {}, {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in options.models:
+            size = img_size_of(name)
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                gmacs[name] = count_macs(timm.create_model(name, **(
+                    dict(img_size=size) if name in VARIANT_ARGS else {})).eval(), size) / 1e9
+            for path in options.paths:
+                if _applies(name, path):
+                    log(f'building {name} {path}')
+                    steps[(name, path)] = build_step(
+                        name, path, options.batch_size, device, amp, workdir, options.threads)
+                    sizes[(name, path)] = size
+        log(f'timing {len(steps)} steps: {options.warmup} warm-up + {options.rounds} interleaved rounds')
+        warm, times = interleaved(
+            {f'{n}:{p}': s for (n, p), s in steps.items()}, options.warmup, options.rounds, device)
+    return [Result(n, p, sizes[(n, p)], options.batch_size, times[f'{n}:{p}'], warm[f'{n}:{p}'], gmacs[n])
+            for (n, p) in steps]
+
+
+def machine() -> str:
+    """The processor, threads and library versions, for a table's caption."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                cpu = line.split(':', 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = ''
+    try:
+        load = f', load average {Path("/proc/loadavg").read_text().split()[0]}'
+    except OSError:
+        pass
+    return (f'{cpu}, {torch.get_num_threads()} threads{load}; torch {torch.__version__}, '
+            f'timm {timm.__version__}')
+
+
+def format_table(results: Sequence[Result], options: BenchOptions) -> str:
+    """A markdown table: images/s, ratio to the baseline's images/s, achieved GFLOP/s and its share of peak."""
+    base = next((r for r in results if f'{r.model}:{r.path}' == options.baseline), None)
+    lines = ['| model | path | input | img/s | ms/batch (min-max) | vs baseline | GFLOP/s | of peak | warm-up s |',
+             '|:---|:---|---:|---:|---:|---:|---:|---:|---:|']
+    for r in results:
+        median = statistics.median(r.seconds)
+        ratio = f'{r.images_per_second / base.images_per_second:.2f}x' if base else '-'
+        flops = 2 * r.gmacs * r.images_per_second * (3 if r.path in TRAIN_PATHS else 1)  # fwd + bwd ~ 3x
+        lines.append(
+            f'| {r.model} | {r.path} | {r.img_size} | {r.images_per_second:.1f} | {median * 1e3:.0f} '
+            f'({min(r.seconds) * 1e3:.0f}-{max(r.seconds) * 1e3:.0f}) | {ratio} | {flops:.0f} | '
+            f'{flops / options.peak_gflops:.0%} | {r.warmup_seconds:.1f} |')
+    return '\n'.join(lines)
+
+
+def _status_mib(field_name: str) -> float:
+    status = Path('/proc/self/status').read_text()
+    return int(next(line for line in status.splitlines() if line.startswith(field_name)).split()[1]) / 1024
+
+
+def _peak_memory_child(name: str, path: str, batch_size: int, device: str) -> float:
+    """Peak memory (MiB) that building `path` of `name` and running two steps adds to a fresh process."""
+    idle = _status_mib('VmRSS') if device != 'cuda' else 0.
+    with tempfile.TemporaryDirectory() as workdir:
+        step = build_step(name, path, batch_size, torch.device(device), None, workdir, 0)
+        if device == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+        step()
+        step()
+    if device == 'cuda':
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    # VmHWM: this process's peak resident set since its exec (getrusage's maxrss carries the parent's over exec)
+    return _status_mib('VmHWM') - idle
+
+
+def peak_memory(name: str, path: str, batch_size: int, device: str = 'cpu') -> float:
+    """Peak memory (MiB) of one model and path, measured in a child process of its own."""
+    with multiprocessing.get_context('spawn').Pool(1) as pool:
+        return pool.apply(_peak_memory_child, (name, path, batch_size, device))
+
+
+def plot_chart(results: Sequence[Result], path: Path) -> None:
+    """Throughput against published ImageNet top-1, one point per model and inference path (PNG)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = dict(zip(CMT_PATHS + PEER_PATHS[2:], 'o^sDPX*'))
+    shown = [r for r in results if r.path not in TRAIN_PATHS and r.model in TOP1]
+    for i, model in enumerate(dict.fromkeys(r.model for r in shown)):
+        rows = sorted((r for r in shown if r.model == model), key=lambda r: r.images_per_second)
+        color = f'C{i % 10}'
+        ax.plot([r.images_per_second for r in rows], [TOP1[model]] * len(rows), color=color, alpha=0.4)
+        for r in rows:
+            ax.scatter(r.images_per_second, TOP1[model], color=color, marker=markers[r.path])
+        ax.annotate(model, (rows[-1].images_per_second, TOP1[model]), fontsize=8, xytext=(6, -3),
+                    textcoords='offset points', color=color)
+    for way, marker in markers.items():  # one legend entry per path
+        if any(r.path == way for r in shown):
+            ax.scatter([], [], color='gray', marker=marker, label=way)
+    ax.legend(fontsize=7, loc='center right')
+    ax.set_xlabel('images / s (batch %d)' % results[0].batch_size)
+    ax.set_ylabel('published ImageNet top-1 (%)')
+    ax.set_title(machine(), fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _options(args: argparse.Namespace) -> BenchOptions:
+    paths = args.paths or (list(CMT_PATHS) + [p for p in PEER_PATHS if p not in CMT_PATHS])
+    return BenchOptions(
+        models=args.models, paths=paths, baseline=args.baseline, batch_size=args.batch_size, warmup=args.warmup,
+        rounds=args.rounds, threads=args.threads, device=args.device, amp=args.amp, peak_gflops=args.peak_gflops)
+
+
+def _run(args: argparse.Namespace) -> int:
+    options = _options(args)
+    log = (lambda msg: print(msg, flush=True)) if args.verbose else (lambda msg: None)
+    results = run_bench(options, log)
+    print(f'{options.device}, batch {options.batch_size}, {options.amp or "fp32"}; {machine()}; '
+          f'{options.warmup} warm-up + {options.rounds} interleaved rounds, median; baseline {options.baseline}; '
+          f'peak {options.peak_gflops:.0f} GFLOP/s')
+    print(format_table(results, options))
+    if args.latency:
+        latency = run_bench(BenchOptions(**{**options.__dict__, 'batch_size': 1,
+                                            'paths': [p for p in options.paths if p not in TRAIN_PATHS]}), log)
+        print('\nbatch-1 latency (ms, median):')
+        print('\n'.join(f'| {r.model} | {r.path} | {statistics.median(r.seconds) * 1e3:.1f} |' for r in latency))
+    if args.memory:
+        print('\npeak memory (MiB above an idle process, one process per model and path):')
+        for r in results:
+            print(f'| {r.model} | {r.path} | {peak_memory(r.model, r.path, options.batch_size, options.device):.0f} |')
+    if args.chart:
+        plot_chart(results, Path(args.chart))
+        print(f'wrote {args.chart}')
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `bench` subcommand."""
+    parser = subparsers.add_parser(
+        'bench', help='images/s of CMT in each inference path beside timm peers, interleaved in one run',
+        description=__doc__.split('\n\n')[0])
+    parser.add_argument('--models', nargs='+', default=['cmt_s', 'resnet50', 'fastvit_sa24'],
+                        help=f'CMT variants and timm models (peers named in the docs: {", ".join(PEERS)})')
+    parser.add_argument('--paths', nargs='+', help=f'CMT: {", ".join(CMT_PATHS)}; peers: {", ".join(PEER_PATHS)}; '
+                                                   f'training: {", ".join(TRAIN_PATHS)} (default: all inference)')
+    parser.add_argument('--baseline', default='cmt_s:eager', help='MODEL:PATH the ratios are relative to')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--warmup', type=int, default=1, help='untimed steps first (compiling happens there)')
+    parser.add_argument('--rounds', type=int, default=5, help='timed interleaved rounds (median reported)')
+    parser.add_argument('--threads', type=int, default=0, help='torch (and onnxruntime) threads; 0: default')
+    parser.add_argument('--device', default='cpu', help='cpu or cuda')
+    parser.add_argument('--amp', choices=['bf16'], help='bf16 autocast (for CUDA)')
+    parser.add_argument('--peak-gflops', type=float, default=PRACTICAL_PEAK_GFLOPS,
+                        help='the machine\'s practical fp32 peak, for the GFLOP/s share')
+    parser.add_argument('--latency', action='store_true', help='also batch-1 latency, in a second interleaved run')
+    parser.add_argument('--memory', action='store_true', help='also peak memory, in a child process each')
+    parser.add_argument('--chart', help='write a PNG of images/s against published top-1')
+    parser.add_argument('--verbose', '-v', action='store_true', help='say what is being built')
+    parser.set_defaults(func=_run)
+    return parser

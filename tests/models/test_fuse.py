@@ -1,0 +1,106 @@
+"""Exact inference folding through timm's own entry point: fused logits equal unfused ones."""
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from timm.utils import reparameterize_model
+
+import cmtnet  # noqa: F401  (registers the models)
+from cmtnet.models import VARIANT_ARGS, set_fused_attn
+from cmtnet.models.fuse import EdgeCorrectedConv, FusedAttention, FusedCMTBlock, bn_scale_shift
+from norms import randomise_norms as _randomise_norms, rel_err as _rel_err
+
+VARIANTS = {'cmt_ti': (160, 64), 'cmt_xs': (192, 96), 'cmt_s': (224, 64), 'cmt_b': (256, 64)}
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return _randomise_norms(timm.create_model(name, dynamic_img_size=True)).eval()
+
+
+@pytest.mark.parametrize('name', list(VARIANTS))
+def test_fused_logits_equal_unfused(name):
+    model = _model(name)
+    fused = reparameterize_model(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.stages.modules())
+    assert sum(isinstance(m, FusedCMTBlock) for m in fused.modules()) == sum(VARIANT_ARGS[name]['depths'])
+    for size in VARIANTS[name]:
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            expected, got = model(x), fused(x)
+        assert _rel_err(got, expected) <= 1e-5, (name, size)
+
+
+def test_unfused_model_is_left_as_it_was():
+    model = _model('cmt_ti')
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = reparameterize_model(model)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert fused is not model and not any(isinstance(m, FusedCMTBlock) for m in model.modules())
+    assert reparameterize_model(model, inplace=True) is model
+    assert any(isinstance(m, FusedCMTBlock) for m in model.modules())
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fused_in_both_memory_formats(channels_last):
+    model = _model('cmt_ti')
+    fused = reparameterize_model(model)
+    x = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        expected = model(x)
+        if channels_last:
+            fused = fused.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        got = fused(x)
+    assert _rel_err(got, expected) <= 1e-5
+
+
+def test_sdpa_and_explicit_attention_agree_after_fusion():
+    model = _model('cmt_ti')
+    fused = reparameterize_model(model)
+    attentions = [m for m in fused.modules() if isinstance(m, FusedAttention)]
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        expected = model(x)
+        set_fused_attn(fused, True)
+        assert attentions and all(m.fused_attn for m in attentions)
+        sdpa = fused(x)
+        set_fused_attn(fused, False)
+        assert not any(m.fused_attn for m in attentions)
+        explicit = fused(x)
+    assert _rel_err(sdpa, expected) <= 1e-5
+    assert _rel_err(explicit, expected) <= 1e-5
+
+
+def test_fused_model_refuses_training():
+    fused = reparameterize_model(_model('cmt_ti'))
+    with pytest.raises(RuntimeError, match='fused for inference'):
+        fused.train()
+    fused.eval()  # eval stays allowed
+
+
+@pytest.mark.parametrize('size', [(1, 1), (1, 5), (2, 2), (5, 3), (7, 7)])
+@pytest.mark.parametrize('depthwise', [True, False])
+def test_edge_corrected_conv_folds_an_affine_before_padding(size, depthwise):
+    """A per-channel affine before a zero-padded 3x3 conv (and a shortcut around a depthwise one) folds
+    exactly, border rows, columns and corners included, down to one-pixel maps."""
+    torch.manual_seed(0)
+    chans = 6
+    conv = nn.Conv2d(chans, chans, 3, padding=1, groups=chans if depthwise else 1)
+    bn = _randomise_norms(nn.BatchNorm2d(chans)).eval()
+    folded = EdgeCorrectedConv(conv, *bn_scale_shift(bn), identity=depthwise)
+    x = torch.randn(2, chans, *size)
+    with torch.no_grad():
+        y = bn(x)
+        expected = conv(y) + y if depthwise else conv(y)
+        assert _rel_err(folded(x), expected) <= 1e-5
+
+
+def test_fuses_projections_without_bias():
+    torch.manual_seed(0)
+    model = _randomise_norms(timm.create_model('cmt_ti', depths=(1, 1, 1, 1), qkv_bias=False, img_size=64)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert _rel_err(reparameterize_model(model)(x), model(x)) <= 1e-5
