@@ -15,9 +15,11 @@ from .errors import CommandError
 
 
 def _command_modules() -> List[Any]:
-    from .analysis import complexity
+    from .analysis import ablation, complexity, paper_complexity, scaling
     from .classification import commands as classification
-    return [classification, complexity]
+    from . import export
+    from .analysis import speed
+    return [classification, complexity, paper_complexity, scaling, ablation, export, speed]
 
 
 def build_parser() -> argparse.ArgumentParser:
