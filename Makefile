@@ -1,5 +1,6 @@
 # make demo: create .venv, install cmtnet, run the main job on the embedded default dataset.
 # make test: the same set-up, then the test suite (ours, then timm's own model tests on our models).
+# make detect-demo: detection on the embedded detection set, from the classification demo's weights.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
 TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
 
-.PHONY: demo test test-ours test-timm info clean
+.PHONY: demo detect-demo test test-ours test-timm info clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +20,13 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(BIN)/cmtnet train --config configs/demo.yaml
 	$(BIN)/cmtnet eval --checkpoint runs/demo/model_ema.safetensors
+
+# detection on the embedded digits-on-photos set, from the classification demo's backbone
+detect-demo: $(STAMP)
+	test -f runs/demo/model_ema.safetensors || $(MAKE) demo
+	rm -rf runs/detect_demo
+	$(BIN)/cmtnet detect train --config configs/detect_demo.yaml --backbone-weights runs/demo/model_ema.safetensors
+	$(BIN)/cmtnet detect eval --checkpoint runs/detect_demo/model.safetensors
 
 test: test-ours test-timm
 

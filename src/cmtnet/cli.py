@@ -17,9 +17,10 @@ from .errors import CommandError
 def _command_modules() -> List[Any]:
     from .analysis import ablation, complexity, paper_complexity, scaling
     from .classification import commands as classification
+    from .detection import commands as detection
     from . import export
     from .analysis import speed
-    return [classification, complexity, paper_complexity, scaling, ablation, export, speed]
+    return [classification, complexity, paper_complexity, scaling, ablation, detection, export, speed]
 
 
 def build_parser() -> argparse.ArgumentParser:

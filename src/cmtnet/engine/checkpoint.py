@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Dict, Optional, Tuple, Union
 
-import numpy as np
 import safetensors
 import safetensors.torch
 import timm

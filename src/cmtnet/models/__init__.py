@@ -5,7 +5,7 @@ from .cmt import CMT, CMTBlock, CMTStage, LightweightAttention, set_fused_attn
 from .pos_bias import resize_rel_pos_bias
 from .released import checkpoint_filter_fn
 from .variants import NET_STRIDE, VARIANT_ARGS, check_img_size, native_img_size
-from . import ablation, scaling  # registers cmt_scaled and the ablation steps (cmt_s_abl_*, cmt_ti_abl_*)
+from . import ablation, scaling  # noqa: F401  (registers cmt_scaled and the ablation steps, cmt_s_abl_* and cmt_ti_abl_*)
 
 __all__ = [
     'CMT', 'CMTBlock', 'CMTStage', 'LightweightAttention', 'NET_STRIDE', 'VARIANT_ARGS', 'check_img_size',

@@ -1,0 +1,77 @@
+"""Detections on image files: a PNG per image with boxes, labels, scores (and masks) drawn, and a JSON.
+
+Drawing is torchvision's (`draw_bounding_boxes`, `draw_segmentation_masks`), one colour per class. The JSON
+(`detections.json`) lists, per image, every detection at or above the score threshold: box
+[x1, y1, x2, y2] in the image's pixels, class name, category id and score (and the mask's area).
+"""
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import torch
+import torch.nn as nn
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from ..engine.checkpoint import atomic_write
+from ..errors import InputError
+from ..runtime import autocast
+from .builders import HAS_BACKGROUND
+
+__all__ = ['draw_detections', 'predict_files']
+
+_PALETTE = ['#e6194b', '#3cb44b', '#ffe119', '#4363d8', '#f58231', '#911eb4', '#46f0f0', '#f032e6', '#bcf60c',
+            '#fabebe', '#008080', '#e6beff', '#9a6324', '#800000', '#aaffc3', '#808000', '#000075', '#808080']
+
+
+def draw_detections(image: torch.Tensor, output: Dict[str, torch.Tensor], class_names: Sequence[str],
+                    first_label: int) -> torch.Tensor:
+    """`image` (uint8, 3xHxW) with the `output`'s masks, boxes and 'class score' labels drawn."""
+    labels = output['labels'].tolist()
+    colours = [_PALETTE[(label - first_label) % len(_PALETTE)] for label in labels]
+    if 'masks' in output and len(labels):
+        image = draw_segmentation_masks(image, output['masks'][:, 0] > 0.5, alpha=0.45, colors=colours)
+    if len(labels):
+        scores = output['scores'].tolist()
+        text = [f'{class_names[label - first_label]} {score:.2f}' for label, score in zip(labels, scores)]
+        width = max(1, round(max(image.shape[1:]) / 300))
+        image = draw_bounding_boxes(image, output['boxes'], text, colors=colours, width=width)
+    return image
+
+
+@torch.no_grad()
+def predict_files(model: nn.Module, meta: Dict[str, Any], files: Sequence[Path], output: Path,
+                  score_threshold: float, device: torch.device, amp: Any = None) -> List[Dict[str, Any]]:
+    """Detect objects in each image file, writing `output`/<name>.png and `output`/detections.json."""
+    if not 0 <= score_threshold <= 1:
+        raise InputError(f'--score-threshold must be in [0, 1], got {score_threshold}')
+    first_label = 1 if HAS_BACKGROUND[meta['detector']] else 0
+    class_names, category_ids = meta['class_names'], meta['category_ids']
+    output.mkdir(parents=True, exist_ok=True)
+    model = model.to(device).eval()
+    found = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                image = F.pil_to_tensor(img.convert('RGB'))
+        except OSError as e:
+            raise InputError(f'cannot read image {path}: {e}') from e
+        with autocast(device, amp):
+            [result] = model([F.to_dtype(image, torch.float32, scale=True).to(device)])
+        keep = result['scores'] >= score_threshold
+        result = {k: v[keep].float().cpu() if k != 'labels' else v[keep].cpu() for k, v in result.items()}
+        drawn = draw_detections(image, result, class_names, first_label)
+        name = output / f'{path.stem}.png'
+        F.to_pil_image(drawn).save(name)
+        detections = []
+        for i, (box, label, score) in enumerate(zip(result['boxes'].tolist(), result['labels'].tolist(),
+                                                    result['scores'].tolist())):
+            entry = {'box': [round(v, 1) for v in box], 'class': class_names[label - first_label],
+                     'category_id': category_ids[label - first_label], 'score': round(score, 4)}
+            if 'masks' in result:
+                entry['mask_area'] = int((result['masks'][i, 0] > 0.5).sum())
+            detections.append(entry)
+        found.append({'image': str(path), 'drawn': str(name), 'detections': detections})
+    atomic_write(output / 'detections.json', lambda f: f.write(json.dumps(found, indent=1).encode()))
+    return found

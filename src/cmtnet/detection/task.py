@@ -1,0 +1,172 @@
+"""Detection as a task of the training engine: COCO data in, torchvision's losses, COCO AP out.
+
+The engine gives detection what it gives classification (processes, autocast, EMA, atomic checkpoints and
+exact resume, the NaN stop, metrics.csv, curves.png, the exported weights); this module only says what
+the data, the model, the loss and the metrics are. Every exported weight file carries what evaluation and
+prediction need (`meta`): detector, variant, sizes, anchors, class names and category ids, so that
+`detector_from_checkpoint` rebuilds the detector from the file alone.
+"""
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Set, Tuple, Union
+
+import safetensors.torch
+import torch
+import torch.nn as nn
+
+from ..engine.checkpoint import checkpoint_info
+from ..engine.task import Losses, Task
+from ..errors import InputError
+from ..runtime import Processes, amp_dtype
+from .builders import DETECTORS, HAS_BACKGROUND, build_detector
+from .data import DetectionSamples, coco_layout, eval_loader, read_coco, train_loader
+from .evaluate import evaluate_detector, metric_names
+from .options import DetectOptions
+from .synthetic import write_synthetic_coco
+
+__all__ = ['DetectionTask', 'anchor_tuples', 'checkpoint_meta', 'data_paths', 'detector_from_checkpoint', 'iou_types']
+
+PathLike = Union[str, Path]
+
+
+def iou_types(detector: str) -> Tuple[str, ...]:
+    return ('bbox', 'segm') if detector == 'maskrcnn' else ('bbox',)
+
+
+def anchor_tuples(detector: str, sizes: Optional[Sequence[float]]) -> Optional[Tuple[Tuple[float, ...], ...]]:
+    """torchvision anchor sizes from one base size per pyramid level: RetinaNet gets torchvision's three
+    octave scales per level (x1, x2^(1/3), x2^(2/3)), the others the size alone."""
+    if sizes is None:
+        return None
+    scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)) if detector == 'retinanet' else (1.0,)
+    return tuple(tuple(float(s) * k for k in scales) for s in sizes)
+
+
+def data_paths(o: Any, splits: Sequence[str] = ('train', 'val')) -> Dict[str, Tuple[Path, Path]]:
+    """{split: (images, annotations)} from `--data`, the `--<split>-images/annotations` pairs, or else the
+    embedded set (generated on first use)."""
+    given = {s: (getattr(o, f'{s}_images', None), getattr(o, f'{s}_annotations', None)) for s in splits}
+    if o.data is not None:
+        if any(v for pair in given.values() for v in pair):
+            raise InputError('give either --data or the --train-/--val- images and annotations, not both')
+        return {s: p for s, p in coco_layout(o.data).items() if s in splits}
+    if not any(v for pair in given.values() for v in pair):
+        return {s: p for s, p in coco_layout(write_synthetic_coco()).items() if s in splits}
+    for split, (images, annotations) in given.items():
+        if images is None or annotations is None:
+            raise InputError(f'--{split}-images and --{split}-annotations go together (or give --data ROOT)')
+    return {s: (Path(i), Path(a)) for s, (i, a) in given.items()}
+
+
+class DetectionTask(Task):
+    """Train a torchvision detector on a CMT backbone on COCO-format data; see the module docstring."""
+    best_metric = 'bbox_AP'
+    val_prefix = ''  # metrics.csv columns are COCO's names: bbox_AP, bbox_AP50, ...
+    curves = {
+        'loss': [('train_loss', 'train')],
+        'box AP (val)': [('bbox_AP', 'AP'), ('bbox_AP50', 'AP50')],
+    }
+
+    def __init__(self, options: DetectOptions):
+        if options.detector not in DETECTORS:
+            raise InputError(f'--detector {options.detector!r}: expected one of {", ".join(DETECTORS)}')
+        if not 0 <= options.hflip <= 1:
+            raise InputError(f'--hflip must be a probability in [0, 1], got {options.hflip}')
+        self.options = options
+        self.first_label = 1 if HAS_BACKGROUND[options.detector] else 0
+        self.iou_types = iou_types(options.detector)
+
+    def setup(self, processes: Processes) -> None:
+        o = self.options
+        self.processes = processes
+        paths = data_paths(o)
+        self.train_set = read_coco(paths['train'][1], paths['train'][0], strict=o.strict, train=True)
+        self.val_set = read_coco(paths['val'][1], paths['val'][0], strict=o.strict,
+                                 categories=self.train_set.category_ids)
+        masks = 'segm' in self.iou_types
+        train = DetectionSamples(self.train_set, masks=masks, hflip=o.hflip, strict=o.strict,
+                                 first_label=self.first_label)
+        val = DetectionSamples(self.val_set, strict=o.strict, first_label=self.first_label)
+        p = processes
+        self.train_loader = train_loader(train, o.batch_size, p.rank, p.world_size, o.seed, o.workers)
+        self.val_loader = eval_loader(val, o.batch_size, p.rank, p.world_size, o.workers)
+        self.amp = amp_dtype(o.amp, p.device)
+        if p.is_main:
+            print(self.train_set.describe())
+            print(self.val_set.describe())
+
+    @property
+    def num_classes(self) -> int:
+        return self.train_set.num_classes + self.first_label
+
+    def build_model(self) -> nn.Module:
+        o = self.options
+        return build_detector(
+            o.detector, o.model, self.num_classes, backbone_weights=o.backbone_weights,
+            trainable_stages=o.trainable_stages, batch_norm=o.batch_norm, min_size=o.min_size, max_size=o.max_size,
+            anchor_sizes=anchor_tuples(o.detector, o.anchor_sizes))
+
+    def training_step(self, model: nn.Module, batch: Any) -> Losses:
+        images, targets, _ = batch
+        device = self.processes.device
+        images = [image.to(device, non_blocking=True) for image in images]
+        targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+                   for t in targets]
+        return model(images, targets)
+
+    def evaluate(self, model: nn.Module) -> Dict[str, float]:
+        metrics, self.last_summary, _ = evaluate_detector(
+            model, self.val_loader, self.val_set, self.iou_types, self.processes.device, self.amp, self.first_label)
+        return metrics
+
+    def batch_size(self, batch: Any) -> int:
+        return len(batch[0])
+
+    def skipped(self, batch: Any) -> int:
+        return sum(batch[2])
+
+    def no_weight_decay(self, model: nn.Module) -> Set[str]:
+        return {name for name, _ in model.named_parameters() if name.endswith('rel_pos_bias')}
+
+    def meta(self) -> Dict[str, Any]:
+        o = self.options
+        return dict(task='detection', detector=o.detector, model=o.model, num_classes=self.num_classes,
+                    class_names=self.train_set.class_names, category_ids=self.train_set.category_ids,
+                    min_size=o.min_size, max_size=o.max_size, anchor_sizes=o.anchor_sizes)
+
+    def describe(self) -> str:
+        o = self.options
+        return (f'{o.detector} on {o.model} ({self.train_set.num_classes} classes, images resized to '
+                f'{o.min_size}/{o.max_size})')
+
+    def format_metrics(self, row: Dict[str, Any]) -> str:
+        shown = ['train_loss'] + [n for n in metric_names(self.iou_types) if n.endswith(('_AP', '_AP50'))]
+        return '  '.join(f'{k} {row[k]:.4g}' for k in shown if k in row)
+
+    def summary(self, last: Dict[str, Any], best: float, best_epoch: int) -> str:
+        return f'bbox AP {last["bbox_AP"]:.4g}, AP50 {last["bbox_AP50"]:.4g} (best AP {best:.4g} at epoch {best_epoch})'
+
+
+def checkpoint_meta(path: PathLike) -> Dict[str, Any]:
+    """The metadata of a weight file a detection run exported (`model.safetensors`, `best.safetensors`, ...)."""
+    path = Path(path)
+    if path.suffix != '.safetensors':
+        raise InputError(f'--checkpoint {path}: expected a .safetensors file a detection run wrote '
+                         f'(model.safetensors, best.safetensors, model_ema.safetensors)')
+    _, meta = checkpoint_info(path)
+    if meta.get('task') != 'detection':
+        raise InputError(f'--checkpoint {path} was not written by `cmtnet detect train` (no detection metadata)')
+    return meta
+
+
+def detector_from_checkpoint(path: PathLike, **overrides: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+    """(the detector in eval mode, its metadata) from a weight file a detection run exported; `overrides`
+    replace stored sizes (`min_size`, `max_size`)."""
+    meta = dict(checkpoint_meta(path), **{k: v for k, v in overrides.items() if v is not None})
+    model = build_detector(meta['detector'], meta['model'], meta['num_classes'], min_size=meta['min_size'],
+                           max_size=meta['max_size'],
+                           anchor_sizes=anchor_tuples(meta['detector'], meta['anchor_sizes']))
+    try:
+        model.load_state_dict(safetensors.torch.load_file(str(path)))
+    except RuntimeError as e:
+        raise InputError(f'cannot load {path} into {meta["detector"]} on {meta["model"]}: {e}') from e
+    return model.eval(), meta

@@ -1,0 +1,168 @@
+"""Detection end to end: a short training raises AP50, a killed run resumes exactly, eval and predict
+work from the checkpoint alone, bad input is one line. CMT-Ti FCOS at 96x96 on a few generated images."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import safetensors.torch
+import torch
+from timm.utils import random_seed
+
+from cmtnet.cli import main
+from cmtnet.detection import build_detector
+from cmtnet.detection.data import coco_layout
+from cmtnet.detection.options import DetectOptions
+from cmtnet.detection.synthetic import SyntheticSpec
+from cmtnet.detection.task import DetectionTask
+from cmtnet.engine.checkpoint import load_state
+from cmtnet.engine.report import TIMING_COLUMNS
+from cmtnet.engine.trainer import fit
+from cmtnet.runtime import Processes
+from coco_sets import box, image, tiny_synthetic, write_coco
+
+# four images of one digit each, trained and scored on the same images: a detector learns them in a few steps
+FOUR = SyntheticSpec(train_images=4, val_images=4, image_size=96, min_digit=32, max_digit=44, max_objects=1)
+TINY = ['--detector', 'fcos', '--model', 'cmt_ti', '--min-size', '96', '--max-size', '96', '--batch-size', '2',
+        '--workers', '0', '--warmup-updates', '0', '--lr', '1e-3', '--no-progress']
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+TIMEOUT = 300
+
+
+def _data(root: Path) -> List[str]:
+    layout = coco_layout(tiny_synthetic(root, FOUR))
+    (train_images, train_ann), (val_images, val_ann) = layout['train'], layout['val']
+    return ['--train-images', str(train_images), '--train-annotations', str(train_ann),
+            '--val-images', str(val_images), '--val-annotations', str(val_ann)]
+
+
+def _cmtnet(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'cmtnet', 'detect', *argv], env=ENV, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def _metrics(run: Path) -> List[Dict[str, str]]:
+    with open(run / 'metrics.csv') as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> List[str]:
+    return _data(tmp_path_factory.mktemp('coco'))
+
+
+@pytest.fixture(scope='module')
+def whole(tmp_path_factory, data) -> Path:
+    """An uninterrupted run of 2 epochs of 2 updates (flips on, a checkpoint after every update)."""
+    run = tmp_path_factory.mktemp('runs') / 'whole'
+    done = _cmtnet('train', *data, *TINY, '--epochs', '2', '--checkpoint-interval', '1', '--output', str(run))
+    assert done.returncode == 0, done.stderr
+    return run
+
+
+def test_a_short_training_raises_ap50(tmp_path):
+    root = tiny_synthetic(tmp_path / 'coco', FOUR)
+    (images, annotations), _ = coco_layout(root).values()
+    options = DetectOptions(
+        train_images=str(images), train_annotations=str(annotations), val_images=str(images),
+        val_annotations=str(annotations), detector='fcos', model='cmt_ti', min_size=96, max_size=96, batch_size=4,
+        workers=0, epochs=10, sched='constant', warmup_updates=0, lr=1e-3, hflip=0, progress=False,
+        output=str(tmp_path / 'run'))
+    task = DetectionTask(options)
+    task.setup(Processes(torch.device('cpu')))
+    random_seed(options.seed, 0)
+    before = task.evaluate(task.build_model())['bbox_AP50']
+    fit(task, options)
+    rows = _metrics(tmp_path / 'run')
+    columns = list(rows[0])
+    first = columns.index('bbox_AP')  # COCO's twelve numbers, in order
+    assert columns[first:first + 12] == [f'bbox_{n}' for n in ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1',
+                                                               'AR10', 'AR100', 'ARs', 'ARm', 'ARl')]
+    after = max(float(r['bbox_AP50']) for r in rows)
+    assert before < 0.1 and after >= 0.3, (before, [r['bbox_AP50'] for r in rows])
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(whole, data, tmp_path):
+    args = [*data, *TINY, '--epochs', '2', '--checkpoint-interval', '1']
+    broken = tmp_path / 'broken'
+    process = subprocess.Popen([sys.executable, '-m', 'cmtnet', 'detect', 'train', *args, '--output', str(broken)],
+                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (broken / 'last.pth').exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    state = load_state(broken / 'last.pth')
+    assert state['samples_in_epoch'] > 0 and not (broken / 'model.safetensors').exists()
+
+    resumed = _cmtnet('train', *args, '--output', str(broken), '--resume')
+    assert resumed.returncode == 0, resumed.stderr
+    for name in ('model.safetensors', 'best.safetensors'):
+        a, b = (safetensors.torch.load_file(run / name) for run in (whole, broken))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    drop = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]  # noqa: E731
+    assert drop(_metrics(broken)) == drop(_metrics(whole))
+
+
+def test_eval_and_predict_need_only_the_checkpoint(whole, data, tmp_path, capsys):
+    checkpoint = str(whole / 'model.safetensors')
+    val = data[4:]
+    assert main(['detect', 'eval', '--checkpoint', checkpoint, *val, '--workers', '0', '--output', str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count('Average Precision') == 6 and out.count('Average Recall') == 6 and 'fcos on cmt_ti' in out
+    assert isinstance(json.loads((tmp_path / 'coco_results.json').read_text()), list)
+    last = float(_metrics(whole)[-1]['bbox_AP'])
+    assert f'= {max(last, 0):.3f}' in out.splitlines()[2]  # the same AP as the run's last epoch
+
+    images = Path(val[1])
+    assert main(['detect', 'predict', '--checkpoint', checkpoint, str(images), '--score-threshold', '0.0',
+                 '--output', str(tmp_path / 'drawn')]) == 0
+    found = json.loads((tmp_path / 'drawn' / 'detections.json').read_text())
+    assert len(found) == 4 and all(Path(item['drawn']).is_file() for item in found)
+    assert {'box', 'class', 'category_id', 'score'} <= set(found[0]['detections'][0])
+
+
+def test_bad_input_is_one_line_before_any_model_is_built(tmp_path, capsys):
+    path = write_coco(tmp_path, [image(1), image(2)], [box(10, 1), box(11, 2, bbox=(1, 1, 0, 5))])
+    images = str(tmp_path / 'images')
+    assert main(['detect', 'train', '--train-images', images, '--train-annotations', str(tmp_path / 'nope.json'),
+                 '--val-images', images, '--val-annotations', str(path), '--output', str(tmp_path / 'r')]) == 2
+    assert f'annotation file {tmp_path / "nope.json"} does not exist' in capsys.readouterr().err
+    assert main(['detect', 'train', '--train-images', images, '--train-annotations', str(path), '--val-images',
+                 images, '--val-annotations', str(path), '--strict', '--output', str(tmp_path / 'r')]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and 'annotation id 11 has a box of zero or negative size' in err
+    assert main(['detect', 'train', '--data', str(tmp_path / 'none'), '--output', str(tmp_path / 'r')]) == 2
+    assert 'no such folder' in capsys.readouterr().err
+    assert main(['detect', 'eval', '--output', str(tmp_path)]) == 2
+    assert '--checkpoint is required' in capsys.readouterr().err
+    assert not (tmp_path / 'r').exists()
+
+
+def test_the_defaults_are_the_1x_schedule_and_the_demo_config_parses():
+    from cmtnet.detection.commands import parse_options
+    o = parse_options([])
+    assert (o.detector, o.model, o.opt, o.lr, o.weight_decay, o.epochs, o.sched, o.decay_milestones, o.decay_rate,
+            o.warmup_updates, o.min_size, o.max_size, o.output) == (
+        'retinanet', 'cmt_s', 'adamw', 1e-4, 0.05, 12, 'multistep', [8, 11], 0.1, 500, 800, 1333, 'runs/detect')
+    demo = parse_options(['--config', str(Path(__file__).parents[2] / 'configs' / 'detect_demo.yaml')])
+    assert demo.data is None and demo.backbone_weights is None  # the embedded set; no file outside the repository
+    assert (demo.detector, demo.model, demo.min_size) == ('fcos', 'cmt_ti', 128)
+
+
+def test_position_biases_get_no_weight_decay():
+    task = DetectionTask(DetectOptions(detector='fcos', model='cmt_ti'))
+    model = build_detector('fcos', 'cmt_ti', 3)
+    exempt = task.no_weight_decay(model)
+    assert len(exempt) == 4 and all(name.endswith('rel_pos_bias') for name in exempt)
+    assert exempt <= dict(model.named_parameters()).keys()
