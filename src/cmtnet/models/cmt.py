@@ -266,6 +266,7 @@ class InvertedResidualFFN(nn.Module):
         return self.drop(x)
 
 
+@register_notrace_function  # FX: a leaf, since it branches on the memory format
 def tokens_to_map(x: torch.Tensor, height: int, width: int, channels_last: bool) -> torch.Tensor:
     """Tokens (B, N, C) as a (B, C, H, W) map: a view in channels_last memory, else a contiguous copy."""
     x = x.reshape(x.shape[0], height, width, x.shape[2]).permute(0, 3, 1, 2)
