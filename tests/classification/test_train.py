@@ -4,12 +4,9 @@ The runs use CMT-Ti at 32x32 on a few dozen images. Runs that must be killed or 
 through `python -m cmtnet` / torchrun in subprocesses, one thread each, bounded by timeouts.
 """
 import csv
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -29,6 +26,7 @@ from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.models import resize_rel_pos_bias
 from cmtnet.runtime import Processes
 from image_folders import corrupt, make_image_folder
+from killed_runs import ENV, TIMEOUT, kill_after_first_checkpoint
 from released import make_state, released_keys
 
 # a small, fast run; what each test varies comes after these options and overrides them
@@ -39,9 +37,6 @@ TINY_OPTIONS = TrainOptions(
 TINY = ['--model', 'cmt_ti', '--img-size', '32', '--batch-size', '4', '--workers', '0', '--epochs', '2',
         '--warmup-epochs', '0', '--cooldown-epochs', '0', '--lr', '1e-3', '--aa', 'none', '--color-jitter', '0',
         '--reprob', '0', '--mixup', '0', '--cutmix', '0', '--aug-repeats', '0', '--no-progress']
-# subprocesses: one thread each (reproducible sums, no oversubscription), and the same interpreter
-ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-TIMEOUT = 300
 
 
 def _cmtnet(*argv: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
@@ -249,20 +244,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(folder, tmp_path):
     done = _cmtnet('train', *args, '--output', str(whole))
     assert done.returncode == 0, done.stderr
 
-    process = subprocess.Popen([sys.executable, '-m', 'cmtnet', 'train', *args, '--output', str(broken)],
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (broken / 'last.pth').exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    state = load_state(broken / 'last.pth')
-    assert state['samples_in_epoch'] > 0  # killed in the middle of an epoch
-    assert not (broken / 'model.safetensors').exists()
+    state = kill_after_first_checkpoint(['train', *args], broken)
 
     resumed = _cmtnet('train', *args, '--output', str(broken), '--resume')
     assert resumed.returncode == 0, resumed.stderr

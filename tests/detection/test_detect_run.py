@@ -2,11 +2,8 @@
 work from the checkpoint alone, bad input is one line. CMT-Ti FCOS at 96x96 on a few generated images."""
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -21,18 +18,16 @@ from cmtnet.detection.data import coco_layout
 from cmtnet.detection.options import DetectOptions
 from cmtnet.detection.synthetic import SyntheticSpec
 from cmtnet.detection.task import DetectionTask
-from cmtnet.engine.checkpoint import load_state
 from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.engine.trainer import fit
 from cmtnet.runtime import Processes
 from coco_sets import box, image, tiny_synthetic, write_coco
+from killed_runs import ENV, TIMEOUT, kill_after_first_checkpoint
 
 # four images of one digit each, trained and scored on the same images: a detector learns them in a few steps
 FOUR = SyntheticSpec(train_images=4, val_images=4, image_size=96, min_digit=32, max_digit=44, max_objects=1)
 TINY = ['--detector', 'fcos', '--model', 'cmt_ti', '--min-size', '96', '--max-size', '96', '--batch-size', '2',
         '--workers', '0', '--warmup-updates', '0', '--lr', '1e-3', '--no-progress']
-ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-TIMEOUT = 300
 
 
 def _data(root: Path) -> List[str]:
@@ -91,19 +86,7 @@ def test_a_short_training_raises_ap50(tmp_path):
 def test_resume_after_sigkill_matches_an_uninterrupted_run(whole, data, tmp_path):
     args = [*data, *TINY, '--epochs', '2', '--checkpoint-interval', '1']
     broken = tmp_path / 'broken'
-    process = subprocess.Popen([sys.executable, '-m', 'cmtnet', 'detect', 'train', *args, '--output', str(broken)],
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not (broken / 'last.pth').exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    state = load_state(broken / 'last.pth')
-    assert state['samples_in_epoch'] > 0 and not (broken / 'model.safetensors').exists()
+    kill_after_first_checkpoint(['detect', 'train', *args], broken)
 
     resumed = _cmtnet('train', *args, '--output', str(broken), '--resume')
     assert resumed.returncode == 0, resumed.stderr
