@@ -25,7 +25,7 @@ import torch.nn as nn
 from timm.layers import ConvMlp, LayerNorm2d, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from .cmt import CMT, CMTStage, PatchAggregation, _cfg, check_input
+from .cmt import CMT, CMTStage, CheckedStem, PatchAggregation, _cfg
 from .variants import NET_STRIDE, VARIANT_ARGS
 
 __all__ = ['ABLATION_STEPS', 'CMTAblation', 'PatchEmbedStem', 'TokenBatchNorm', 'ablation_model_name']
@@ -46,7 +46,7 @@ def ablation_model_name(base: str, step: str) -> str:
     return f'{base}_abl_{step}'
 
 
-class PatchEmbedStem(nn.Module):
+class PatchEmbedStem(CheckedStem):
     """ViT/PVT patch embedding: a 4x4 conv with stride 4 and a LayerNorm, in place of the stem and the
     first patch aggregation (same stride, 4, and same output width)."""
 
@@ -60,20 +60,13 @@ class PatchEmbedStem(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        super().__init__(in_chans, img_size, dynamic_img_size, dynamic_img_pad)
         dd = {'device': device, 'dtype': dtype}
-        self.in_chans = in_chans
-        self.img_size = img_size
-        self.dynamic_img_size = dynamic_img_size
-        self.dynamic_img_pad = dynamic_img_pad
-        self.multiple = NET_STRIDE
         self.proj = nn.Conv2d(in_chans, out_chs, 4, stride=4, **dd)
         self.norm = LayerNorm2d(out_chs, eps=1e-5, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_input(
-            x, self.in_chans, self.img_size, self.dynamic_img_size, self.dynamic_img_pad, self.multiple)
-        return self.norm(self.proj(x))
+        return self.norm(self.proj(self.check(x)))
 
 
 class TokenBatchNorm(nn.BatchNorm1d):

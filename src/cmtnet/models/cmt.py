@@ -33,13 +33,16 @@ from timm.models import (
 )
 from timm.models._features import feature_take_indices
 
-from .fuse import EdgeCorrectedConv, FusedAttention, FusedCMTBlock, bn_scale_shift, fuse_block
+from .fuse import (
+    EdgeCorrectedConv, FusedAttention, FusedCMTBlock, bn_scale_shift, early_micro_batch, fuse_block, is_exact_gelu)
+from .onednn import OneDNNConv
 from .grid_cache import GridCache
 from .pos_bias import cached_resize_rel_pos_bias, resize_rel_pos_bias
 from .released import checkpoint_filter_fn, not_a_checkpoint
 from .variants import NET_STRIDE, VARIANT_ARGS, check_img_size
 
-__all__ = ['CMT', 'CMTBlock', 'CMTStage', 'LightweightAttention', 'VARIANT_ARGS', 'set_fused_attn']
+__all__ = [
+    'CMT', 'CMTBlock', 'CMTStage', 'CheckedStem', 'ConvStem', 'LightweightAttention', 'VARIANT_ARGS', 'set_fused_attn']
 
 
 @register_notrace_function
@@ -74,11 +77,33 @@ def check_input(
     return x
 
 
-class ConvStem(nn.Module):
+class CheckedStem(nn.Module):
+    """A stem that checks (and with `dynamic_img_pad`, pads) the network's input, so that feature extractors
+    built from the module list do too: what every CMT stem (and the ablations' patch embedding) shares."""
+
+    def __init__(
+            self,
+            in_chans: int,
+            img_size: Tuple[int, int],
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
+    ):
+        super().__init__()
+        self.in_chans = in_chans
+        self.img_size = img_size
+        self.dynamic_img_size = dynamic_img_size
+        self.dynamic_img_pad = dynamic_img_pad
+        self.multiple = NET_STRIDE
+
+    def check(self, x: torch.Tensor) -> torch.Tensor:
+        return check_input(
+            x, self.in_chans, self.img_size, self.dynamic_img_size, self.dynamic_img_pad, self.multiple)
+
+
+class ConvStem(CheckedStem):
     """Three 3x3 convs (the first with stride 2), each followed by GELU then BatchNorm.
 
-    The activation comes BEFORE the norm, as in the released code. The stem also checks (and with
-    `dynamic_img_pad`, pads) the input, so that feature extractors built from the module list do too.
+    The activation comes BEFORE the norm, as in the released code.
     """
 
     def __init__(
@@ -92,13 +117,8 @@ class ConvStem(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
+        super().__init__(in_chans, img_size, dynamic_img_size, dynamic_img_pad)
         dd = {'device': device, 'dtype': dtype}
-        self.in_chans = in_chans
-        self.img_size = img_size
-        self.dynamic_img_size = dynamic_img_size
-        self.dynamic_img_pad = dynamic_img_pad
-        self.multiple = NET_STRIDE
         self.conv1 = nn.Conv2d(in_chans, out_chs, 3, stride=2, padding=1, **dd)
         self.act1 = act_layer()
         self.norm1 = nn.BatchNorm2d(out_chs, **dd)
@@ -110,16 +130,19 @@ class ConvStem(nn.Module):
         self.norm3 = nn.BatchNorm2d(out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = check_input(
-            x, self.in_chans, self.img_size, self.dynamic_img_size, self.dynamic_img_pad, self.multiple)
+        x = self.check(x)
         x = self.norm1(self.act1(self.conv1(x)))
         x = self.norm2(self.act2(self.conv2(x)))
         x = self.norm3(self.act3(self.conv3(x)))
         return x
 
     def reparameterize(self) -> None:
-        """Fold the BatchNorms after the first two GELUs into the next convs, for inference (models/fuse.py)."""
+        """Fold the BatchNorms after the first two GELUs into the next convs, and run the first conv with its
+        GELU in one oneDNN call on CPU, for inference (models/fuse.py, models/onednn.py)."""
         if isinstance(self.norm1, nn.BatchNorm2d):
+            gelu1 = is_exact_gelu(self.act1)
+            self.conv1 = OneDNNConv(self.conv1, gelu=gelu1)
+            self.act1 = nn.Identity() if gelu1 else self.act1
             self.conv2 = EdgeCorrectedConv(self.conv2, *bn_scale_shift(self.norm1))
             self.conv3 = EdgeCorrectedConv(self.conv3, *bn_scale_shift(self.norm2))
             self.norm1, self.norm2 = nn.Identity(), nn.Identity()
@@ -603,6 +626,11 @@ class CMT(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            micro_batch = early_micro_batch(self.stages[0], x)
+            if micro_batch:  # a fused model on CPU: the large early maps a few images at a time (models/fuse.py)
+                x = torch.cat([self.stages[0](self.stem(part)) for part in x.split(micro_batch)])
+                return self.final_conv(self.stages[1:](x))
         x = self.stem(x)
         x = self.stages(x)
         return self.final_conv(x)

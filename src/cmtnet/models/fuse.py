@@ -23,6 +23,16 @@ LayerNorm of patch aggregation (the fold would cross a stage boundary for a pass
 (1x1 conv + BatchNorm on the 1/32 map, a negligible pass). The fused blocks run in channels_last memory
 whatever the input format (their tokens are then views of the map, never copies).
 
+On CPU the fused model also saves passes over memory without changing the arithmetic:
+- every conv of a block is one oneDNN call with pre-packed weights (models/onednn.py), the first IRFFN GELU
+  and the stem's first GELU run inside their convs, and the two residual adds of the block inside the output
+  projections (summed in place into the map the LPU wrote);
+- the attention runs explicitly (q k^T + bias, softmax, times v), not through SDPA, whose float-mask path on
+  CPU adds mask checks and a scaling pass; off the CPU `fused_attn` selects SDPA as in the unfused model;
+- the stem and the first stage take a large batch a few images at a time (`early_micro_batch`), so that
+  their maps, the largest of the network, stay in the processor's cache between passes.
+Scripted, traced, compiled and exported graphs keep the plain ops, which their own backends fuse.
+
 A fused model is for inference only: its fused modules refuse `train()` with an error. The unfused model
 keeps its parameter names and shapes; only the fused copy re-lays its weights.
 """
@@ -32,9 +42,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .onednn import OneDNNConv
+
 __all__ = [
-    'EdgeCorrectedConv', 'FusedAttention', 'FusedCMTBlock', 'FusedIRFFN', 'InferenceOnly',
-    'bn_scale_shift', 'fuse_block',
+    'EdgeCorrectedConv', 'FusedAttention', 'FusedCMTBlock', 'FusedIRFFN', 'InferenceOnly', 'attend',
+    'bn_scale_shift', 'early_micro_batch', 'fuse_block', 'is_exact_gelu',
 ]
 
 
@@ -94,14 +106,24 @@ def _fold_affine_in(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -
     return weight, taps
 
 
+def is_exact_gelu(act: nn.Module) -> bool:
+    """Whether `act` is the erf GELU that oneDNN can apply after a conv (models/onednn.py)."""
+    return type(act) is nn.GELU and act.approximate == 'none'
+
+
 class EdgeCorrectedConv(InferenceOnly):
     """A 3x3 stride-1 zero-padded conv that absorbed a per-channel affine s * x + t applied to its input.
 
     conv(s * x + t) = conv_s(x) + sum of the taps of t that fall inside the image. `conv.bias` holds the
     interior value (every tap inside); positions on the border rows and columns lose the taps on the zero
     padding, subtracted in place on those rows and columns only: no per-grid map is kept, so any size works.
-    A traced graph (ONNX export) builds the correction as a map from the grid's sides instead, in the graph.
-    With `identity`, it also absorbs a shortcut around the conv: conv(y) + y with y = s * x + t.
+    Traced and compiled graphs (ONNX export, inductor) add the correction as one map built from the grid's
+    sides instead, in the graph. With `identity`, it also absorbs a shortcut around the conv: conv(y) + y with
+    y = s * x + t.
+
+    The GELU that follows it in CMT stays a separate pass: oneDNN could run it inside the conv, but the border
+    must be corrected before it, and recomputing the border from thin strips of the input measured no faster
+    over the whole model (the strips' fixed costs outweigh the pass on the 14x14 and 7x7 maps).
     """
 
     def __init__(self, conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor, identity: bool = False):
@@ -119,7 +141,7 @@ class EdgeCorrectedConv(InferenceOnly):
                     raise ValueError('a shortcut folds only into a depthwise conv with as many outputs as inputs')
                 weight[:, 0, 1, 1] += scale
                 bias = bias + shift
-            self.conv = _copy_conv(conv, weight, bias)
+            self.conv = OneDNNConv(_copy_conv(conv, weight, bias))
             # per output channel: what the top/bottom rows, left/right columns and the corners lose
             self.register_buffer('rows', torch.stack([taps[:, 0].sum(1), taps[:, 2].sum(1)]))
             self.register_buffer('cols', torch.stack([taps[:, :, 0].sum(1), taps[:, :, 2].sum(1)]))
@@ -129,9 +151,11 @@ class EdgeCorrectedConv(InferenceOnly):
         # channels_last, where the border rows and columns are cheap strided views (in-place updates of
         # NCHW row slices with a per-channel operand run a thousand times slower here)
         y = self.conv(x.contiguous(memory_format=torch.channels_last))
-        if torch.jit.is_tracing():  # the tracer drops in-place updates of slices: add a whole map instead
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # the tracer drops in-place updates of slices, and a compiler turns each into a copy of the whole
+            # map: add the correction as one map instead (which a compiler fuses into the next elementwise op)
             return y + self._edge_map(y.shape[2], y.shape[3])
-        # the border loses the taps on the padding; a corner lost a row and a column, sharing one tap
+        # the border loses the taps on the padding; a corner lost a row and a column, which share one tap
         nhwc = y.permute(0, 2, 3, 1)
         nhwc[:, 0].sub_(self.rows[0])
         nhwc[:, -1].sub_(self.rows[1])
@@ -162,10 +186,21 @@ def _heads(x: torch.Tensor, parts: int, num_heads: int) -> List[torch.Tensor]:
     return list(x.permute(2, 0, 3, 1, 4).unbind(0))
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, sdpa: bool) -> torch.Tensor:
+    """softmax(q k^T + bias) v, with the scale already in q: through `scaled_dot_product_attention` or
+    explicitly."""
+    if sdpa:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.)
+    return (q @ k.transpose(-2, -1)).add_(bias).softmax(dim=-1) @ v
+
+
 class FusedAttention(InferenceOnly):
     """LMHSA (Eq. 2-4) with the LayerNorm affine, the key/value BatchNorm and the scale folded in.
 
-    Takes the normalised map (B, C, H, W) and returns the projected attention output as a map.
+    Takes the normalised map (B, C, H, W) and returns `residual` plus the projected attention output, as a
+    map (summed into `residual` in place on CPU). `fused_attn` selects `scaled_dot_product_attention` off the
+    CPU; on the CPU the explicit form runs, because SDPA with a float mask takes its math path there and adds
+    mask checks and a scaling pass to it (about 5% of the fused model's time, measured).
     """
 
     def __init__(
@@ -180,32 +215,31 @@ class FusedAttention(InferenceOnly):
         super().__init__()
         self.num_heads = num_heads
         self.fused_attn = fused_attn
-        self.q = q  # None when k = 1: kv then computes queries, keys and values in one projection
-        self.sr = sr
-        self.kv = kv
-        self.proj = proj
+        self.q = None if q is None else OneDNNConv(q)  # None when k = 1: kv then computes q, k and v at once
+        self.sr = None if sr is None else OneDNNConv(sr)
+        self.kv = OneDNNConv(kv)
+        self.proj = OneDNNConv(proj)
 
-    def forward(self, x: torch.Tensor, rel_pos_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rel_pos_bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         if self.q is None:
             q, k, v = _heads(self.kv(x), 3, self.num_heads)
         else:
             q = _heads(self.q(x), 1, self.num_heads)[0]
             k, v = _heads(self.kv(x if self.sr is None else self.sr(x)), 2, self.num_heads)
-        bias = rel_pos_bias.to(q.dtype)
-        if self.fused_attn:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.)
-        else:
-            x = (q @ k.transpose(-2, -1) + bias).softmax(dim=-1) @ v
+        x = attend(q, k, v, rel_pos_bias.to(q.dtype), self.fused_attn and q.device.type != 'cpu')
         x = x.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
-        return self.proj(x)
+        return self.proj(x, residual)
 
 
 class FusedIRFFN(InferenceOnly):
     """IRFFN (Eq. 5) with its three BatchNorms, its inner shortcut and the LayerNorm affine before it folded:
-    1x1 conv -> GELU -> depthwise 3x3 (edge-corrected) -> GELU -> 1x1 conv."""
+    1x1 conv -> GELU -> depthwise 3x3 (edge-corrected) -> GELU -> 1x1 conv, plus `residual` (summed into it
+    in place on CPU). The first GELU runs inside the first conv (on CPU in one oneDNN call; `act1` is then an
+    identity)."""
 
-    def __init__(self, fc1: nn.Conv2d, act1: nn.Module, dwconv: EdgeCorrectedConv, act2: nn.Module, fc2: nn.Conv2d):
+    def __init__(self, fc1: OneDNNConv, act1: nn.Module, dwconv: EdgeCorrectedConv, act2: nn.Module,
+                 fc2: OneDNNConv):
         super().__init__()
         self.fc1 = fc1
         self.act1 = act1
@@ -213,8 +247,8 @@ class FusedIRFFN(InferenceOnly):
         self.act2 = act2
         self.fc2 = fc2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act2(self.dwconv(self.act1(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act2(self.dwconv(self.act1(self.fc1(x)))), residual)
 
 
 class FusedCMTBlock(InferenceOnly):
@@ -222,7 +256,7 @@ class FusedCMTBlock(InferenceOnly):
 
     def __init__(self, lpu: nn.Conv2d, attn: FusedAttention, mlp: FusedIRFFN, eps1: float, eps2: float):
         super().__init__()
-        self.lpu = lpu
+        self.lpu = OneDNNConv(lpu)
         self.attn = attn
         self.mlp = mlp
         self.dim = lpu.out_channels  # an int, not x.shape[1]: a traced shape would not do as a norm's shape
@@ -230,10 +264,11 @@ class FusedCMTBlock(InferenceOnly):
         self.eps2 = eps2
 
     def forward(self, x: torch.Tensor, rel_pos_bias: torch.Tensor) -> torch.Tensor:
-        # in channels_last the token sequence is a view of the map: no layout copies between the parts
+        # in channels_last the token sequence is a view of the map: no layout copies between the parts; the
+        # two residual adds happen inside the output projections (in place, into the map the LPU wrote)
         x = self.lpu(x.contiguous(memory_format=torch.channels_last))
-        x = x + self.attn(_channel_norm(x, self.dim, self.eps1), rel_pos_bias)
-        return x + self.mlp(_channel_norm(x, self.dim, self.eps2))
+        x = self.attn(_channel_norm(x, self.dim, self.eps1), rel_pos_bias, x)
+        return self.mlp(_channel_norm(x, self.dim, self.eps2), x)
 
 
 def _channel_norm(x: torch.Tensor, dim: int, eps: float) -> torch.Tensor:
@@ -288,7 +323,10 @@ def _fuse_ffn(block: nn.Module) -> FusedIRFFN:
     fc2 = mlp.fc2.weight[:, :, 0, 0]
     fc2_weight = s3[:, None] * fc2 * s2[None, :]
     fc2_bias = s3 * (mlp.fc2.bias + fc2 @ t2) + t3
-    return FusedIRFFN(_conv1x1(fc1_weight, fc1_bias), mlp.act1, dwconv, mlp.act2, _conv1x1(fc2_weight, fc2_bias))
+    gelu1 = is_exact_gelu(mlp.act1)
+    return FusedIRFFN(
+        OneDNNConv(_conv1x1(fc1_weight, fc1_bias), gelu=gelu1), nn.Identity() if gelu1 else mlp.act1,
+        dwconv, mlp.act2, OneDNNConv(_conv1x1(fc2_weight, fc2_bias)))
 
 
 def fuse_block(block: nn.Module) -> FusedCMTBlock:
@@ -305,3 +343,25 @@ def fuse_block(block: nn.Module) -> FusedCMTBlock:
             block.norm2.eps,
         )
     return fused
+
+
+# bytes of the first stage's largest map (the IRFFN's hidden one) per micro-batch: well inside a server's or a
+# laptop's last-level cache (16-32 MiB typically), so that the stem's and first stage's passes over their maps
+# hit the cache instead of memory. At 224 on the project's CPU (32 MiB L3), cmt_s fused in channels_last ran
+# 1.33x the unfused model on whole batches of 16 and 1.52-1.64x with micro-batches of 2-8 images.
+EARLY_MAP_BUDGET = 16 * 2 ** 20
+
+
+def early_micro_batch(first_stage: nn.Module, x: torch.Tensor) -> int:
+    """How many images at a time a fused model on CPU should run through its stem and first stage (the
+    results are the same, image by image), or 0: the whole batch at once (an unfused model, a GPU, a batch
+    that fits, or a graph being traced or compiled)."""
+    if x.device.type != 'cpu' or x.dim() != 4 or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return 0
+    blocks = getattr(first_stage, 'blocks', None)
+    if not blocks or not isinstance(blocks[0], FusedCMTBlock):
+        return 0
+    hidden = blocks[0].mlp.fc1.conv.out_channels
+    per_image = hidden * max(1, x.shape[2] // 4) * max(1, x.shape[3] // 4) * x.element_size()
+    micro_batch = max(1, EARLY_MAP_BUDGET // per_image)
+    return micro_batch if micro_batch < x.shape[0] else 0

@@ -1,0 +1,136 @@
+"""The fused model's CPU fast path: one oneDNN call per conv with its GELU or residual, and micro-batches for
+the early stages. Each must give the plain ops' results, and be taken only where it applies."""
+import copy
+import pickle
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.utils import reparameterize_model
+
+import cmtnet  # noqa: F401  (registers the models)
+from cmtnet.models import fuse
+from cmtnet.models.fuse import FusedCMTBlock, attend, early_micro_batch
+from cmtnet.models.onednn import OneDNNConv, onednn_applies
+from norms import randomise_norms, rel_err
+
+CONVS = {
+    '1x1': lambda: nn.Conv2d(16, 48, 1),
+    'depthwise 3x3': lambda: nn.Conv2d(16, 16, 3, padding=1, groups=16),
+    'stride-k reduction': lambda: nn.Conv2d(16, 16, 4, stride=4, groups=16),
+    'dense 3x3 stride 2': lambda: nn.Conv2d(16, 48, 3, stride=2, padding=1),
+}
+
+
+def _cl(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
+pytestmark = pytest.mark.skipif(not onednn_applies(_cl(1, 1, 1, 1), torch.zeros(1)),
+                                reason='this PyTorch build has no oneDNN convolution post-ops')
+
+
+@pytest.mark.parametrize('kind', list(CONVS))
+@pytest.mark.parametrize('gelu', [False, True])
+def test_conv_with_gelu_equals_the_plain_ops(kind, gelu):
+    torch.manual_seed(0)
+    conv = CONVS[kind]()
+    fast = OneDNNConv(conv, gelu=gelu)
+    x = _cl(2, 16, 16, 12)
+    with torch.no_grad():
+        assert onednn_applies(x, conv.weight)
+        expected = F.gelu(conv(x)) if gelu else conv(x)
+        got = fast(x)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(got, expected) <= 1e-5
+
+
+def test_residual_is_summed_in_place_on_the_fast_path_only():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 1)
+    fast = OneDNNConv(conv)
+    x, residual = _cl(2, 16, 7, 9), _cl(2, 8, 7, 9)
+    with torch.no_grad():
+        expected = residual + conv(x)
+        kept = residual.clone()
+        got = fast(x, kept)
+        assert got is kept  # summed into the residual, no new map
+        assert rel_err(got, expected) <= 1e-6
+    # with gradients wanted, the plain ops run and the residual is left alone
+    before = residual.clone()
+    out = fast(x, residual)
+    assert out is not residual and torch.equal(residual, before)
+    assert rel_err(out.detach(), expected) <= 1e-6
+    out.sum().backward()
+    assert conv.weight.grad is not None
+
+
+@pytest.mark.parametrize('case', ['nchw input', 'float64', 'grad wanted', 'nchw residual'])
+def test_fast_path_is_declined_where_it_does_not_apply(case):
+    conv = nn.Conv2d(4, 4, 1)
+    x, residual = _cl(1, 4, 5, 5), None
+    if case == 'nchw input':
+        x = x.contiguous()
+    elif case == 'float64':
+        x = x.double()
+    elif case == 'nchw residual':
+        residual = torch.randn(1, 4, 5, 5)
+    with torch.set_grad_enabled(case == 'grad wanted'):
+        assert not onednn_applies(x, conv.weight, residual)
+
+
+def test_packed_weight_follows_changes_and_is_not_copied():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 1)
+    fast = OneDNNConv(conv, gelu=True)
+    x = _cl(1, 8, 4, 4)
+    with torch.no_grad():
+        fast(x)
+        conv.weight.mul_(-2.)  # an in-place change (a checkpoint loaded into the module, for one)
+        assert rel_err(fast(x), F.gelu(conv(x))) <= 1e-5
+        for twin in (copy.deepcopy(fast), pickle.loads(pickle.dumps(fast))):
+            assert twin._packed == {}
+            assert rel_err(twin(x), F.gelu(conv(x))) <= 1e-5
+
+
+def test_explicit_attention_equals_sdpa():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 49, 16, generator=g) for _ in range(3))
+    bias = torch.randn(4, 49, 49, generator=g)
+    with torch.no_grad():
+        assert rel_err(attend(q, k, v, bias, sdpa=False), attend(q, k, v, bias, sdpa=True)) <= 1e-5
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return randomise_norms(timm.create_model('cmt_ti', depths=(2, 1, 1, 1), img_size=96)).eval()
+
+
+def test_early_stages_run_in_micro_batches_with_the_same_results(monkeypatch):
+    model = _model()
+    fused = reparameterize_model(model)
+    x = torch.randn(5, 3, 96, 96)
+    monkeypatch.setattr(fuse, 'EARLY_MAP_BUDGET', 1)  # one image at a time
+    assert early_micro_batch(fused.stages[0], x) == 1
+    assert early_micro_batch(model.stages[0], x) == 0  # the unfused model runs its batch whole
+    calls = []
+    fused.stem.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        got = fused(x)
+        expected = model(x)
+    assert calls == [1] * 5
+    assert rel_err(got, expected) <= 1e-5
+    monkeypatch.setattr(fuse, 'EARLY_MAP_BUDGET', 2 ** 40)  # a batch that fits is not split
+    assert early_micro_batch(fused.stages[0], x) == 0
+
+
+def test_every_conv_of_a_fused_block_runs_through_onednn():
+    fused = reparameterize_model(_model())
+    block = next(m for m in fused.modules() if isinstance(m, FusedCMTBlock))
+    wrapped = {id(m.conv) for m in block.modules() if isinstance(m, OneDNNConv)}
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 8  # LPU, q, the stride-k reduction, kv, proj, fc1, depthwise, fc2
+    assert all(id(conv) in wrapped for conv in convs)
+    assert block.mlp.fc1.gelu and isinstance(block.mlp.act1, nn.Identity)  # the first GELU runs in the conv
