@@ -34,7 +34,9 @@ from ..errors import InputError
 from ..models import VARIANT_ARGS, native_img_size
 from .complexity import count_macs
 
-__all__ = ['BenchOptions', 'Result', 'interleaved', 'run_bench', 'format_table', 'peak_memory', 'add_parser']
+__all__ = [
+    'BenchOptions', 'Result', 'interleaved', 'run_bench', 'format_table', 'peak_memory', 'practical_peak_gflops',
+    'add_parser']
 
 CMT_PATHS = ('eager', 'channels_last', 'fused', 'fused_cl', 'fused_compiled', 'onnxruntime')
 PEER_PATHS = ('eager', 'channels_last', 'compiled')
@@ -45,7 +47,6 @@ PEERS = ('resnet50', 'convnext_tiny', 'swin_tiny_patch4_window7_224', 'deit_smal
 TOP1 = {'cmt_ti': 79.1, 'cmt_xs': 81.8, 'cmt_s': 83.5, 'cmt_b': 84.5, 'resnet50': 80.4, 'convnext_tiny': 82.1,
         'swin_tiny_patch4_window7_224': 81.2, 'deit_small_patch16_224': 79.9, 'nextvit_small': 82.5,
         'fastvit_sa24': 82.6}
-PRACTICAL_PEAK_GFLOPS = 480.  # fp32, oneDNN 1x1 conv in channels_last on the project's CPU (perf-notes)
 
 
 def _seconds(step: Callable[[], object], device: torch.device) -> float:
@@ -83,7 +84,7 @@ class BenchOptions:
     threads: int = 0
     device: str = 'cpu'
     amp: Optional[str] = None  # 'bf16' on CUDA
-    peak_gflops: float = PRACTICAL_PEAK_GFLOPS
+    peak_gflops: float = 0.  # the machine's practical peak; 0: measured (`practical_peak_gflops`)
 
     def __post_init__(self) -> None:
         known = set(CMT_PATHS) | set(PEER_PATHS) | set(TRAIN_PATHS)
@@ -117,6 +118,25 @@ class Result:
     @property
     def images_per_second(self) -> float:
         return self.batch_size / statistics.median(self.seconds)
+
+
+def practical_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
+    """The machine's practical peak: the best rate (GFLOP/s) of its fastest GEMM paths, measured now. On a CPU
+    those are a 1x1 conv in channels_last (oneDNN, as the fused CMT runs its projections) and `torch.mm`;
+    on a GPU, `torch.mm`. Best of `repeats` each."""
+    def best(step: Callable[[], object], flop: float) -> float:
+        step()
+        return flop / min(_seconds(step, device) for _ in range(repeats)) / 1e9
+
+    with torch.inference_mode():
+        n = 4096 if device.type == 'cuda' else 1024
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        rates = [best(lambda: a @ b, 2 * n ** 3)]
+        if device.type == 'cpu':
+            conv = nn.Conv2d(256, 1024, 1, dtype=dtype)
+            x = torch.randn(16, 256, 14, 14, dtype=dtype).contiguous(memory_format=torch.channels_last)
+            rates.append(best(lambda: conv(x), 2 * x.numel() * 1024))
+    return max(rates)
 
 
 def img_size_of(name: str) -> int:
@@ -254,7 +274,7 @@ def format_table(results: Sequence[Result], options: BenchOptions) -> str:
         lines.append(
             f'| {r.model} | {r.path} | {r.img_size} | {r.images_per_second:.1f} | {median * 1e3:.0f} '
             f'({min(r.seconds) * 1e3:.0f}-{max(r.seconds) * 1e3:.0f}) | {ratio} | {flops:.0f} | '
-            f'{flops / options.peak_gflops:.0%} | {r.warmup_seconds:.1f} |')
+            f'{f"{flops / options.peak_gflops:.0%}" if options.peak_gflops else "-"} | {r.warmup_seconds:.1f} |')
     return '\n'.join(lines)
 
 
@@ -324,10 +344,13 @@ def _options(args: argparse.Namespace) -> BenchOptions:
 def _run(args: argparse.Namespace) -> int:
     options = _options(args)
     log = (lambda msg: print(msg, flush=True)) if args.verbose else (lambda msg: None)
+    if not options.peak_gflops:
+        options.peak_gflops = practical_peak_gflops(
+            torch.device(options.device), torch.bfloat16 if options.amp == 'bf16' else torch.float32)
     results = run_bench(options, log)
     print(f'{options.device}, batch {options.batch_size}, {options.amp or "fp32"}; {machine()}; '
           f'{options.warmup} warm-up + {options.rounds} interleaved rounds, median; baseline {options.baseline}; '
-          f'peak {options.peak_gflops:.0f} GFLOP/s')
+          f'practical peak {options.peak_gflops:.0f} GFLOP/s')
     print(format_table(results, options))
     if args.latency:
         latency = run_bench(BenchOptions(**{**options.__dict__, 'batch_size': 1,
@@ -360,8 +383,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument('--threads', type=int, default=0, help='torch (and onnxruntime) threads; 0: default')
     parser.add_argument('--device', default='cpu', help='cpu or cuda')
     parser.add_argument('--amp', choices=['bf16'], help='bf16 autocast (for CUDA)')
-    parser.add_argument('--peak-gflops', type=float, default=PRACTICAL_PEAK_GFLOPS,
-                        help='the machine\'s practical fp32 peak, for the GFLOP/s share')
+    parser.add_argument('--peak-gflops', type=float, default=0.,
+                        help='the machine\'s practical peak, for the GFLOP/s share (default: measured first, as the '
+                             'best rate of its fastest GEMM paths)')
     parser.add_argument('--latency', action='store_true', help='also batch-1 latency, in a second interleaved run')
     parser.add_argument('--memory', action='store_true', help='also peak memory, in a child process each')
     parser.add_argument('--chart', help='write a PNG of images/s against published top-1')
