@@ -105,6 +105,18 @@ def test_multistep_schedule_with_warmup_in_updates(tmp_path):
     assert lrs == pytest.approx([0.05, 0.005, 0.005])
 
 
+def test_min_updates_stretches_a_short_schedule_by_a_whole_factor(tmp_path):
+    # 3 epochs of 8 updates = 24 < 40: stretched 2x, to 6 epochs with the milestone at 4, not 2 (the lr row of
+    # an epoch is the lr its last update set: [0.05, 0.005, 0.005] unstretched, as in the test above)
+    fit(Regression(), _options(tmp_path / 'run', sched='multistep', decay_milestones=[2], decay_rate=0.1,
+                               min_updates=40))
+    lrs = [float(r['lr']) for r in _rows(tmp_path / 'run')]
+    assert lrs == pytest.approx([0.05] * 3 + [0.005] * 3)
+    # a schedule already long enough is left as it is
+    fit(Regression(), _options(tmp_path / 'long', sched='multistep', decay_milestones=[2], min_updates=24))
+    assert len(_rows(tmp_path / 'long')) == 3
+
+
 def test_interrupted_run_resumes_to_the_same_weights_and_metrics(tmp_path):
     whole, broken = tmp_path / 'whole', tmp_path / 'broken'
     fit(Regression(), _options(whole, checkpoint_interval=1))

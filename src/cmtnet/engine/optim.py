@@ -5,6 +5,7 @@ per-process batch x processes x accumulation steps). Weight decay never applies 
 to the parameters the task exempts. Any timm optimizer and schedule can be named; the schedule steps per
 update unless `step_on_epochs`.
 """
+import math
 from typing import Iterable, Optional, Tuple
 
 import torch
@@ -18,13 +19,15 @@ from ..errors import InputError
 from .options import RunOptions
 
 __all__ = ['check_optimisation', 'create_ema', 'create_optimizer', 'create_scaler',
-           'create_scheduler', 'learning_rate']
+           'create_scheduler', 'learning_rate', 'schedule_stretch']
 
 def check_optimisation(o: RunOptions) -> None:
     """Refuse inconsistent optimisation options before any work starts."""
     for name in ('epochs', 'batch_size', 'accum_steps', 'lr_base_size', 'log_interval'):
         if getattr(o, name) < 1:
             raise InputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(o, name)}')
+    if o.min_updates < 0:
+        raise InputError(f'--min-updates must not be negative, got {o.min_updates}')
     if not 0 <= o.warmup_epochs < o.epochs:
         raise InputError(f'--warmup-epochs ({o.warmup_epochs}) must be below --epochs ({o.epochs})')
     if o.opt.lower() not in list_optimizers():
@@ -40,14 +43,24 @@ def create_optimizer(model: nn.Module, o: RunOptions, lr: float, no_weight_decay
     return create_optimizer_v2(groups, opt=o.opt, lr=lr, weight_decay=o.weight_decay)
 
 
+def schedule_stretch(o: RunOptions, updates_per_epoch: int) -> int:
+    """The whole factor the schedule's epochs are stretched by so that it lasts `min_updates` (1: none)."""
+    if not o.min_updates:
+        return 1
+    return max(1, math.ceil(o.min_updates / (o.epochs * updates_per_epoch)))
+
+
 def create_scheduler(optimizer: torch.optim.Optimizer, o: RunOptions, updates_per_epoch: int) -> Tuple[Scheduler, int]:
     """The schedule and the total number of epochs (cool-down included). A warm-up given in updates
-    (`warmup_updates`, as detection schedules count it) takes the place of `warmup_epochs`."""
-    warmup_epochs = o.warmup_updates / updates_per_epoch if o.warmup_updates else o.warmup_epochs
+    (`warmup_updates`, as detection schedules count it) takes the place of `warmup_epochs`. With
+    `min_updates`, a schedule that would be shorter is stretched (`schedule_stretch`)."""
+    stretch = schedule_stretch(o, updates_per_epoch)
+    warmup_epochs = o.warmup_updates / updates_per_epoch if o.warmup_updates else o.warmup_epochs * stretch
     return create_scheduler_v2(
-        optimizer, o.sched, num_epochs=o.epochs, decay_milestones=list(o.decay_milestones),
+        optimizer, o.sched, num_epochs=o.epochs * stretch, decay_milestones=[m * stretch for m in o.decay_milestones],
         decay_rate=o.decay_rate, warmup_epochs=warmup_epochs, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
-        cooldown_epochs=o.cooldown_epochs, step_on_epochs=o.step_on_epochs, updates_per_epoch=updates_per_epoch)
+        cooldown_epochs=o.cooldown_epochs * stretch, step_on_epochs=o.step_on_epochs,
+        updates_per_epoch=updates_per_epoch)
 
 
 def create_ema(model: nn.Module, o: RunOptions) -> Optional[ModelEmaV3]:

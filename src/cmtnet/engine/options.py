@@ -45,6 +45,7 @@ class RunOptions:
     decay_rate: float = 0.1
     warmup_epochs: float = 20
     warmup_updates: int = 0
+    min_updates: int = 0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     cooldown_epochs: int = 10
@@ -127,6 +128,10 @@ def add_run_options(parser: argparse.ArgumentParser, options: Type[RunOptions]) 
     opt(g, '--decay-rate', type=float, metavar='F', help='lr factor at each step of the step schedules')
     opt(g, '--warmup-epochs', type=float, metavar='N', help='epochs of linear warm-up')
     opt(g, '--warmup-updates', type=int, metavar='N', help='updates of linear warm-up, instead of --warmup-epochs')
+    opt(g, '--min-updates', type=int, metavar='N',
+        help='a floor on the schedule\'s length in updates (0: none): where --epochs of a small dataset give '
+             'fewer, the epochs, milestones, warm-up and cool-down epochs stretch by the smallest whole factor '
+             'that reaches it, so that a recipe carries over to a smaller set')
     opt(g, '--warmup-lr', type=float, metavar='LR', help='learning rate at the start of warm-up')
     opt(g, '--min-lr', type=float, metavar='LR', help='learning rate at the end of the cosine')
     opt(g, '--cooldown-epochs', type=int, metavar='N', help='epochs at --min-lr after the cosine')
