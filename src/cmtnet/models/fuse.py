@@ -356,10 +356,10 @@ def early_micro_batch(first_stage: nn.Module, x: torch.Tensor) -> int:
     """How many images at a time a fused model on CPU should run through its stem and first stage (the
     results are the same, image by image), or 0: the whole batch at once (an unfused model, a GPU, a batch
     that fits, or a graph being traced or compiled)."""
-    if x.device.type != 'cpu' or x.dim() != 4 or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return 0
     blocks = getattr(first_stage, 'blocks', None)
-    if not blocks or not isinstance(blocks[0], FusedCMTBlock):
+    if not blocks or not isinstance(blocks[0], FusedCMTBlock) or isinstance(x, torch.fx.Proxy):
+        return 0  # the model's own type first: FX tracing an unfused model must not branch on its input
+    if x.device.type != 'cpu' or x.dim() != 4 or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return 0
     hidden = blocks[0].mlp.fc1.conv.out_channels
     per_image = hidden * max(1, x.shape[2] // 4) * max(1, x.shape[3] // 4) * x.element_size()
