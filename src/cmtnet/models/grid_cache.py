@@ -19,16 +19,18 @@ from typing import Callable, Hashable, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['GridCache']
+__all__ = ['GridCache', 'eager_inference']
 
 
-def _bypass(sources: Sequence[torch.Tensor]) -> bool:
-    """True where the computation must run (and be recorded) every time instead of coming from the cache."""
+def eager_inference(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether this is plain eager inference: no graph being recorded (scripting, tracing, compiling,
+    exporting) and no gradient wanted through `tensors`. Only then may a shortcut that a graph or autograd
+    would not see be taken: a cached result here, oneDNN's fused calls in models/onednn.py."""
     if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return True
+        return False
     if torch.onnx.is_in_onnx_export():
-        return True
-    return torch.is_grad_enabled() and any(t.requires_grad for t in sources)
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 class GridCache:
@@ -58,7 +60,7 @@ class GridCache:
             compute: Callable[[], torch.Tensor],
     ) -> torch.Tensor:
         """`compute()`, or its result cached for `key` and the present state of `sources`."""
-        if _bypass(sources):
+        if not eager_inference(sources):
             return compute()
         full_key = (key, torch.is_inference_mode_enabled()) + tuple(
             (id(t), t.data_ptr(), tuple(t.shape), t._version, t.device, t.dtype) for t in sources)

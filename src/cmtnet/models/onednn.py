@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .grid_cache import eager_inference
+
 __all__ = ['OneDNNConv', 'onednn_applies']
 
 
@@ -35,12 +37,9 @@ _OPS_PRESENT = _ops_present()
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor] = None) -> bool:
     """Whether the oneDNN call serves this input: see the module's docstring."""
-    if not _OPS_PRESENT or torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if not _OPS_PRESENT or not eager_inference([x, weight] if residual is None else [x, weight, residual]):
         return False
     if x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 4:
-        return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (
-            residual is not None and residual.requires_grad)):
         return False
     if not x.is_contiguous(memory_format=torch.channels_last):
         return False
