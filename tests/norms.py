@@ -5,6 +5,7 @@ helpers give them random statistics, affines and biases.
 """
 import torch
 import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = ['randomise_norms', 'rel_err']
 
@@ -15,10 +16,12 @@ def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):  # timm's LayerNorm2d is a LayerNorm
+            # every BatchNorm (the token BatchNorm of the all-BatchNorm ablation is a BatchNorm1d); timm's
+            # LayerNorm2d is a LayerNorm
+            if isinstance(m, (_BatchNorm, nn.LayerNorm)):
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.3)
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, _BatchNorm):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.3)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
             if isinstance(m, nn.Conv2d) and m.bias is not None:

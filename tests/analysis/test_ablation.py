@@ -14,8 +14,10 @@ from cmtnet.analysis.ablation import AblationOptions, StepResult, run_ablation, 
 from cmtnet.cli import main
 from cmtnet.engine.trainer import TrainingDiverged
 from cmtnet.errors import InputError
-from cmtnet.models.ablation import ABLATION_STEPS, PatchEmbedStem, TokenBatchNorm, ablation_model_name
-from cmtnet.models.cmt import ConvStem, InvertedResidualFFN, LocalPerceptionUnit
+from cmtnet.models.ablation import ABLATION_STEPS, ablation_model_name
+from cmtnet.models.cmt import (
+    CMT, ConvStem, InvertedResidualFFN, LocalPerceptionUnit, PatchEmbedStem, TokenBatchNorm, _create_cmt)
+from cmtnet.models.variants import VARIANT_ARGS
 from image_folders import make_image_folder
 
 NAMES = [ablation_model_name(base, step) for base in ('cmt_ti', 'cmt_s') for step in ABLATION_STEPS]
@@ -54,7 +56,21 @@ def test_each_step_adds_what_it_names():
     assert not any(isinstance(m, nn.LayerNorm) for m in steps['all_bn'].modules())
     assert TokenBatchNorm in _types(steps['all_bn'])
     assert not any('rel_pos_bias' in n for n, _ in steps['no_pos_bias'].named_parameters())
-    assert all(float(s.rel_pos_bias.abs().sum()) == 0 for s in steps['no_pos_bias'].stages)
+    assert all(s.rel_pos_bias is None for s in steps['no_pos_bias'].stages)
+    assert steps['no_pos_bias'].no_weight_decay() == set()  # names only parameters that exist
+    assert all(type(m) is CMT for m in steps.values())  # one network class, built from other parts
+
+
+def test_a_step_is_a_row_of_constructor_arguments():
+    """Each registered step is exactly the CMT built with its row of arguments: same parameters, same output."""
+    for step, row in ABLATION_STEPS.items():
+        torch.manual_seed(0)
+        registered = timm.create_model(ablation_model_name('cmt_ti', step), img_size=32).eval()
+        built = _create_cmt('cmt_ti', **{**VARIANT_ARGS['cmt_ti'], **row, 'img_size': 32}).eval()
+        built.load_state_dict(registered.state_dict())  # strict: the same names and shapes
+        x = torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(built(x), registered(x))
 
 
 def test_the_irffn_step_is_cmt_itself():

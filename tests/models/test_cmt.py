@@ -2,9 +2,11 @@
 import pytest
 import timm
 import torch
+import torch.nn as nn
 
 import cmtnet
-from cmtnet.models import resize_rel_pos_bias, set_fused_attn
+from cmtnet.models import resize_rel_pos_bias, set_model_fused_attn
+from cmtnet.models.cmt import TokenBatchNorm
 from released import load_fixture, make_input, make_state
 
 
@@ -28,7 +30,7 @@ def _load(name, path, **kwargs):
 @pytest.mark.parametrize('fused', [True, False])
 def test_parity_with_released_code(fixture, released_file, fused):
     model = _load(fixture['variant'], released_file)
-    set_fused_attn(model, fused)
+    set_model_fused_attn(model, fused)
     x = make_input(fixture['input_shape'], fixture['input_seed'])
     expected = torch.tensor(fixture['logits'], dtype=torch.float64)
     with torch.no_grad():
@@ -61,7 +63,7 @@ def test_fused_and_explicit_attention_agree_with_gradients():
     x = torch.randn(2, 3, 64, 64)
     grads = []
     for fused in (True, False):
-        set_fused_attn(model, fused)
+        set_model_fused_attn(model, fused)
         grads.append(_output_and_grads(model, x))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-5)
     for name, g in grads[0][1].items():
@@ -203,3 +205,22 @@ def test_drop_path_rates_rise_linearly_over_all_blocks():
     assert len(rates) == 21
     expected = torch.linspace(0, 0.08, 21).tolist()
     assert rates == pytest.approx(expected, abs=1e-7)
+
+
+def test_token_batchnorm_is_batchnorm1d_and_scripts():
+    """The all-BatchNorm ablation's token norm: BatchNorm1d over the channels of (B, N, C) tokens, in training
+    (statistics and running averages) and eval, and compiled by TorchScript as it is."""
+    torch.manual_seed(0)
+    ours, reference = TokenBatchNorm(8), nn.BatchNorm1d(8)
+    reference.load_state_dict(ours.state_dict())
+    scripted = torch.jit.script(TokenBatchNorm(8))
+    for _ in range(3):
+        x = torch.randn(4, 10, 8) * 2 + 1
+        torch.testing.assert_close(ours(x), reference(x.transpose(1, 2)).transpose(1, 2))
+        scripted(x)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], value)
+        torch.testing.assert_close(scripted.state_dict()[name], value)
+    ours.eval(), reference.eval()
+    x = torch.randn(2, 5, 8)
+    torch.testing.assert_close(ours(x), reference(x.transpose(1, 2)).transpose(1, 2))

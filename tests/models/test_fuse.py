@@ -6,7 +6,7 @@ import torch.nn as nn
 from timm.utils import reparameterize_model
 
 import cmtnet  # noqa: F401  (registers the models)
-from cmtnet.models import VARIANT_ARGS, set_fused_attn
+from cmtnet.models import VARIANT_ARGS, CMTBlock, set_model_fused_attn
 from cmtnet.models.fuse import EdgeCorrectedConv, FusedAttention, FusedCMTBlock, bn_scale_shift
 from norms import randomise_norms as _randomise_norms, rel_err as _rel_err
 
@@ -41,6 +41,12 @@ def test_unfused_model_is_left_as_it_was():
     assert fused is not model and not any(isinstance(m, FusedCMTBlock) for m in model.modules())
     assert reparameterize_model(model, inplace=True) is model
     assert any(isinstance(m, FusedCMTBlock) for m in model.modules())
+    # folding a folded model changes nothing (no second micro-batch wrapper, no second fold)
+    refolded = reparameterize_model(fused)
+    assert [type(m) for m in refolded.modules()] == [type(m) for m in fused.modules()]
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert _rel_err(refolded(x), fused(x)) <= 1e-6
 
 
 @pytest.mark.parametrize('channels_last', [False, True])
@@ -57,8 +63,8 @@ def test_fused_in_both_memory_formats(channels_last):
     assert _rel_err(got, expected) <= 1e-5
 
 
-def test_fused_attention_follows_set_fused_attn_and_stays_exact():
-    """`set_fused_attn` reaches the fused attention (SDPA off the CPU); on the CPU the explicit form runs
+def test_fused_attention_follows_set_model_fused_attn_and_stays_exact():
+    """`set_model_fused_attn` reaches the fused attention (SDPA off the CPU); on the CPU the explicit form runs
     either way (tests/models/test_onednn.py checks it against SDPA)."""
     model = _model('cmt_ti')
     fused = reparameterize_model(model)
@@ -67,7 +73,7 @@ def test_fused_attention_follows_set_fused_attn_and_stays_exact():
     with torch.no_grad():
         expected = model(x)
         for flag in (True, False):
-            set_fused_attn(fused, flag)
+            set_model_fused_attn(fused, flag)
             assert attentions and all(m.fused_attn is flag for m in attentions)
             assert _rel_err(fused(x), expected) <= 1e-5
 
@@ -102,3 +108,42 @@ def test_fuses_projections_without_bias():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert _rel_err(reparameterize_model(model)(x), model(x)) <= 1e-5
+
+
+@pytest.mark.parametrize('name', timm.list_models('cmt*'))
+def test_every_registered_model_folds_exactly_in_both_memory_formats(name):
+    """Every model `import cmtnet` registers (variants, scaled model, ablation steps) folds to its own logits,
+    with non-trivial BatchNorm statistics: the parts folding knows are folded, the others left as they are."""
+    torch.manual_seed(0)
+    model = _randomise_norms(timm.create_model(name, img_size=64)).eval()
+    fused = reparameterize_model(model)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(x)
+        assert _rel_err(fused(x), expected) <= 1e-5
+        fused = fused.to(memory_format=torch.channels_last)
+        assert _rel_err(fused(x.contiguous(memory_format=torch.channels_last)), expected) <= 1e-5
+
+
+@pytest.mark.parametrize('parts, folds', [
+    (dict(), True),
+    (dict(use_lpu=False), False),
+    (dict(ffn_type='mlp'), False),
+    (dict(norm_type='batchnorm'), False),
+])
+def test_a_block_folds_only_the_parts_it_knows(parts, folds):
+    """A block of other parts than the folds are written for comes back from `fuse()` as it is (exact),
+    never folded by guessing."""
+    block = CMTBlock(16, 2, 2, **parts)
+    assert block.foldable() is folds
+    fused = block.fuse()
+    assert isinstance(fused, FusedCMTBlock) if folds else fused is block
+
+
+def test_without_position_bias_the_blocks_fold():
+    model = _model('cmt_ti_abl_no_pos_bias')
+    fused = reparameterize_model(model)
+    assert sum(isinstance(m, FusedCMTBlock) for m in fused.modules()) == sum(VARIANT_ARGS['cmt_ti']['depths'])
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        assert _rel_err(fused(x), model(x)) <= 1e-5

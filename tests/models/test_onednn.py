@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from timm.utils import reparameterize_model
 
 import cmtnet  # noqa: F401  (registers the models)
-from cmtnet.models import fuse
-from cmtnet.models.fuse import FusedCMTBlock, attend, early_micro_batch
-from cmtnet.models.onednn import OneDNNConv, onednn_applies
+from cmtnet.models import fuse, onednn
+from cmtnet.models.fuse import FusedCMTBlock, MicroBatched, attend
+from cmtnet.models.onednn import OneDNNConv, fast_path_available, onednn_applies
 from norms import randomise_norms, rel_err
 
 CONVS = {
@@ -109,21 +109,69 @@ def _model() -> nn.Module:
 
 
 def test_early_stages_run_in_micro_batches_with_the_same_results(monkeypatch):
+    """Folding installs the micro-batches around the stem and the first stage only; the network's own
+    forward has no such branch (the unfused model runs its batch whole)."""
     model = _model()
     fused = reparameterize_model(model)
+    assert isinstance(fused.stem, MicroBatched) and isinstance(fused.stages[0], MicroBatched)
+    assert not any(isinstance(m, MicroBatched) for m in list(fused.stages)[1:])
+    assert not any(isinstance(m, MicroBatched) for m in model.modules())
     x = torch.randn(5, 3, 96, 96)
     monkeypatch.setattr(fuse, 'EARLY_MAP_BUDGET', 1)  # one image at a time
-    assert early_micro_batch(fused.stages[0], x) == 1
-    assert early_micro_batch(model.stages[0], x) == 0  # the unfused model runs its batch whole
-    calls = []
-    fused.stem.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    assert fused.stem.micro_batch(x) == 1
+    calls = {'stem': [], 'stage': []}
+    fused.stem.module.register_forward_hook(lambda module, args, out: calls['stem'].append(args[0].shape[0]))
+    fused.stages[0].module.register_forward_hook(lambda module, args, out: calls['stage'].append(args[0].shape[0]))
     with torch.no_grad():
         got = fused(x)
         expected = model(x)
-    assert calls == [1] * 5
+        _, intermediates = fused.forward_intermediates(x)
+        _, expected_intermediates = model.forward_intermediates(x)
+    assert calls == {'stem': [1] * 10, 'stage': [1] * 10}  # forward, then forward_intermediates
     assert rel_err(got, expected) <= 1e-5
+    assert all(rel_err(a, b) <= 1e-5 for a, b in zip(intermediates, expected_intermediates))
     monkeypatch.setattr(fuse, 'EARLY_MAP_BUDGET', 2 ** 40)  # a batch that fits is not split
-    assert early_micro_batch(fused.stages[0], x) == 0
+    assert fused.stem.micro_batch(x) == 0 and fused.stages[0].micro_batch(x) == 0
+
+
+def _fake_op(behaviour):
+    """A stand-in for a private oneDNN op: one that raises, takes another signature or computes wrongly."""
+    def raising(*args, **kwargs):
+        raise RuntimeError('no such kernel')
+
+    def other_signature(x, weight, bias, padding, stride, dilation, groups):
+        return x
+
+    def wrong(x, weight, bias, *rest):
+        return torch.zeros(x.shape[0], weight.shape[0], *x.shape[2:]).contiguous(memory_format=torch.channels_last)
+
+    return {'raises': raising, 'other signature': other_signature, 'wrong result': wrong}[behaviour]
+
+
+@pytest.mark.parametrize('behaviour', ['raises', 'other signature', 'wrong result', 'missing'])
+def test_a_broken_private_op_turns_the_fast_path_off(monkeypatch, behaviour):
+    """The capability probe: an op that is missing, raises, changed its signature or disagrees with the plain
+    conv switches the fast path off, and the fused modules run the plain ops instead of raising."""
+    assert fast_path_available()  # this build's ops pass the probe
+    monkeypatch.setattr(onednn, '_fast_path', None)  # probe again, with the op broken
+    if behaviour == 'missing':
+        class NoOps:
+            def __getattr__(self, name):
+                raise AttributeError(f'no op {name}')
+        monkeypatch.setattr(torch.ops, 'mkldnn', NoOps())
+    else:
+        monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', _fake_op(behaviour))
+    assert not fast_path_available()
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    x = _cl(2, 16, 8, 8)
+    with torch.no_grad():
+        assert not onednn_applies(x, conv.weight)
+        assert rel_err(OneDNNConv(conv, gelu=True)(x), F.gelu(conv(x))) <= 1e-6
+        model = _model()
+        fused = reparameterize_model(model)
+        x = torch.randn(2, 3, 96, 96)
+        assert rel_err(fused(x), model(x)) <= 1e-5
 
 
 def test_every_conv_of_a_fused_block_runs_through_onednn():

@@ -4,7 +4,7 @@ import timm
 import torch
 
 import cmtnet  # noqa: F401  (registers the models)
-from cmtnet.analysis.complexity import count_params
+from cmtnet.analysis.macs import count_params
 from cmtnet.errors import InputError
 from cmtnet.models import VARIANT_ARGS
 from cmtnet.models.scaling import check_scaling_coefficients, cost_growth_per_step, scaled_args

@@ -1,13 +1,16 @@
 """pytest plugin: run timm's own model test-suite (`tests/test_models.py` of the pinned timm release)
-against the CMT models, and only them.
+against every CMT model, and only them.
 
 Used as `pytest -p timm_suite .../test_models.py` (see the Makefile's `test-timm`). Before collection it
-registers the models (`import cmtnet`), narrows timm's `list_models` / `list_pretrained` to them, and,
-since released weights cannot be downloaded in tests, points each model's pretrained cfg at a stand-in
-checkpoint generated in the authors' released format (with an argparse.Namespace beside the weights, as
-the authors' train.py saved them). timm selects its `forward_intermediates` tests by model module; our
-module (`cmt`) implements that API, so it is added to those selections. Tests that name other timm
-models are deselected. The number of tests that remain is asserted, so none can silently drop out.
+registers the models (`import cmtnet`) and takes every name that registers, `timm.list_models('cmt*')`:
+the variants, the scaled model and the ablation steps. It narrows timm's `list_models` / `list_pretrained`
+to them, and, since released weights cannot be downloaded in tests, points the pretrained cfg of each
+released variant (the models with weights) at a stand-in checkpoint generated in the authors' released
+format (with an argparse.Namespace beside the weights, as the authors' train.py saved them); the other
+models have no weights and so are not in timm's pretrained tests. timm selects its `forward_intermediates`
+tests by model module; our modules implement that API, so they are added to those selections. Tests that
+name other timm models are deselected. The number of tests that remain, computed from the model lists, is
+asserted, so none can silently drop out.
 """
 import argparse
 import os
@@ -25,17 +28,21 @@ import cmtnet  # noqa: F401  (registers the models)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 from released import make_state, released_keys  # noqa: E402
 
-OUR_MODELS = ('cmt_ti', 'cmt_xs', 'cmt_s', 'cmt_b')
-OUR_MODULE = 'cmt'
-# the tests of test_models.py (timm 1.0.31) that take our models, each run for the 4 models
-SUITE_TESTS = (
-    'test_model_forward', 'test_model_backward', 'test_model_default_cfgs', 'test_model_load_pretrained',
-    'test_model_features_pretrained', 'test_model_forward_torchscript', 'test_model_forward_features',
-    'test_model_forward_intermediates_features', 'test_model_forward_intermediates',
+OUR_MODELS = tuple(timm.list_models('cmt*'))  # every model `import cmtnet` registers
+# those with released weights (here: stand-ins), without the pretrained tag
+RELEASED = tuple(sorted({name.split('.')[0] for name in timm.list_models('cmt*', pretrained=True)}))
+OUR_MODULES = sorted({registry._model_to_module[name] for name in OUR_MODELS})
+# the tests of test_models.py (timm 1.0.31) that take our models: the pretrained ones for each model with
+# weights, every other one for each model
+PRETRAINED_TESTS = ('test_model_load_pretrained', 'test_model_features_pretrained')
+MODEL_TESTS = (
+    'test_model_forward', 'test_model_backward', 'test_model_default_cfgs', 'test_model_forward_torchscript',
+    'test_model_forward_features', 'test_model_forward_intermediates_features', 'test_model_forward_intermediates',
     'test_prune_intermediate_layers_contract', 'test_model_forward_fx', 'test_model_backward_fx',
     'test_model_forward_fx_torchscript',
 )
-EXPECTED_TESTS = len(OUR_MODELS) * len(SUITE_TESTS)
+SUITE_TESTS = PRETRAINED_TESTS + MODEL_TESTS
+EXPECTED_TESTS = len(RELEASED) * len(PRETRAINED_TESTS) + len(OUR_MODELS) * len(MODEL_TESTS)
 
 _list_models = timm.list_models
 _list_pretrained = timm.list_pretrained
@@ -48,7 +55,7 @@ def _ours(names):
 def list_models(filter='', module='', pretrained=False, exclude_filters='', name_matches_cfg=False,
                 include_tags=None):
     if module:
-        module = ([module] if isinstance(module, str) else list(module)) + [OUR_MODULE]
+        module = ([module] if isinstance(module, str) else list(module)) + OUR_MODULES
     return _ours(_list_models(filter, module, pretrained, exclude_filters, name_matches_cfg, include_tags))
 
 
@@ -57,7 +64,7 @@ def list_pretrained(filter='', exclude_filters=''):
 
 
 def _write_released_checkpoints(folder: str) -> None:
-    for seed, name in enumerate(OUR_MODELS):
+    for seed, name in enumerate(RELEASED):
         state = make_state(released_keys(name), seed=seed)
         path = os.path.join(folder, f'{name}_released.pth')
         torch.save({

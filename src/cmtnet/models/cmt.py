@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
-    ClassifierHead, ConvNormAct, DropPath, LayerNorm2d, calculate_drop_path_rates, get_device_dtype,
+    ClassifierHead, ConvMlp, ConvNormAct, DropPath, LayerNorm2d, calculate_drop_path_rates, get_device_dtype,
     register_notrace_function, to_2tuple, trunc_normal_, use_fused_attn,
 )
 from timm.models import (
@@ -34,7 +34,7 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from .fuse import (
-    EdgeCorrectedConv, FusedAttention, FusedCMTBlock, bn_scale_shift, early_micro_batch, fuse_block, is_exact_gelu)
+    EdgeCorrectedConv, FusedAttention, FusedCMTBlock, MicroBatched, bn_scale_shift, fuse_block, is_exact_gelu)
 from .onednn import OneDNNConv
 from .grid_cache import GridCache
 from .pos_bias import cached_resize_rel_pos_bias, resize_rel_pos_bias
@@ -42,7 +42,18 @@ from .released import checkpoint_filter_fn, not_a_checkpoint
 from .variants import NET_STRIDE, VARIANT_ARGS, check_img_size
 
 __all__ = [
-    'CMT', 'CMTBlock', 'CMTStage', 'CheckedStem', 'ConvStem', 'LightweightAttention', 'VARIANT_ARGS', 'set_fused_attn']
+    'CMT', 'CMTBlock', 'CMTStage', 'CMTStages', 'CheckedStem', 'ConvStem', 'LightweightAttention', 'PatchEmbedStem',
+    'TokenBatchNorm', 'VARIANT_ARGS', 'set_model_fused_attn',
+]
+
+STEM_TYPES = ('conv', 'patch')
+FFN_TYPES = ('irffn', 'mlp')
+NORM_TYPES = ('layernorm', 'batchnorm')
+
+
+def _check_choice(name: str, value: str, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {", ".join(map(repr, choices))}, got {value!r}')
 
 
 @register_notrace_function
@@ -136,26 +147,88 @@ class ConvStem(CheckedStem):
         x = self.norm3(self.act3(self.conv3(x)))
         return x
 
-    def reparameterize(self) -> None:
-        """Fold the BatchNorms after the first two GELUs into the next convs, and run the first conv with its
-        GELU in one oneDNN call on CPU, for inference (models/fuse.py, models/onednn.py)."""
-        if isinstance(self.norm1, nn.BatchNorm2d):
-            gelu1 = is_exact_gelu(self.act1)
-            self.conv1 = OneDNNConv(self.conv1, gelu=gelu1)
-            self.act1 = nn.Identity() if gelu1 else self.act1
-            self.conv2 = EdgeCorrectedConv(self.conv2, *bn_scale_shift(self.norm1))
-            self.conv3 = EdgeCorrectedConv(self.conv3, *bn_scale_shift(self.norm2))
-            self.norm1, self.norm2 = nn.Identity(), nn.Identity()
+    def fuse(self) -> nn.Module:
+        """The stem for inference: the BatchNorms after the first two GELUs folded into the next convs, the
+        first conv run with its GELU in one oneDNN call on CPU (models/fuse.py, models/onednn.py), and a
+        large CPU batch taken a few images at a time (`MicroBatched`, counting three maps of the stem's width
+        per image: a conv's input and output and the border pass after it; with fewer the stem's micro-batches
+        of the small variants grow past what stays in cache). Folds in place; a folded stem is returned as it
+        is."""
+        if not isinstance(self.norm1, nn.BatchNorm2d):
+            return self
+        gelu1 = is_exact_gelu(self.act1)
+        self.conv1 = OneDNNConv(self.conv1, gelu=gelu1)
+        self.act1 = nn.Identity() if gelu1 else self.act1
+        self.conv2 = EdgeCorrectedConv(self.conv2, *bn_scale_shift(self.norm1))
+        self.conv3 = EdgeCorrectedConv(self.conv3, *bn_scale_shift(self.norm2))
+        self.norm1, self.norm2 = nn.Identity(), nn.Identity()
+        return MicroBatched(self, map_chs=3 * self.norm3.num_features, map_stride=2)
+
+
+class PatchEmbedStem(CheckedStem):
+    """ViT/PVT patch embedding: a 4x4 conv with stride 4 and a norm (LayerNorm, eps 1e-5, or BatchNorm), in
+    place of the stem and the first patch aggregation (same stride, 4, and same output width): the stem of
+    the ablation study's 4-stage Transformer (models/ablation.py)."""
+
+    def __init__(
+            self,
+            in_chans: int,
+            out_chs: int,
+            img_size: Tuple[int, int],
+            dynamic_img_size: bool = False,
+            dynamic_img_pad: bool = False,
+            norm_type: str = 'layernorm',
+            device=None,
+            dtype=None,
+    ):
+        super().__init__(in_chans, img_size, dynamic_img_size, dynamic_img_pad)
+        dd = {'device': device, 'dtype': dtype}
+        self.proj = nn.Conv2d(in_chans, out_chs, 4, stride=4, **dd)
+        self.norm = _map_norm(norm_type, out_chs, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(self.check(x)))
+
+
+class TokenBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the channels of a token sequence (B, N, C): the all-BatchNorm ablation's LayerNorm.
+
+    Written out over `F.batch_norm` (same statistics and running averages as `nn.BatchNorm1d`) rather than
+    through the parent's forward, so that TorchScript compiles it and FX traces it.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        momentum = 0. if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # a cumulative average
+                momentum = 1. / float(self.num_batches_tracked)
+        batch_stats = self.training or self.running_mean is None
+        x = F.batch_norm(
+            x.transpose(1, 2), self.running_mean, self.running_var, self.weight, self.bias,
+            batch_stats, momentum, self.eps)
+        return x.transpose(1, 2)
+
+
+def _token_norm(norm_type: str, dim: int, **dd) -> nn.Module:
+    """The norm of a block's tokens (B, N, C): LayerNorm (eps 1e-6, as released) or BatchNorm."""
+    return nn.LayerNorm(dim, eps=1e-6, **dd) if norm_type == 'layernorm' else TokenBatchNorm(dim, **dd)
+
+
+def _map_norm(norm_type: str, dim: int, **dd) -> nn.Module:
+    """The norm of a patchifying conv's map (B, C, H, W): LayerNorm over channels (eps 1e-5) or BatchNorm."""
+    return LayerNorm2d(dim, eps=1e-5, **dd) if norm_type == 'layernorm' else nn.BatchNorm2d(dim, **dd)
 
 
 class PatchAggregation(nn.Module):
-    """2x2 stride-2 conv then LayerNorm over channels (eps 1e-5): the downsampling between stages."""
+    """2x2 stride-2 conv then a norm over channels (LayerNorm, eps 1e-5, as released; or BatchNorm): the
+    downsampling between stages."""
 
-    def __init__(self, in_chs: int, out_chs: int, device=None, dtype=None):
+    def __init__(self, in_chs: int, out_chs: int, norm_type: str = 'layernorm', device=None, dtype=None):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.conv = nn.Conv2d(in_chs, out_chs, 2, stride=2, **dd)
-        self.norm = LayerNorm2d(out_chs, eps=1e-5, **dd)
+        self.norm = _map_norm(norm_type, out_chs, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
@@ -181,7 +254,7 @@ class LightweightAttention(nn.Module):
 
     Differences from the paper, kept from the released code: keys and values are separate linear
     projections of the reduced map, and B is a free tensor per (query, key) pair, owned by the stage and
-    shared by all of its blocks (passed in at forward).
+    shared by all of its blocks (passed in at forward); None for the ablation without position bias.
     """
     fused_attn: torch.jit.Final[bool]
 
@@ -219,7 +292,9 @@ class LightweightAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, height: int, width: int, rel_pos_bias: torch.Tensor) -> torch.Tensor:
+    def forward(
+            self, x: torch.Tensor, height: int, width: int, rel_pos_bias: Optional[torch.Tensor],
+    ) -> torch.Tensor:
         B, N, C = x.shape
         q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         kv = x
@@ -233,11 +308,13 @@ class LightweightAttention(nn.Module):
         if self.fused_attn:
             x = F.scaled_dot_product_attention(
                 q, k, v,
-                attn_mask=rel_pos_bias.to(q.dtype),
+                attn_mask=None if rel_pos_bias is None else rel_pos_bias.to(q.dtype),
                 dropout_p=self.attn_drop.p if self.training else 0.,
             )
         else:
-            attn = (q @ k.transpose(-2, -1)) * self.scale + rel_pos_bias
+            attn = (q @ k.transpose(-2, -1)) * self.scale
+            if rel_pos_bias is not None:
+                attn = attn + rel_pos_bias
             attn = self.attn_drop(attn.softmax(dim=-1))
             x = attn @ v
 
@@ -245,13 +322,13 @@ class LightweightAttention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-def set_fused_attn(model: nn.Module, fused: bool) -> None:
-    """Switch every LightweightAttention in `model` to `scaled_dot_product_attention` (fused) or to the
-    explicit matmul-softmax-matmul path (e.g. to compare them, or for counters and exporters that need
-    plain ops)."""
+def set_model_fused_attn(model: nn.Module, enable: bool) -> None:
+    """Switch every LightweightAttention in `model` (and every attention of a fused model) to
+    `scaled_dot_product_attention` (`enable`) or to the explicit matmul-softmax-matmul path (e.g. to compare
+    them, or for counters and exporters that need plain ops)."""
     for m in model.modules():
         if isinstance(m, (LightweightAttention, FusedAttention)):
-            m.fused_attn = fused
+            m.fused_attn = enable
 
 
 class InvertedResidualFFN(nn.Module):
@@ -300,7 +377,10 @@ class CMTBlock(nn.Module):
     """CMT block (Eq. 6): X = LPU(X); X = X + LMHSA(LN(X)); X = X + IRFFN(LN(X)).
 
     Takes and returns an NCHW map, in the input's memory format (in channels_last the tokens are views of
-    the map). Drop path applies to the attention and FFN branches, not the LPU.
+    the map). Drop path applies to the attention and FFN branches, not the LPU. What the block is made of
+    is chosen here, for the paper's ablation steps: `use_lpu=False` drops the LPU, `ffn_type='mlp'` is a
+    plain FFN (timm's ConvMlp: 1x1 conv, GELU, 1x1 conv) instead of the IRFFN, `norm_type='batchnorm'`
+    puts BatchNorms where the LayerNorms are.
     """
 
     def __init__(
@@ -314,21 +394,30 @@ class CMTBlock(nn.Module):
             attn_drop: float = 0.,
             drop_path: float = 0.,
             act_layer: Type[nn.Module] = nn.GELU,
+            use_lpu: bool = True,
+            ffn_type: str = 'irffn',
+            norm_type: str = 'layernorm',
             device=None,
             dtype=None,
     ):
         super().__init__()
+        _check_choice('ffn_type', ffn_type, FFN_TYPES)
+        _check_choice('norm_type', norm_type, NORM_TYPES)
         dd = {'device': device, 'dtype': dtype}
-        self.lpu = LocalPerceptionUnit(dim, **dd)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6, **dd)
+        hidden = int(dim * mlp_ratio)
+        self.lpu = LocalPerceptionUnit(dim, **dd) if use_lpu else nn.Identity()
+        self.norm1 = _token_norm(norm_type, dim, **dd)
         self.attn = LightweightAttention(
             dim, num_heads, sr_ratio, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop, **dd)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6, **dd)
-        self.mlp = InvertedResidualFFN(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.norm2 = _token_norm(norm_type, dim, **dd)
+        if ffn_type == 'irffn':
+            self.mlp = InvertedResidualFFN(dim, hidden, act_layer=act_layer, drop=proj_drop, **dd)
+        else:
+            self.mlp = ConvMlp(dim, hidden, act_layer=act_layer, drop=proj_drop, **dd)
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rel_pos_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor]) -> torch.Tensor:
         B, C, H, W = x.shape
         channels_last = x.is_contiguous(memory_format=torch.channels_last)
         x = self.lpu(x)
@@ -337,13 +426,28 @@ class CMTBlock(nn.Module):
         ffn_in = tokens_to_map(self.norm2(x), H, W, channels_last)
         return tokens_to_map(x, H, W, channels_last) + self.drop_path2(self.mlp(ffn_in))
 
-    def fuse(self) -> FusedCMTBlock:
-        """The block with its norms' affines, BatchNorms and shortcuts folded, for inference (models/fuse.py)."""
-        return fuse_block(self)
+    def foldable(self) -> bool:
+        """Whether `fuse()` folds this block: exactly the parts the folds are written for (an LPU, LayerNorms,
+        the lightweight attention and the IRFFN with its BatchNorms)."""
+        mlp = self.mlp
+        return (type(self.lpu) is LocalPerceptionUnit and type(self.attn) is LightweightAttention
+                and type(self.norm1) is nn.LayerNorm and type(self.norm2) is nn.LayerNorm
+                and type(mlp) is InvertedResidualFFN
+                and all(type(n) is nn.BatchNorm2d for n in (mlp.norm1, mlp.norm2, mlp.norm3))
+                and (self.attn.sr_ratio == 1 or type(self.attn.sr_norm) is nn.BatchNorm2d))
+
+    def fuse(self) -> nn.Module:
+        """The block with its norms' affines, BatchNorms and shortcuts folded, for inference (models/fuse.py);
+        a block made of other parts (an ablation step's) is returned as it is, which stays exact."""
+        return fuse_block(self) if self.foldable() else self
 
 
 class CMTStage(nn.Module):
-    """Patch aggregation, then `depth` CMT blocks sharing one position bias of shape (heads, N, N / k^2)."""
+    """Patch aggregation, then `depth` CMT blocks sharing one position bias of shape (heads, N, N / k^2).
+
+    `downsample=False` leaves out the patch aggregation (after a patch-embedding stem, which has done it);
+    `use_pos_bias=False` leaves out the bias B (Eq. 4): the stage then has no such parameter at all.
+    """
 
     def __init__(
             self,
@@ -360,19 +464,29 @@ class CMTStage(nn.Module):
             drop_path: Union[float, List[float]] = 0.,
             dynamic_img_size: bool = False,
             act_layer: Type[nn.Module] = nn.GELU,
+            downsample: bool = True,
+            use_lpu: bool = True,
+            ffn_type: str = 'irffn',
+            norm_type: str = 'layernorm',
+            use_pos_bias: bool = True,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
+        if not downsample and in_chs != dim:
+            raise ValueError(f'a stage without patch aggregation keeps its width: in_chs {in_chs} != dim {dim}')
         self.sr_ratio = sr_ratio
         self.grid_size = grid_size
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
-        self.downsample = PatchAggregation(in_chs, dim, **dd)
-        num_keys = (grid_size[0] // sr_ratio) * (grid_size[1] // sr_ratio)
-        self.rel_pos_bias = nn.Parameter(torch.empty(num_heads, grid_size[0] * grid_size[1], num_keys, **dd))
+        self.downsample = PatchAggregation(in_chs, dim, norm_type=norm_type, **dd) if downsample else nn.Identity()
+        if use_pos_bias:
+            num_keys = (grid_size[0] // sr_ratio) * (grid_size[1] // sr_ratio)
+            self.rel_pos_bias = nn.Parameter(torch.empty(num_heads, grid_size[0] * grid_size[1], num_keys, **dd))
+        else:
+            self.register_parameter('rel_pos_bias', None)
         self.bias_cache = GridCache()  # the bias resized to recent grids, for eager inference
         drop_paths = list(drop_path) if isinstance(drop_path, (list, tuple)) else [drop_path] * depth
         self.blocks = nn.ModuleList([
@@ -384,21 +498,25 @@ class CMTStage(nn.Module):
                 attn_drop=attn_drop,
                 drop_path=drop_paths[i],
                 act_layer=act_layer,
+                use_lpu=use_lpu,
+                ffn_type=ffn_type,
+                norm_type=norm_type,
                 **dd,
             )
             for i in range(depth)])
 
     def set_grid_size(self, grid_size: Tuple[int, int]) -> None:
         """Resize the position bias to a new token grid, in place (keeps requires_grad)."""
-        with torch.no_grad():
-            bias = resize_rel_pos_bias(self.rel_pos_bias, self.grid_size, grid_size, self.sr_ratio)
-        self.rel_pos_bias = nn.Parameter(bias, requires_grad=self.rel_pos_bias.requires_grad)
+        if self.rel_pos_bias is not None:
+            with torch.no_grad():
+                bias = resize_rel_pos_bias(self.rel_pos_bias, self.grid_size, grid_size, self.sr_ratio)
+            self.rel_pos_bias = nn.Parameter(bias, requires_grad=self.rel_pos_bias.requires_grad)
         self.grid_size = grid_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.downsample(x)
         rel_pos_bias = self.rel_pos_bias
-        if self.dynamic_img_size:
+        if rel_pos_bias is not None and self.dynamic_img_size:
             grid = (x.shape[2], x.shape[3])
             if torch.jit.is_scripting():
                 rel_pos_bias = resize_rel_pos_bias(rel_pos_bias, self.grid_size, grid, self.sr_ratio)
@@ -413,12 +531,60 @@ class CMTStage(nn.Module):
         return x
 
 
+class CMTStages(nn.Sequential):
+    """The stages in order. Folding (`fuse()`, through timm's reparameterize_model) folds the blocks in place
+    and, on CPU, runs the first stage, whose maps are the network's largest, a few images at a time
+    (`MicroBatched` on the IRFFN's hidden map: the results are the same, image by image)."""
+
+    def fuse(self) -> 'CMTStages':
+        for stage in self:
+            stage = stage.module if isinstance(stage, MicroBatched) else stage
+            for i, block in enumerate(stage.blocks):
+                if isinstance(block, CMTBlock):  # not yet folded
+                    stage.blocks[i] = block.fuse()
+        first = self[0]
+        if isinstance(first, CMTStage) and isinstance(first.blocks[0], FusedCMTBlock):
+            map_stride = 1 if isinstance(first.downsample, nn.Identity) else 2
+            self[0] = MicroBatched(first, map_chs=first.blocks[0].mlp.fc1.conv.out_channels, map_stride=map_stride)
+        return self
+
+
 class CMT(nn.Module):
     """CMT: stem -> 4 x (patch aggregation + CMT blocks) -> 1x1 conv (1280) + BN + Swish -> pool -> FC.
 
     The model is built for one input size (`img_size`), which fixes the grid of each stage's position
     bias. `dynamic_img_size=True` resizes the bias on the fly for any input whose sides are multiples of
-    32; `dynamic_img_pad=True` pads other inputs up to such a size.
+    32; `dynamic_img_pad=True` pads other inputs up to such a size. The parts it is made of are arguments
+    (`stem_type`, `use_lpu`, `ffn_type`, `norm_type`, `use_pos_bias`): each ablation step of the paper
+    (models/ablation.py) is a CMT built with other parts, never one patched after construction.
+
+    Args:
+        img_size: Input size the position biases are built for (int or (H, W), multiples of 32).
+        in_chans: Number of input image channels.
+        num_classes: Number of classes of the classifier, 0 for none.
+        global_pool: Global pooling type of the head ('avg', 'max', '' for none, ...).
+        stem_chs: Channels of the convolutional stem.
+        embed_dims: Channels of each stage.
+        depths: Number of CMT blocks in each stage.
+        num_heads: Attention heads in each stage.
+        sr_ratios: Key/value reduction ratio k of each stage.
+        mlp_ratio: IRFFN expansion ratio.
+        qkv_bias: Bias in the query, key and value projections.
+        head_hidden_size: Channels of the 1x1 conv before pooling.
+        drop_rate: Dropout before the classifier.
+        proj_drop_rate: Dropout after the attention projection and the FFN.
+        attn_drop_rate: Dropout of the attention weights.
+        drop_path_rate: Stochastic depth rate, linear over all blocks.
+        dynamic_img_size: Accept any input size (multiples of 32), resizing the position biases.
+        dynamic_img_pad: Pad inputs up to a multiple of 32.
+        act_layer: Activation of the stem and FFNs.
+        stem_type: 'conv', the CMT stem (three 3x3 convs), or 'patch', a 4x4 stride-4 patch embedding in
+            place of the stem and the first patch aggregation.
+        use_lpu: The local perception unit (Eq. 1) in every block.
+        ffn_type: 'irffn', the inverted residual FFN (Eq. 5), or 'mlp', a plain FFN (1x1 conv, GELU,
+            1x1 conv).
+        norm_type: 'layernorm' or 'batchnorm', the norm of the blocks and of the patch aggregations.
+        use_pos_bias: The learned position bias B of the attention (Eq. 4).
     """
 
     def __init__(
@@ -442,32 +608,16 @@ class CMT(nn.Module):
             dynamic_img_size: bool = False,
             dynamic_img_pad: bool = False,
             act_layer: Type[nn.Module] = nn.GELU,
+            stem_type: str = 'conv',
+            use_lpu: bool = True,
+            ffn_type: str = 'irffn',
+            norm_type: str = 'layernorm',
+            use_pos_bias: bool = True,
             device=None,
             dtype=None,
     ):
-        """
-        Args:
-            img_size: Input size the position biases are built for (int or (H, W), multiples of 32).
-            in_chans: Number of input image channels.
-            num_classes: Number of classes of the classifier, 0 for none.
-            global_pool: Global pooling type of the head ('avg', 'max', '' for none, ...).
-            stem_chs: Channels of the convolutional stem.
-            embed_dims: Channels of each stage.
-            depths: Number of CMT blocks in each stage.
-            num_heads: Attention heads in each stage.
-            sr_ratios: Key/value reduction ratio k of each stage.
-            mlp_ratio: IRFFN expansion ratio.
-            qkv_bias: Bias in the query, key and value projections.
-            head_hidden_size: Channels of the 1x1 conv before pooling.
-            drop_rate: Dropout before the classifier.
-            proj_drop_rate: Dropout after the attention projection and the FFN.
-            attn_drop_rate: Dropout of the attention weights.
-            drop_path_rate: Stochastic depth rate, linear over all blocks.
-            dynamic_img_size: Accept any input size (multiples of 32), resizing the position biases.
-            dynamic_img_pad: Pad inputs up to a multiple of 32.
-            act_layer: Activation of the stem and FFNs.
-        """
         super().__init__()
+        _check_choice('stem_type', stem_type, STEM_TYPES)
         dd = {'device': device, 'dtype': dtype}
         num_stages = len(depths)
         for name, seq in (('embed_dims', embed_dims), ('num_heads', num_heads), ('sr_ratios', sr_ratios)):
@@ -479,13 +629,12 @@ class CMT(nn.Module):
         self.global_pool = global_pool
         self.dynamic_img_size = dynamic_img_size
 
-        self.stem = ConvStem(
-            in_chans, stem_chs, self.img_size,
-            dynamic_img_size=dynamic_img_size,
-            dynamic_img_pad=dynamic_img_pad,
-            act_layer=act_layer,
-            **dd,
-        )
+        checks = dict(dynamic_img_size=dynamic_img_size, dynamic_img_pad=dynamic_img_pad)
+        if stem_type == 'conv':
+            self.stem = ConvStem(in_chans, stem_chs, self.img_size, act_layer=act_layer, **checks, **dd)
+        else:
+            stem_chs = embed_dims[0]
+            self.stem = PatchEmbedStem(in_chans, stem_chs, self.img_size, norm_type=norm_type, **checks, **dd)
         # per block, linear over all blocks (as released), split into one list per stage
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
         stages = []
@@ -503,11 +652,16 @@ class CMT(nn.Module):
                 drop_path=dpr[i],
                 dynamic_img_size=dynamic_img_size,
                 act_layer=act_layer,
+                downsample=i > 0 or stem_type == 'conv',
+                use_lpu=use_lpu,
+                ffn_type=ffn_type,
+                norm_type=norm_type,
+                use_pos_bias=use_pos_bias,
                 **dd,
             ))
             in_chs = embed_dims[i]
             self.feature_info.append(dict(num_chs=in_chs, reduction=stride, module=f'stages.{i}'))
-        self.stages = nn.Sequential(*stages)
+        self.stages = CMTStages(*stages)
 
         self.num_features = self.head_hidden_size = head_hidden_size
         self.final_conv = ConvNormAct(in_chs, head_hidden_size, 1, bias=True, act_layer=nn.SiLU, **dd)
@@ -518,12 +672,13 @@ class CMT(nn.Module):
     def init_weights(self) -> None:
         """The released init: trunc-normal linears, kaiming (fan-out) convs, standard-normal position bias."""
         for stage in self.stages:
-            nn.init.normal_(stage.rel_pos_bias)
+            if stage.rel_pos_bias is not None:
+                nn.init.normal_(stage.rel_pos_bias)
         self.apply(_init_weights)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        return {f'stages.{i}.rel_pos_bias' for i in range(len(self.stages))}
+        return {name for name, _ in self.named_parameters() if name.endswith('rel_pos_bias')}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -626,11 +781,6 @@ class CMT(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            micro_batch = early_micro_batch(self.stages[0], x)
-            if micro_batch:  # a fused model on CPU: the large early maps a few images at a time (models/fuse.py)
-                x = torch.cat([self.stages[0](self.stem(part)) for part in x.split(micro_batch)])
-                return self.final_conv(self.stages[1:](x))
         x = self.stem(x)
         x = self.stages(x)
         return self.final_conv(x)
@@ -714,23 +864,23 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def cmt_ti(pretrained: bool = False, **kwargs) -> CMT:
-    """CMT-Ti: 9.49M params, 0.65 GMACs at 160x160 (paper: 79.0% top-1)."""
+    """CMT-Ti; its published figures (params, FLOPs, top-1) are `cmtnet.models.variants.PUBLISHED['cmt_ti']`."""
     return _create_cmt('cmt_ti', pretrained=pretrained, **dict(VARIANT_ARGS['cmt_ti'], **kwargs))
 
 
 @register_model
 def cmt_xs(pretrained: bool = False, **kwargs) -> CMT:
-    """CMT-XS: 15.25M params, 1.57 GMACs at 192x192 (paper: 81.8% top-1)."""
+    """CMT-XS; its published figures (params, FLOPs, top-1) are `cmtnet.models.variants.PUBLISHED['cmt_xs']`."""
     return _create_cmt('cmt_xs', pretrained=pretrained, **dict(VARIANT_ARGS['cmt_xs'], **kwargs))
 
 
 @register_model
 def cmt_s(pretrained: bool = False, **kwargs) -> CMT:
-    """CMT-S: 26.26M params, 4.09 GMACs at 224x224 (paper: 83.5% top-1)."""
+    """CMT-S; its published figures (params, FLOPs, top-1) are `cmtnet.models.variants.PUBLISHED['cmt_s']`."""
     return _create_cmt('cmt_s', pretrained=pretrained, **dict(VARIANT_ARGS['cmt_s'], **kwargs))
 
 
 @register_model
 def cmt_b(pretrained: bool = False, **kwargs) -> CMT:
-    """CMT-B: 45.72M params, 9.43 GMACs at 256x256 (paper: 84.5% top-1)."""
+    """CMT-B; its published figures (params, FLOPs, top-1) are `cmtnet.models.variants.PUBLISHED['cmt_b']`."""
     return _create_cmt('cmt_b', pretrained=pretrained, **dict(VARIANT_ARGS['cmt_b'], **kwargs))

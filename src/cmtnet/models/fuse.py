@@ -15,8 +15,11 @@ generic tools (TorchScript freezing, inductor) fold none of them. The folds are 
     inner shortcut fold into the depthwise conv (`EdgeCorrectedConv`: a BatchNorm before a zero-padded conv
     shifts the border positions differently, corrected in place on the border rows and columns only); the
     two BatchNorms around the output projection fold into that 1x1 conv.
-- `ConvStem.reparameterize()` folds the BatchNorms after the first two GELUs into the next 3x3 convs (again
-  with the border correction).
+- `ConvStem.fuse()` folds the BatchNorms after the first two GELUs into the next 3x3 convs (again with the
+  border correction).
+
+Folding checks what it folds: a block made of other parts than these (an ablation step's plain FFN, no LPU,
+BatchNorms for LayerNorms) is left unfolded, and so stays exact; a block without position bias folds.
 
 Not folded: LayerNorms' normalisation itself and the GELUs (not affine); the stem's last BatchNorm and the
 LayerNorm of patch aggregation (the fold would cross a stage boundary for a pass over small maps); the head
@@ -29,8 +32,9 @@ On CPU the fused model also saves passes over memory without changing the arithm
   projections (summed in place into the map the LPU wrote);
 - the attention runs explicitly (q k^T + bias, softmax, times v), not through SDPA, whose float-mask path on
   CPU adds mask checks and a scaling pass; off the CPU `fused_attn` selects SDPA as in the unfused model;
-- the stem and the first stage take a large batch a few images at a time (`early_micro_batch`), so that
-  their maps, the largest of the network, stay in the processor's cache between passes.
+- the stem and the first stage take a large batch a few images at a time (`MicroBatched`, which folding
+  wraps around them), so that their maps, the largest of the network, stay in the processor's cache
+  between passes.
 Scripted, traced, compiled and exported graphs keep the plain ops, which their own backends fuse.
 
 A fused model is for inference only: its fused modules refuse `train()` with an error. The unfused model
@@ -45,8 +49,8 @@ import torch.nn.functional as F
 from .onednn import OneDNNConv
 
 __all__ = [
-    'EdgeCorrectedConv', 'FusedAttention', 'FusedCMTBlock', 'FusedIRFFN', 'InferenceOnly', 'attend',
-    'bn_scale_shift', 'early_micro_batch', 'fuse_block', 'is_exact_gelu',
+    'EARLY_MAP_BUDGET', 'EdgeCorrectedConv', 'FusedAttention', 'FusedCMTBlock', 'FusedIRFFN', 'InferenceOnly',
+    'MicroBatched', 'attend', 'bn_scale_shift', 'fuse_block', 'is_exact_gelu',
 ]
 
 
@@ -186,12 +190,17 @@ def _heads(x: torch.Tensor, parts: int, num_heads: int) -> List[torch.Tensor]:
     return list(x.permute(2, 0, 3, 1, 4).unbind(0))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, sdpa: bool) -> torch.Tensor:
-    """softmax(q k^T + bias) v, with the scale already in q: through `scaled_dot_product_attention` or
-    explicitly."""
+def attend(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], sdpa: bool,
+) -> torch.Tensor:
+    """softmax(q k^T + bias) v, with the scale already in q (no bias: None): through
+    `scaled_dot_product_attention` or explicitly."""
     if sdpa:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.)
-    return (q @ k.transpose(-2, -1)).add_(bias).softmax(dim=-1) @ v
+    logits = q @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits.add_(bias)
+    return logits.softmax(dim=-1) @ v
 
 
 class FusedAttention(InferenceOnly):
@@ -220,14 +229,15 @@ class FusedAttention(InferenceOnly):
         self.kv = OneDNNConv(kv)
         self.proj = OneDNNConv(proj)
 
-    def forward(self, x: torch.Tensor, rel_pos_bias: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor], residual: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
         if self.q is None:
             q, k, v = _heads(self.kv(x), 3, self.num_heads)
         else:
             q = _heads(self.q(x), 1, self.num_heads)[0]
             k, v = _heads(self.kv(x if self.sr is None else self.sr(x)), 2, self.num_heads)
-        x = attend(q, k, v, rel_pos_bias.to(q.dtype), self.fused_attn and q.device.type != 'cpu')
+        bias = None if rel_pos_bias is None else rel_pos_bias.to(q.dtype)
+        x = attend(q, k, v, bias, self.fused_attn and q.device.type != 'cpu')
         x = x.transpose(1, 2).reshape(B, H, W, C).permute(0, 3, 1, 2)
         return self.proj(x, residual)
 
@@ -263,7 +273,7 @@ class FusedCMTBlock(InferenceOnly):
         self.eps1 = eps1
         self.eps2 = eps2
 
-    def forward(self, x: torch.Tensor, rel_pos_bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor]) -> torch.Tensor:
         # in channels_last the token sequence is a view of the map: no layout copies between the parts; the
         # two residual adds happen inside the output projections (in place, into the map the LPU wrote)
         x = self.lpu(x.contiguous(memory_format=torch.channels_last))
@@ -347,21 +357,47 @@ def fuse_block(block: nn.Module) -> FusedCMTBlock:
 
 # bytes of the first stage's largest map (the IRFFN's hidden one) per micro-batch: well inside a server's or a
 # laptop's last-level cache (16-32 MiB typically), so that the stem's and first stage's passes over their maps
-# hit the cache instead of memory. At 224 on the project's CPU (32 MiB L3), cmt_s fused in channels_last ran
-# 1.33x the unfused model on whole batches of 16 and 1.52-1.64x with micro-batches of 2-8 images.
+# hit the cache instead of memory (docs/speed.md has the measured gain).
 EARLY_MAP_BUDGET = 16 * 2 ** 20
 
 
-def early_micro_batch(first_stage: nn.Module, x: torch.Tensor) -> int:
-    """How many images at a time a fused model on CPU should run through its stem and first stage (the
-    results are the same, image by image), or 0: the whole batch at once (an unfused model, a GPU, a batch
-    that fits, or a graph being traced or compiled)."""
-    blocks = getattr(first_stage, 'blocks', None)
-    if not blocks or not isinstance(blocks[0], FusedCMTBlock) or isinstance(x, torch.fx.Proxy):
-        return 0  # the model's own type first: FX tracing an unfused model must not branch on its input
-    if x.device.type != 'cpu' or x.dim() != 4 or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return 0
-    hidden = blocks[0].mlp.fc1.conv.out_channels
-    per_image = hidden * max(1, x.shape[2] // 4) * max(1, x.shape[3] // 4) * x.element_size()
-    micro_batch = max(1, EARLY_MAP_BUDGET // per_image)
-    return micro_batch if micro_batch < x.shape[0] else 0
+class MicroBatched(InferenceOnly):
+    """`module` run over a large CPU batch a few images at a time, for a fused model (the results are the
+    same, image by image): the CPU execution policy of the stem and the first stage, installed by folding.
+
+    A micro-batch holds as many images as keep a map of `map_chs` channels at 1 / `map_stride` of the
+    module's input sides within `EARLY_MAP_BUDGET` bytes. The whole batch runs at once off the CPU, when it
+    fits, and in scripted, traced or compiled graphs.
+    """
+
+    def __init__(self, module: nn.Module, map_chs: int, map_stride: int):
+        super().__init__()
+        self.module = module
+        self.map_chs = map_chs
+        self.map_stride = map_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            size = self.micro_batch(x)
+            if size:
+                return self._split(x, size)
+        return self.module(x)
+
+    @torch.jit.unused
+    def micro_batch(self, x: torch.Tensor) -> int:
+        """Images per micro-batch for the input `x`, or 0: the whole batch at once."""
+        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return 0
+        if x.device.type != 'cpu' or x.dim() != 4:
+            return 0
+        per_image = (self.map_chs * max(1, x.shape[2] // self.map_stride) * max(1, x.shape[3] // self.map_stride)
+                     * x.element_size())
+        size = max(1, EARLY_MAP_BUDGET // per_image)
+        return size if size < x.shape[0] else 0
+
+    @torch.jit.unused
+    def _split(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        return torch.cat([self.module(part) for part in x.split(size)])
+
+    def extra_repr(self) -> str:
+        return f'map_chs={self.map_chs}, map_stride={self.map_stride}'

@@ -11,8 +11,10 @@ exporting (so those graphs keep the computation), and whenever autograd would re
 and a source requires grad: in training the resize stays in the graph so that the bias learns). An entry
 is keyed on the caller's key (the grid), on each source tensor's identity, storage, shape and in-place
 version counter (so new weights, loaded or stepped in place, are never served stale results), and on
-device, dtype and inference mode.
+device, dtype and inference mode. One model may serve several threads at once: the entries are read and
+changed under a lock (a result is computed outside it, so two threads may compute the same one).
 """
+import threading
 import weakref
 from collections import OrderedDict
 from typing import Callable, Hashable, Optional, Sequence, Tuple
@@ -38,7 +40,8 @@ class GridCache:
 
     Usage: `value = cache.get(grid, (weight,), lambda: resize(weight, grid))`. The cache holds no strong
     reference to its sources (a freed weight's entry can never match a new tensor that reuses its id), is
-    not copied by `copy.deepcopy` (an EMA copy of a model starts empty) and is not pickled.
+    not copied by `copy.deepcopy` (an EMA copy of a model starts empty) and is not pickled; it is safe to
+    use from several threads.
     """
 
     def __init__(self, max_entries: int = 3):
@@ -46,12 +49,14 @@ class GridCache:
             raise ValueError(f'GridCache needs room for at least one entry, got max_entries={max_entries}')
         self.max_entries = max_entries
         self._entries: 'OrderedDict[Hashable, Tuple[Tuple[weakref.ref, ...], torch.Tensor]]' = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
     def get(
             self,
@@ -64,12 +69,16 @@ class GridCache:
             return compute()
         full_key = (key, torch.is_inference_mode_enabled()) + tuple(
             (id(t), t.data_ptr(), tuple(t.shape), t._version, t.device, t.dtype) for t in sources)
-        value = self._lookup(full_key, sources)
+        with self._lock:
+            value = self._lookup(full_key, sources)
         if value is None:
             value = compute()
-            self._entries[full_key] = (tuple(weakref.ref(t) for t in sources), value)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            refs = tuple(weakref.ref(t) for t in sources)
+            with self._lock:
+                self._entries[full_key] = (refs, value)
+                self._entries.move_to_end(full_key)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
         return value
 
     def _lookup(self, full_key: Hashable, sources: Sequence[torch.Tensor]) -> Optional[torch.Tensor]:

@@ -11,7 +11,14 @@ weight reorder. The results equal the plain ops up to float rounding.
 The fast call is taken only where it is exact and safe: CPU, float32, channels_last input, no gradient
 needed, and not while scripting, tracing, compiling or exporting (those graphs keep the plain ops, which
 their own backends fuse). Everywhere else the same module runs the plain conv, GELU and add.
+
+The ops are private to PyTorch: they may be missing from a build or change their signature in a release.
+So on first use they are probed once on tiny tensors against the plain ops (`fast_path_available`); any
+error or mismatch turns the fast path off for the process, and every module runs the plain ops.
+
+One module may serve several threads at once: its packed weights are kept under a lock.
 """
+import threading
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -20,30 +27,77 @@ import torch.nn.functional as F
 
 from .grid_cache import eager_inference
 
-__all__ = ['OneDNNConv', 'onednn_applies']
+__all__ = ['OneDNNConv', 'fast_path_available', 'onednn_applies']
 
 
-def _ops_present() -> bool:
+def _pack(conv: nn.Conv2d, shape: Tuple[int, ...]) -> torch.Tensor:
+    """`conv`'s weight re-laid for oneDNN, for inputs of `shape`."""
+    return torch.ops.mkldnn._reorder_convolution_weight(
+        conv.weight.detach(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(shape))
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, gelu: bool,
+          residual: Optional[torch.Tensor]) -> torch.Tensor:
+    """The one oneDNN call: conv of `x` with the packed `weight`, then GELU, or summed into `residual`."""
+    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    bias = None if conv.bias is None else conv.bias.detach()
+    if residual is not None:
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            residual, x, weight, bias, *geometry, 'add', 1.0, None, [], None)
+    unary, algorithm = ('gelu', 'none') if gelu else ('none', '')
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, unary, [], algorithm)
+
+
+def _probe() -> bool:
+    """Whether the private ops exist, take the arguments `_conv` gives them and match the plain ops, on tiny
+    tensors (a 3x3 conv plain and with GELU, a 1x1 conv summed into a residual)."""
     try:
-        return (torch.backends.mkldnn.is_available()
-                and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
-                and hasattr(torch.ops.mkldnn, '_reorder_convolution_weight'))
-    except (AttributeError, RuntimeError):
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        conv3, conv1 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        with torch.no_grad():
+            for conv in (conv3, conv1):
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=g))
+            x = torch.randn(1, 4, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+            residual = torch.randn(1, 4, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+            checks = [
+                (_conv(conv3, x, _pack(conv3, tuple(x.shape)), False, None), conv3(x)),
+                (_conv(conv3, x, _pack(conv3, tuple(x.shape)), True, None), F.gelu(conv3(x))),
+                (_conv(conv1, x, _pack(conv1, tuple(x.shape)), False, residual.clone()), residual + conv1(x)),
+            ]
+            return all(isinstance(got, torch.Tensor) and got.shape == want.shape
+                       and torch.allclose(got, want, rtol=1e-4, atol=1e-5) for got, want in checks)
+    except Exception:  # a missing op, another signature, a build without oneDNN: the plain ops serve
         return False
 
 
-_OPS_PRESENT = _ops_present()
+_fast_path: Optional[bool] = None  # probed on first use
+_probe_lock = threading.Lock()
+
+
+def fast_path_available() -> bool:
+    """Whether this PyTorch's oneDNN ops work as this module calls them (probed once, see the docstring)."""
+    global _fast_path
+    if _fast_path is None:
+        with _probe_lock:
+            if _fast_path is None:
+                _fast_path = _probe()
+    return _fast_path
 
 
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor] = None) -> bool:
     """Whether the oneDNN call serves this input: see the module's docstring."""
-    if not _OPS_PRESENT or not eager_inference([x, weight] if residual is None else [x, weight, residual]):
+    if not eager_inference([x, weight] if residual is None else [x, weight, residual]):
         return False
     if x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 4:
         return False
     if not x.is_contiguous(memory_format=torch.channels_last):
         return False
-    return residual is None or residual.is_contiguous(memory_format=torch.channels_last)
+    if residual is not None and not residual.is_contiguous(memory_format=torch.channels_last):
+        return False
+    return fast_path_available()
 
 
 def _version(t: torch.Tensor) -> int:
@@ -71,6 +125,7 @@ class OneDNNConv(nn.Module):
         # changes
         self._packed: Dict[Tuple[int, ...], torch.Tensor] = {}
         self._packed_version = (0, -1)
+        self._lock = threading.Lock()  # one model may serve several threads
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         if residual is not None and self.gelu:
@@ -89,35 +144,32 @@ class OneDNNConv(nn.Module):
     def packed_weight(self, shape: Tuple[int, ...]) -> torch.Tensor:
         weight = self.conv.weight
         version = (weight.data_ptr(), _version(weight))
-        if version != self._packed_version:
-            self._packed, self._packed_version = {}, version
-        packed = self._packed.pop(shape, None)
-        if packed is None:
-            conv = self.conv
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                weight.detach(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(shape))
-            while len(self._packed) >= self.shapes_kept:
-                self._packed.pop(next(iter(self._packed)))
-        self._packed[shape] = packed  # the most recent last
+        with self._lock:
+            if version != self._packed_version:
+                self._packed, self._packed_version = {}, version
+            packed = self._packed.pop(shape, None)
+            if packed is None:
+                packed = _pack(self.conv, shape)
+                while len(self._packed) >= self.shapes_kept:
+                    self._packed.pop(next(iter(self._packed)))
+            self._packed[shape] = packed  # the most recent last
         return packed
 
     @torch.jit.unused
     def _onednn(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
-        conv = self.conv
-        geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-        weight = self.packed_weight(tuple(x.shape))
-        bias = None if conv.bias is None else conv.bias.detach()
-        if residual is not None:
-            return torch.ops.mkldnn._convolution_pointwise_.binary(
-                residual, x, weight, bias, *geometry, 'add', 1.0, None, [], None)
-        unary, algorithm = ('gelu', 'none') if self.gelu else ('none', '')
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, unary, [], algorithm)
+        return _conv(self.conv, x, self.packed_weight(tuple(x.shape)), self.gelu, residual)
 
     def __getstate__(self):
-        # the packed weight is an opaque oneDNN tensor: not copied or pickled, rebuilt on the next call
+        # the packed weight is an opaque oneDNN tensor: not copied or pickled, rebuilt on the next call; a
+        # lock is neither copied nor pickled: each copy gets its own
         state = self.__dict__.copy()
         state['_packed'], state['_packed_version'] = {}, (0, -1)
+        del state['_lock']
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._lock = threading.Lock()
 
     def extra_repr(self) -> str:
         return 'gelu=True' if self.gelu else ''

@@ -2,13 +2,15 @@
 
 Every CMT downsamples by 32 (a stride-2 stem and four stride-2 patch aggregations), so an input side must
 be a positive multiple of 32; each released variant has a native input size that its position biases
-were built for. Both rules are written here once, for the model and for every tool that picks a size.
+were built for. Both rules are written here once, for the model and for every tool that picks a size; so
+are the variants' published figures (`PUBLISHED`: the released code's params, MACs and top-1, the paper's).
 """
+from dataclasses import dataclass
 from typing import Any, Dict, Tuple, Union
 
 from ..errors import InputError
 
-__all__ = ['NET_STRIDE', 'VARIANT_ARGS', 'check_img_size', 'native_img_size']
+__all__ = ['NET_STRIDE', 'PUBLISHED', 'Published', 'VARIANT_ARGS', 'check_img_size', 'native_img_size']
 
 # total downsampling of the network: the stem (2) and four patch aggregations (2 each)
 NET_STRIDE = 32
@@ -41,3 +43,23 @@ def check_img_size(img_size: Union[int, Tuple[int, int]], name: str = 'img_size'
         shown = img_size if isinstance(img_size, int) else tuple(img_size)
         raise InputError(f'{name} must be a positive multiple of {NET_STRIDE}, got {shown}')
     return int(size[0]), int(size[1])
+
+
+@dataclass(frozen=True)
+class Published:
+    """A released variant's published figures, all at its native input size."""
+    released_params: int  # the authors' released code, exact
+    released_gmacs: float  # the authors' released code, counted by fvcore, 3 decimals
+    released_top1: float  # ImageNet top-1 (%) of the released checkpoint
+    paper_params_m: float  # the CMT paper, millions
+    paper_gflops: float  # the CMT paper; its "FLOPs" are multiply-accumulates, as usual
+    paper_top1: str  # the CMT paper, ImageNet top-1 (%): CMT-Ti's is given as 79.0-79.2
+
+
+# the published figures of the released variants, written once for every tool that shows them
+PUBLISHED: Dict[str, Published] = {
+    'cmt_ti': Published(9_492_426, 0.652, 79.0, 9.5, 0.6, '79.0-79.2'),
+    'cmt_xs': Published(15_247_208, 1.575, 81.8, 15.2, 1.5, '81.8'),
+    'cmt_s': Published(26_256_160, 4.087, 83.5, 25.1, 4.0, '83.5'),
+    'cmt_b': Published(45_715_076, 9.425, 84.5, 45.7, 9.3, '84.5'),
+}
