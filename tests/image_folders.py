@@ -34,3 +34,10 @@ def corrupt(path: Path) -> Path:
     """Turn an image file into a truncated, undecodable one."""
     path.write_bytes(path.read_bytes()[:40])
     return path
+
+
+def decompression_bomb(path: Path) -> Path:
+    """A 30000x30000 PNG of about 0.1 MB: PIL refuses to open it (DecompressionBombError, not an OSError)."""
+    Image.new('1', (30000, 30000)).save(path, optimize=True)
+    assert path.stat().st_size < 1_000_000
+    return path

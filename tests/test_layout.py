@@ -1,8 +1,11 @@
-"""The package's standing rules: nothing imports upward, and every unit fits in a reader's head.
+"""The package's standing rules: nothing imports upward, no two modules import each other, and every unit
+fits in a reader's head.
 
-Layers, lowest first: errors; models; runtime; engine; the tasks (classification, detection); analysis and
-export; the command line. A module may import its own layer and those below it, never one above, and the
-package never imports from tests/ or benchmarks/. No class is over 250 lines, no function over 100.
+Layers, lowest first: errors; models; runtime; checkpoints (models from weight files, atomic writes);
+engine; the tasks (classification, detection, segmentation); analysis and export; the command line. A
+module may import its own layer and those below it, never one above, and the package never imports from
+tests/ or benchmarks/. No chain of imports leads from a module back to itself, not even through imports for
+type hints. No class is over 250 lines, no function over 100.
 """
 import ast
 from pathlib import Path
@@ -12,8 +15,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / 'src' / 'cmtnet'
 # top-level name under cmtnet -> layer
 LAYERS = {
-    'errors': 0, 'models': 1, 'runtime': 2, 'engine': 3, 'classification': 4, 'detection': 4,
-    'analysis': 5, 'export': 5, 'cli': 6, '__main__': 6, '__init__': 6,
+    'errors': 0, 'models': 1, 'runtime': 2, 'checkpoints': 3, 'engine': 4,
+    'classification': 5, 'detection': 5, 'segmentation': 5, 'analysis': 6, 'export': 6,
+    'cli': 7, '__main__': 7, '__init__': 7,
 }
 MAX_CLASS_LINES, MAX_FUNCTION_LINES = 250, 100
 MODULES = sorted(PACKAGE.rglob('*.py'))
@@ -60,6 +64,50 @@ def test_nothing_imports_upward(path):
         assert part in LAYERS, f'{path.name}:{line} imports {part}, which is not part of the package'
         if own < LAYERS['cli']:  # the entry points assemble everything
             assert LAYERS[part] <= own, f'{path.name}:{line} imports {part} (layer {LAYERS[part]}) from layer {own}'
+
+
+def _module_name(path: Path) -> str:
+    parts = ['cmtnet', *path.relative_to(PACKAGE).with_suffix('').parts]
+    return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+
+def _import_graph() -> dict:
+    """{module: the package's modules it imports by name, anywhere in its code}."""
+    names = {_module_name(p): p for p in MODULES}
+    graph = {}
+    for name, path in names.items():
+        package = name if path.name == '__init__.py' else name.rpartition('.')[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package.split('.')[:len(package.split('.')) - node.level + 1] if node.level else []
+                module = '.'.join(base + (node.module.split('.') if node.module else []))
+                for alias in node.names:  # `from . import trainer` names a module, `from .x import y` a name of x
+                    targets.add(f'{module}.{alias.name}' if f'{module}.{alias.name}' in names else module)
+            elif isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+        graph[name] = sorted(t for t in targets if t in names and t != name)
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    graph = _import_graph()
+    done, path = set(), []
+
+    def visit(module):  # depth first; a module met again on the current path closes a cycle
+        if module in path:
+            cycle = path[path.index(module):] + [module]
+            pytest.fail('import cycle: ' + ' -> '.join(cycle))
+        if module in done:
+            return
+        path.append(module)
+        for target in graph[module]:
+            visit(target)
+        path.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
 
 
 @pytest.mark.parametrize('path', MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cmtnet.classification.data import (
-    DigitsDataset, ReadableImages, build_dataset, find_images, train_loader, train_transform,
-)
+from cmtnet.classification.data import DigitsDataset, build_dataset, train_transform
+from cmtnet.engine.data import ReadableImages, find_images, train_loader
 from cmtnet.errors import InputError
 from image_folders import corrupt, make_image_folder
 
@@ -127,3 +126,21 @@ def test_the_recipe_augmentation_runs_at_its_largest_magnitudes():
     random.seed(0)
     for _ in range(200):
         assert transform(image).shape == (3, 32, 32)
+
+
+def _order(images, seed, aug_repeats, epoch=0, start=0):
+    loader = train_loader(images, batch_size=4, seed=seed, aug_repeats=aug_repeats, workers=0)
+    loader.sampler.set_epoch(epoch, start)
+    return list(loader.sampler)
+
+
+@pytest.mark.parametrize('aug_repeats', [0, 3])
+def test_the_seed_sets_the_sample_order(folder, aug_repeats):
+    images = ReadableImages(build_dataset(folder, 'train', 32), train_transform(32))
+    order = _order(images, 0, aug_repeats)
+    assert _order(images, 0, aug_repeats) == order  # the same seed, the same order
+    indices = [index for index, _ in order]
+    assert [index for index, _ in _order(images, 1, aug_repeats)] != indices  # another seed, another order
+    assert _order(images, 0, aug_repeats, start=5) == order[5:]  # a resumed epoch goes on where it stopped
+    if aug_repeats:  # each image comes `aug_repeats` times in a row, each time augmented its own way
+        assert indices[:3] == [indices[0]] * 3 and len({seed for _, seed in order}) == len(order)

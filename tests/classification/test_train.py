@@ -17,11 +17,12 @@ import torch
 from timm.data import ImageNetInfo
 from timm.utils import random_seed
 
+from cmtnet.checkpoints import export_weights
 from cmtnet.classification import ClassificationTask, TrainOptions
 from cmtnet.classification.commands import parse_options
 from cmtnet.cli import main
 from cmtnet.engine import Trainer
-from cmtnet.engine.checkpoint import export_weights, load_state
+from cmtnet.engine.checkpoint import load_state
 from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.models import resize_rel_pos_bias
 from cmtnet.runtime import Processes

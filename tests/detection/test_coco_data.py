@@ -4,9 +4,11 @@ import logging
 import pytest
 import torch
 
-from cmtnet.detection.data import DetectionSamples, coco_layout, read_coco, train_loader
+from cmtnet.detection.data import DetectionSamples, coco_layout, collate, read_coco
+from cmtnet.engine.data import train_loader
 from cmtnet.errors import InputError
 from coco_sets import box, image, tiny_synthetic, write_coco
+from image_folders import decompression_bomb
 
 
 def test_a_missing_or_malformed_annotation_file_is_named(tmp_path):
@@ -67,6 +69,18 @@ def test_an_unreadable_image_is_skipped_with_a_stand_in_or_an_error_when_strict(
         DetectionSamples(read_coco(path, tmp_path / 'images'), strict=True)[0]
 
 
+def test_a_decompression_bomb_is_skipped_as_unreadable(tmp_path, caplog):
+    # PIL refuses it with a DecompressionBombError, which is not an OSError
+    path = write_coco(tmp_path, [image(1), image(2), image(3)], [box(10, 1), box(11, 3)])
+    bomb = decompression_bomb(tmp_path / 'images' / '2.png')
+    samples = DetectionSamples(read_coco(path, tmp_path / 'images'))
+    with caplog.at_level(logging.WARNING):
+        assert [samples[i][2] for i in range(3)] == [0, 1, 0]
+    assert f'skipping unreadable image {bomb}' in caplog.text
+    with pytest.raises(InputError, match=f'unreadable image {bomb}'):
+        DetectionSamples(read_coco(path, tmp_path / 'images'), strict=True)[1]
+
+
 def test_val_categories_must_be_the_training_ones(tmp_path):
     path = write_coco(tmp_path, [image(1)], [box(10, 1)])
     with pytest.raises(InputError, match=r'has the category ids \[1, 3\]; the model was trained on \[1, 2\]'):
@@ -87,12 +101,14 @@ def test_the_flip_moves_boxes_with_the_image_and_follows_the_seed(tmp_path):
 
 def test_the_loader_batches_lists_of_images_and_targets(tmp_path):
     path = write_coco(tmp_path, [image(i) for i in range(1, 5)], [box(10, 1)])
-    loader = train_loader(DetectionSamples(read_coco(path, tmp_path / 'images')), batch_size=2, workers=0)
+    loader = train_loader(DetectionSamples(read_coco(path, tmp_path / 'images')), batch_size=2, workers=0,
+                          collate_fn=collate)
     loader.sampler.set_epoch(0)
     images, targets, skipped = next(iter(loader))
     assert len(images) == len(targets) == 2 and skipped == [0, 0]
     with pytest.raises(InputError, match='fewer than one batch of 8'):
-        train_loader(DetectionSamples(read_coco(path, tmp_path / 'images')), batch_size=8, workers=0)
+        train_loader(DetectionSamples(read_coco(path, tmp_path / 'images')), batch_size=8, workers=0,
+                     collate_fn=collate)
 
 
 def test_masks_come_with_boxes_and_flip_with_them(tmp_path):

@@ -3,7 +3,7 @@ import pytest
 from torch.utils.data import DistributedSampler
 from timm.data.distributed_sampler import RepeatAugSampler
 
-from cmtnet.engine.sampling import ResumableSampler
+from cmtnet.engine.sampling import RepeatedAugmentationSampler, ResumableSampler
 
 
 @pytest.mark.parametrize('repeats', [0, 3])
@@ -11,7 +11,7 @@ def test_resumable_sampler_positions_and_seeds(repeats):
     dataset = list(range(12))  # a sampler needs only the dataset's length
 
     def sampler(rank, world):
-        inner = RepeatAugSampler(dataset, world, rank, num_repeats=repeats) if repeats else \
+        inner = RepeatedAugmentationSampler(dataset, world, rank, repeats, seed=7) if repeats else \
             DistributedSampler(dataset, world, rank, shuffle=True, seed=7)
         return ResumableSampler(inner, rank, world, seed=7)
 
@@ -32,3 +32,24 @@ def test_resumable_sampler_positions_and_seeds(repeats):
     # another epoch, another order
     one.set_epoch(3)
     assert list(one) != stream
+
+
+@pytest.mark.parametrize('size, world', [(12, 1), (12, 2), (300, 1), (300, 4), (1000, 8)])
+def test_repeated_augmentation_follows_the_seed_and_is_timms_under_seed_0(size, world):
+    dataset = list(range(size))
+
+    def orders(make, epoch):
+        shards = []
+        for rank in range(world):
+            sampler = make(rank)
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+        return shards
+
+    for epoch in (0, 3):
+        ours = orders(lambda r: RepeatedAugmentationSampler(dataset, world, r, 3, seed=0), epoch)
+        assert ours == orders(lambda r: RepeatAugSampler(dataset, world, r, num_repeats=3), epoch)
+        assert ours == orders(lambda r: RepeatedAugmentationSampler(dataset, world, r, 3, seed=0), epoch)
+        assert orders(lambda r: RepeatedAugmentationSampler(dataset, world, r, 3, seed=5), epoch) != ours
+    sampler = RepeatedAugmentationSampler(dataset, world, 0, 3)
+    assert len(sampler) == len(RepeatAugSampler(dataset, world, 0, num_repeats=3)) == len(list(sampler))

@@ -3,7 +3,8 @@
 What the engine promises every task: the loss terms summed to train and each recorded, the task's
 metrics in metrics.csv under its prefix, best.safetensors by the task's metric, any timm schedule (here
 the detection-style multistep with a warm-up counted in updates), and an interrupted run that resumes to
-the very weights and metrics of an uninterrupted one.
+the very weights and metrics of an uninterrupted one, through the trainer's `state_dict()` /
+`load_state_dict()`.
 """
 import csv
 from pathlib import Path
@@ -16,9 +17,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from cmtnet.engine import RunOptions, Task, fit
+from cmtnet.engine import RunOptions, Task, Trainer, fit
+from cmtnet.engine.checkpoint import load_state, save_state
 from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.engine.sampling import ResumableSampler
+from cmtnet.engine.state import RunState, restore_rng
+from cmtnet.errors import InputError
+from cmtnet.runtime import Processes
 
 WEIGHTS = torch.tensor([1., -2., 3., 0.5])
 
@@ -128,3 +133,78 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     drop = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
     assert drop(_rows(broken)) == drop(_rows(whole))
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Deep equality of states: tensors bit for bit (NaN equal to NaN), containers item by item."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a.nan_to_num(), b.nan_to_num())
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _trainer(options: RunOptions) -> Trainer:
+    """A run driven epoch by epoch, as `fit` drives it (which also makes the output folder)."""
+    Path(options.output).mkdir(parents=True)
+    return Trainer(Regression(), options, Processes(torch.device('cpu')))
+
+
+def test_the_trainer_state_follows_the_state_dict_protocol(tmp_path):
+    # with EMA: every part last.pth holds (model, optimizer, schedule, EMA, run state, RNG) goes through it
+    trained = _trainer(_options(tmp_path / 'a', model_ema=True, model_ema_decay=0.9))
+    trained.train_one_epoch()
+    state = trained.state_dict()
+    assert {'model', 'model_ema', 'optimizer', 'scheduler', 'epoch', 'num_updates', 'samples_in_epoch', 'epoch_sums',
+            'metrics', 'best', 'best_epoch', 'rng', 'meta'} == state.keys()
+    assert state['epoch'] == 1 and state['num_updates'] == 8 and len(state['metrics']) == 1
+
+    save_state(tmp_path / 'last.pth', state)  # as last.pth holds it: no tensor shared with the trained run
+    fresh = _trainer(_options(tmp_path / 'b', model_ema=True, model_ema_decay=0.9))
+    assert not _same(fresh.state_dict()['model'], state['model'])
+    fresh.load_state_dict(load_state(tmp_path / 'last.pth'))
+    assert _same(fresh.state_dict(), state)  # the very state back, the RNG states included
+
+    # and both go on alike: the same random draws, the same weights after another epoch
+    fresh.train_one_epoch()
+    restore_rng(state['rng'][0])
+    trained.train_one_epoch()
+    assert _same(fresh.state_dict()['model'], trained.state_dict()['model'])
+    assert _same(fresh.state_dict()['model_ema'], trained.state_dict()['model_ema'])
+
+
+def test_run_state_round_trip_and_a_partial_update_refused():
+    state = RunState(torch.device('cpu'), images_per_batch=8, accum_steps=1)
+    state.add_batch({'mse': torch.tensor(2.), 'l1': torch.tensor(0.5)}, images=8, skipped=1)
+    state.batch_in_epoch, state.num_updates = 3, 11
+    assert state.end_epoch({'epoch': 1, 'val_neg_mse': -5.}, -5.)  # the first epoch is the best so far
+    state.batch_in_epoch = 3
+    saved = state.state_dict()
+    assert saved['samples_in_epoch'] == 24  # the sampler position, in images of the epoch's global order
+
+    back = RunState(torch.device('cpu'), images_per_batch=8, accum_steps=1)
+    back.load_state_dict(saved)
+    assert _same(back.state_dict(), saved)
+    assert (back.epoch, back.batch_in_epoch, back.num_updates, back.best_epoch) == (1, 3, 11, 1)
+
+    # 3 batches of 8 images are not a whole number of updates of 2 batches
+    with pytest.raises(InputError, match='not a whole number of updates of 16 images'):
+        RunState(torch.device('cpu'), images_per_batch=8, accum_steps=2).load_state_dict(saved)
+
+
+class FarBelowZero(Regression):
+    """A best metric that is never above -1 (a negated error, offset)."""
+
+    def evaluate(self, model) -> Dict[str, float]:
+        metrics = super().evaluate(model)
+        return dict(metrics, neg_mse=metrics['neg_mse'] - 100)
+
+
+def test_best_weights_whatever_the_range_of_the_metric(tmp_path):
+    fit(FarBelowZero(), _options(tmp_path / 'run'))
+    rows = _rows(tmp_path / 'run')
+    best = max(range(3), key=lambda i: float(rows[i]['val_neg_mse']))
+    with safetensors.safe_open(str(tmp_path / 'run' / 'best.safetensors'), 'pt') as f:
+        assert f'"epoch": {best + 1}' in f.metadata()['cmtnet']

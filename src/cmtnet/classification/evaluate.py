@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from timm.utils import accuracy
 
-from ..engine.checkpoint import checkpoint_info, create_model
+from ..checkpoints import checkpoint_info, create_model
+from ..engine.data import ReadableImages, eval_loader, own_images
 from ..errors import InputError
 from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size
 from ..runtime import all_reduce, amp_dtype, autocast, distributed, prepare_model, to_device
-from .data import ReadableImages, build_dataset, default_eval_split, eval_loader, eval_transform, own_images
+from .data import build_dataset, default_eval_split, eval_transform
 from .options import EvalOptions, ModelOptions
 
 __all__ = ['MAX_CONFUSION_CLASSES', 'eval_command', 'evaluate', 'format_confusion', 'load_for_inference']

@@ -12,9 +12,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from timm.data import ImageNetInfo
 
+from ..engine.data import ImageFiles, ReadableImages, eval_loader, find_images, own_images
 from ..errors import InputError
 from ..runtime import amp_dtype, autocast, check_device, to_device
-from .data import ImageFiles, ReadableImages, eval_loader, eval_transform, find_images, own_images
+from .data import eval_transform
 from .evaluate import load_for_inference
 from .options import PredictOptions
 

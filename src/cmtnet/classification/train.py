@@ -16,14 +16,13 @@ import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from ..engine.checkpoint import create_model
+from ..checkpoints import create_model
+from ..engine.data import ReadableImages, eval_loader, train_loader
 from ..engine.task import Task
-from ..engine.trainer import fit
 from ..errors import InputError
 from ..models.variants import check_img_size, native_img_size
 from ..runtime import Processes, amp_dtype, to_device
-from .data import ReadableImages, build_dataset, default_eval_split, eval_loader, eval_transform, train_loader, \
-    train_transform
+from .data import build_dataset, default_eval_split, eval_transform, train_transform
 from .evaluate import evaluate
 from .options import TrainOptions
 
@@ -33,6 +32,7 @@ __all__ = ['ClassificationTask', 'train']
 def train(options: TrainOptions) -> Dict[str, Any]:
     """Train as `options` say; returns the last epoch's metrics (`val_top1`, `train_loss`, ...)."""
     check_options(options)
+    from ..engine.trainer import fit  # the training loop comes with a run, not with the package (eval, predict)
     return fit(ClassificationTask(options), options)
 
 

@@ -27,7 +27,7 @@ from torchvision.ops.feature_pyramid_network import (
     ExtraFPNBlock, FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7,
 )
 
-from ..engine.checkpoint import create_model
+from ..checkpoints import create_model
 from ..errors import InputError
 from ..models.variants import VARIANT_ARGS
 

@@ -9,19 +9,24 @@ Classes are counted as each torchvision detector counts them. RetinaNet and FCOS
 its own sigmoid and have no background class: `num_classes` is the number of label values, labels
 0 .. num_classes - 1. Faster and Mask R-CNN reserve label 0 for the background: `num_classes` includes
 it, labels 1 .. num_classes - 1 (COCO: 80 and 81). `HAS_BACKGROUND` says which is which.
-"""
-from typing import Any, Callable, Dict, Optional, Sequence
 
+`detector_from_checkpoint` rebuilds a detector from a weight file a detection run exported: the file's
+metadata (`checkpoint_meta`) names the detector, variant, sizes, anchors, class names and category ids.
+"""
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import safetensors.torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
+from ..checkpoints import PathLike, task_checkpoint_meta
 from ..errors import InputError
 from .backbone import NUM_STAGES, CMTFeaturePyramid, cmt_fpn_backbone
 
-__all__ = ['DETECTORS', 'HAS_BACKGROUND', 'build_detector', 'fasterrcnn_cmt', 'fcos_cmt', 'maskrcnn_cmt',
-           'retinanet_cmt']
+__all__ = ['DETECTORS', 'HAS_BACKGROUND', 'anchor_tuples', 'build_detector', 'checkpoint_meta',
+           'detector_from_checkpoint', 'fasterrcnn_cmt', 'fcos_cmt', 'maskrcnn_cmt', 'retinanet_cmt']
 
 PYRAMID_LEVELS = 5  # P3-P7 for the one-stage detectors, P2-P6 (max pool) for the R-CNNs
 HAS_BACKGROUND = {'retinanet': False, 'fcos': False, 'fasterrcnn': True, 'maskrcnn': True}
@@ -188,3 +193,32 @@ def build_detector(detector: str, variant: str, num_classes: int, **kwargs: Any)
     if detector not in DETECTORS:
         raise InputError(f'unknown detector {detector!r}; expected one of {", ".join(DETECTORS)}')
     return DETECTORS[detector](variant, num_classes, **kwargs)
+
+
+def anchor_tuples(detector: str, sizes: Optional[Sequence[float]]) -> Optional[Tuple[Tuple[float, ...], ...]]:
+    """torchvision anchor sizes from one base size per pyramid level: RetinaNet gets torchvision's three
+    octave scales per level (x1, x2^(1/3), x2^(2/3)), the others the size alone."""
+    if sizes is None:
+        return None
+    scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)) if detector == 'retinanet' else (1.0,)
+    return tuple(tuple(float(s) * k for k in scales) for s in sizes)
+
+
+def checkpoint_meta(path: Optional[PathLike]) -> Dict[str, Any]:
+    """The metadata of a weight file a detection run exported (`model.safetensors`, `best.safetensors`, ...);
+    InputError if none is given, or the file is not one a detection run wrote."""
+    return task_checkpoint_meta(path, 'detection', 'cmtnet detect train')
+
+
+def detector_from_checkpoint(path: PathLike, **overrides: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+    """(the detector in eval mode, its metadata) from a weight file a detection run exported; `overrides`
+    replace stored sizes (`min_size`, `max_size`)."""
+    meta = dict(checkpoint_meta(path), **{k: v for k, v in overrides.items() if v is not None})
+    model = build_detector(meta['detector'], meta['model'], meta['num_classes'], min_size=meta['min_size'],
+                           max_size=meta['max_size'],
+                           anchor_sizes=anchor_tuples(meta['detector'], meta['anchor_sizes']))
+    try:
+        model.load_state_dict(safetensors.torch.load_file(str(path)))
+    except RuntimeError as e:
+        raise InputError(f'cannot load {path} into {meta["detector"]} on {meta["model"]}: {e}') from e
+    return model.eval(), meta

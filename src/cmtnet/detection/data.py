@@ -10,14 +10,18 @@ does not fit the run's), or a skip that is named and counted, and an error under
 
 An image without annotations is kept: it is a negative example. An image that exists but cannot be read is
 found when it is loaded: it is skipped with a warning and the next image takes its place (an error under
-`strict`), as for classification. Crowd annotations (`iscrowd: 1`) are scored by COCO evaluation but not
-trained on, as torchvision's detection references do.
+`strict`), by the engine's `ReadableImages`, as for classification. Crowd annotations (`iscrowd: 1`) are
+scored by COCO evaluation but not trained on, as torchvision's detection references do.
 
 Samples are read by torchvision's `CocoDetection` through the v2 transforms wrapper (boxes, labels and,
-for Mask R-CNN, masks) and flipped horizontally at random under a per-sample seed. Category ids become
-labels in the order of `categories`, counted as the detector counts them: 0..K-1 for RetinaNet and FCOS,
+for Mask R-CNN, masks) and flipped horizontally at random under a per-sample seed; the engine's
+`train_loader` and `eval_loader` batch them with `collate`. Category ids become labels in the order of
+`categories`, counted as the detector counts them: 0..K-1 for RetinaNet and FCOS,
 1..K for the R-CNNs (0 is their background); `CocoSet.category_ids` maps them back for evaluation and
 prediction.
+
+`data_paths` finds the images and annotation files a command was given: a COCO tree (`--data`), a pair
+per split, or else the embedded set.
 """
 import contextlib
 import io
@@ -29,18 +33,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets import CocoDetection, VisionDataset
 from torchvision.transforms import v2
 from torchvision.datasets import wrap_dataset_for_transforms_v2
 
-from ..engine.sampling import ResumableSampler, seeded
+from ..engine.data import ReadableImages
 from ..errors import InputError
+from .synthetic import write_synthetic_coco
 
-__all__ = [
-    'CocoSet', 'DetectionSamples', 'coco_layout', 'collate', 'eval_loader', 'read_coco',
-    'train_loader',
-]
+__all__ = ['CocoSet', 'DetectionSamples', 'coco_layout', 'collate', 'data_paths', 'read_coco']
 
 _logger = logging.getLogger(__name__)
 
@@ -64,6 +65,22 @@ def coco_layout(root: PathLike) -> Dict[str, Tuple[Path, Path]]:
         raise InputError(f'--data {root}: no such folder; expected the COCO 2017 layout '
                          f'(annotations/, train2017/, val2017/)')
     return {s: (root / f'{s}2017', root / 'annotations' / f'instances_{s}2017.json') for s in ('train', 'val')}
+
+
+def data_paths(o: Any, splits: Sequence[str] = ('train', 'val')) -> Dict[str, Tuple[Path, Path]]:
+    """{split: (images, annotations)} from `--data`, the `--<split>-images/annotations` pairs, or else the
+    embedded set (generated on first use)."""
+    given = {s: (getattr(o, f'{s}_images', None), getattr(o, f'{s}_annotations', None)) for s in splits}
+    if o.data is not None:
+        if any(v for pair in given.values() for v in pair):
+            raise InputError('give either --data or the --train-/--val- images and annotations, not both')
+        return {s: p for s, p in coco_layout(o.data).items() if s in splits}
+    if not any(v for pair in given.values() for v in pair):
+        return {s: p for s, p in coco_layout(write_synthetic_coco()).items() if s in splits}
+    for split, (images, annotations) in given.items():
+        if images is None or annotations is None:
+            raise InputError(f'--{split}-images and --{split}-annotations go together (or give --data ROOT)')
+    return {s: (Path(i), Path(a)) for s, (i, a) in given.items()}
 
 
 @dataclass
@@ -211,30 +228,27 @@ class _CocoImages(CocoDetection):
         self.ids = list(coco_set.image_ids)
 
 
-class DetectionSamples(Dataset):
+class DetectionSamples(ReadableImages):
     """(image tensor in 0..1, target, skipped) samples of a `CocoSet` for torchvision's detectors.
 
     The target holds `boxes` (x1, y1, x2, y2), `labels` (`first_label` .. `first_label` + K - 1: 1 for
     the R-CNNs, whose label 0 is the background, else 0), `image_id` and, with `masks`, the instance masks.
     An index may come with a seed (`(index, seed)`, see `ResumableSampler`) for the random flip. An
-    unreadable image is logged and replaced by the next readable one (`skipped` counts those passed over).
-    `train_loader` hands out indices with seeds through the engine's `ResumableSampler`, so that a resumed
+    unreadable image is logged and replaced by the next readable one (`skipped` counts those passed over),
+    as `ReadableImages` does. The engine's `train_loader` hands out indices with seeds, so that a resumed
     epoch sees the samples, flipped the same way, that the interrupted one would have.
     """
 
     def __init__(self, coco_set: CocoSet, masks: bool = False, hflip: float = 0.0, strict: bool = False,
                  first_label: int = 1):
-        self.coco_set = coco_set
         keys = {'image_id', 'boxes', 'labels'} | ({'masks'} if masks else set())
-        self.dataset = wrap_dataset_for_transforms_v2(_CocoImages(coco_set), target_keys=keys)
-        self.masks = masks
-        self.strict = strict
-        self.label_of = {c: i + first_label for i, c in enumerate(coco_set.category_ids)}
         flip = [v2.RandomHorizontalFlip(hflip)] if hflip > 0 else []
-        self.transform = v2.Compose([v2.ToImage(), *flip, v2.ToDtype(torch.float32, scale=True)])
-
-    def __len__(self) -> int:
-        return len(self.coco_set.image_ids)
+        super().__init__(wrap_dataset_for_transforms_v2(_CocoImages(coco_set), target_keys=keys),
+                         v2.Compose([v2.ToImage(), *flip, v2.ToDtype(torch.float32, scale=True)]), strict)
+        self.coco_set = coco_set
+        self.source = str(coco_set.annotations)
+        self.masks = masks
+        self.label_of = {c: i + first_label for i, c in enumerate(coco_set.category_ids)}
 
     def name(self, index: int) -> str:
         image_id = self.coco_set.image_ids[index]
@@ -253,28 +267,12 @@ class DetectionSamples(Dataset):
         target['image_id'] = self.coco_set.image_ids[index]
         return target
 
-    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Tuple[torch.Tensor, Dict[str, Any], int]:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        for skipped in range(len(self)):
-            candidate = (index + skipped) % len(self)
-            try:
-                image, target = self.dataset[candidate]
-            except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for broken or truncated files
-                if self.strict:
-                    raise InputError(f'unreadable image {self.name(candidate)}: {e}') from e
-                _logger.warning('skipping unreadable image %s: %s', self.name(candidate), e)
-                continue
-            target = self._target(candidate, image, target)
-            if seed is None:
-                image, target = self.transform(image, target)
-            else:
-                with seeded(seed):
-                    image, target = self.transform(image, target)
-            target['boxes'] = target['boxes'].as_subclass(torch.Tensor).float()
-            if self.masks:
-                target['masks'] = target['masks'].as_subclass(torch.Tensor)
-            return image.as_subclass(torch.Tensor), target, skipped
-        raise InputError(f'none of the {len(self)} images of {self.coco_set.annotations} could be read')
+    def prepare(self, index: int, image: Any, target: Dict[str, Any]) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        image, target = self.transform(image, self._target(index, image, target))
+        target['boxes'] = target['boxes'].as_subclass(torch.Tensor).float()
+        if self.masks:
+            target['masks'] = target['masks'].as_subclass(torch.Tensor)
+        return image.as_subclass(torch.Tensor), target
 
 
 Batch = Tuple[List[torch.Tensor], List[Dict[str, Any]], List[int]]
@@ -284,23 +282,3 @@ def collate(batch: Sequence[Tuple[torch.Tensor, Dict[str, Any], int]]) -> Batch:
     """(images, targets, unreadable images each sample stands in for): lists, as images differ in size."""
     images, targets, skipped = zip(*batch)
     return list(images), list(targets), list(skipped)
-
-
-def train_loader(samples: DetectionSamples, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 workers: int = 2) -> DataLoader:
-    """Shuffled full batches, one shard per process; call `loader.sampler.set_epoch(epoch, start)` before each epoch."""
-    inner = DistributedSampler(range(len(samples)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    sampler = ResumableSampler(inner, rank, world_size, seed)
-    if len(sampler) < batch_size:
-        raise InputError(f'{len(samples)} training images give each of {world_size} process(es) {len(sampler)} per '
-                         f'epoch, fewer than one batch of {batch_size}; lower --batch-size')
-    return DataLoader(samples, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                      drop_last=True, persistent_workers=workers > 0, generator=torch.Generator())
-
-
-def eval_loader(samples: DetectionSamples, batch_size: int, rank: int = 0, world_size: int = 1,
-                workers: int = 2) -> DataLoader:
-    """Batches in order, each process taking every world_size-th image (none twice)."""
-    return DataLoader(samples, batch_size=batch_size, sampler=range(rank, len(samples), world_size),
-                      num_workers=workers, collate_fn=collate, persistent_workers=workers > 0,
-                      generator=torch.Generator())

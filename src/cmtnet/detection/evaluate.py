@@ -5,9 +5,13 @@ COCO results (boxes as [x, y, width, height] in the image's own pixels, labels b
 as RLE), gathers them to the first process under torchrun, and scores them there with `COCOeval`. The
 metrics are COCO's twelve summary numbers per kind, named `bbox_AP`, `bbox_AP50`, ..., `segm_ARl`
 (`metric_names`); as in COCO, a number is -1 where no ground-truth object falls in its area range.
+
+`eval_command` is `cmtnet detect eval`: a detector rebuilt from its exported weights, scored on val images.
 """
 import contextlib
 import io
+import json
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -15,12 +19,22 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..runtime import autocast
-from .data import CocoSet
+from ..checkpoints import atomic_write
+from ..engine.data import eval_loader
+from ..runtime import amp_dtype, autocast, distributed
+from .builders import HAS_BACKGROUND, checkpoint_meta, detector_from_checkpoint
+from .data import CocoSet, DetectionSamples, collate, data_paths, read_coco
+from .options import DetectEvalOptions
 
-__all__ = ['SUMMARY_NAMES', 'coco_evaluate', 'metric_names', 'evaluate_detector', 'gather_to_first', 'to_coco_results']
+__all__ = ['SUMMARY_NAMES', 'coco_evaluate', 'eval_command', 'evaluate_detector', 'gather_to_first', 'iou_types',
+           'metric_names', 'to_coco_results']
 
 SUMMARY_NAMES = ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl', 'AR1', 'AR10', 'AR100', 'ARs', 'ARm', 'ARl')
+
+
+def iou_types(detector: str) -> Tuple[str, ...]:
+    """The kinds COCO scores for `detector`: boxes, and masks for Mask R-CNN."""
+    return ('bbox', 'segm') if detector == 'maskrcnn' else ('bbox',)
 
 
 def metric_names(iou_types: Iterable[str]) -> List[str]:
@@ -123,3 +137,28 @@ def evaluate_detector(
         dist.broadcast_object_list(payload, src=0)
     metrics, summary = payload[0]
     return metrics, summary, results
+
+
+def eval_command(options: DetectEvalOptions) -> Dict[str, float]:
+    """Print the COCO summary of a checkpoint on val images and write coco_results.json; the metrics."""
+    o = options
+    categories = checkpoint_meta(o.checkpoint)['category_ids']
+    checkpoint = Path(o.checkpoint)
+    images, annotations = data_paths(o, splits=('val',))['val']
+    val_set = read_coco(annotations, images, strict=o.strict, categories=categories)
+    model, meta = detector_from_checkpoint(checkpoint, min_size=o.min_size, max_size=o.max_size)
+    first_label = 1 if HAS_BACKGROUND[meta['detector']] else 0
+    with distributed(o.device) as p:
+        samples = DetectionSamples(val_set, strict=o.strict, first_label=first_label)
+        loader = eval_loader(samples, o.batch_size, p.rank, p.world_size, o.workers, collate_fn=collate)
+        metrics, summary, results = evaluate_detector(
+            model.to(p.device), loader, val_set, iou_types(meta['detector']), p.device, amp_dtype(o.amp, p.device),
+            first_label)
+        if p.is_main:
+            output = Path(o.output) if o.output else checkpoint.parent
+            output.mkdir(parents=True, exist_ok=True)
+            atomic_write(output / 'coco_results.json', lambda f: f.write(json.dumps(results).encode()))
+            print(f'{meta["detector"]} on {meta["model"]}, {checkpoint} on {val_set.describe()}')
+            print(summary)
+            print(f'COCO results: {output / "coco_results.json"}')
+    return metrics

@@ -3,6 +3,13 @@
 Drawing is torchvision's (`draw_bounding_boxes`, `draw_segmentation_masks`), one colour per class. The JSON
 (`detections.json`) lists, per image, every detection at or above the score threshold: box
 [x1, y1, x2, y2] in the image's pixels, class name, category id and score (and the mask's area).
+
+Each drawing is named after its image's path below the folder that holds all the inputs (`x.png` for
+`photos/x.jpg`; `a_x.png` and `b_x.png` for `a/x.jpg` and `b/x.jpg`; see `engine.data.output_names`), so
+that no two images share one. An image that cannot be read is named in a warning and left out; the
+others are drawn.
+
+`predict_command` is `cmtnet detect predict`: a detector rebuilt from its exported weights, on image files.
 """
 import json
 from pathlib import Path
@@ -10,16 +17,17 @@ from typing import Any, Dict, List, Sequence
 
 import torch
 import torch.nn as nn
-from PIL import Image
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from ..engine.checkpoint import atomic_write
+from ..checkpoints import atomic_write
+from ..engine.data import ImageFiles, ReadableImages, eval_loader, find_images, output_names, own_images
 from ..errors import InputError
-from ..runtime import autocast
-from .builders import HAS_BACKGROUND
+from ..runtime import amp_dtype, autocast, distributed, is_main_process
+from .builders import HAS_BACKGROUND, checkpoint_meta, detector_from_checkpoint
+from .options import DetectPredictOptions
 
-__all__ = ['draw_detections', 'predict_files']
+__all__ = ['draw_detections', 'predict_command', 'predict_files']
 
 _PALETTE = ['#e6194b', '#3cb44b', '#ffe119', '#4363d8', '#f58231', '#911eb4', '#46f0f0', '#f032e6', '#bcf60c',
             '#fabebe', '#008080', '#e6beff', '#9a6324', '#800000', '#aaffc3', '#808000', '#000075', '#808080']
@@ -43,7 +51,8 @@ def draw_detections(image: torch.Tensor, output: Dict[str, torch.Tensor], class_
 @torch.no_grad()
 def predict_files(model: nn.Module, meta: Dict[str, Any], files: Sequence[Path], output: Path,
                   score_threshold: float, device: torch.device, amp: Any = None) -> List[Dict[str, Any]]:
-    """Detect objects in each image file, writing `output`/<name>.png and `output`/detections.json."""
+    """Detect objects in each readable image file, writing `output`/<name>.png (a name of its own, see
+    `output_names`) and `output`/detections.json; an unreadable file is named in a warning and left out."""
     if not 0 <= score_threshold <= 1:
         raise InputError(f'--score-threshold must be in [0, 1], got {score_threshold}')
     first_label = 1 if HAS_BACKGROUND[meta['detector']] else 0
@@ -51,18 +60,18 @@ def predict_files(model: nn.Module, meta: Dict[str, Any], files: Sequence[Path],
     output.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     found = []
-    for path in files:
-        try:
-            with Image.open(path) as img:
-                image = F.pil_to_tensor(img.convert('RGB'))
-        except OSError as e:
-            raise InputError(f'cannot read image {path}: {e}') from e
+    images = eval_loader(ReadableImages(ImageFiles(files), F.pil_to_tensor), batch_size=1, workers=0)
+    for path, drawn_name, batch in zip(files, output_names(files), images):
+        own, _, _ = own_images(batch)
+        if not len(own):  # unreadable: the next image stood in for it, and is drawn at its own turn
+            continue
+        image = own[0]
         with autocast(device, amp):
             [result] = model([F.to_dtype(image, torch.float32, scale=True).to(device)])
         keep = result['scores'] >= score_threshold
         result = {k: v[keep].float().cpu() if k != 'labels' else v[keep].cpu() for k, v in result.items()}
         drawn = draw_detections(image, result, class_names, first_label)
-        name = output / f'{path.stem}.png'
+        name = output / drawn_name
         F.to_pil_image(drawn).save(name)
         detections = []
         for i, (box, label, score) in enumerate(zip(result['boxes'].tolist(), result['labels'].tolist(),
@@ -74,4 +83,25 @@ def predict_files(model: nn.Module, meta: Dict[str, Any], files: Sequence[Path],
             detections.append(entry)
         found.append({'image': str(path), 'drawn': str(name), 'detections': detections})
     atomic_write(output / 'detections.json', lambda f: f.write(json.dumps(found, indent=1).encode()))
+    return found
+
+
+def predict_command(options: DetectPredictOptions) -> List[Dict[str, Any]]:
+    """Draw the detections of each image and write detections.json; the detections."""
+    o = options
+    checkpoint_meta(o.checkpoint)  # a missing or foreign checkpoint is named before the images are looked at
+    if not o.inputs:
+        raise InputError('give at least one image file or folder of images to predict')
+    files = find_images(o.inputs)
+    model, meta = detector_from_checkpoint(o.checkpoint, min_size=o.min_size, max_size=o.max_size)
+    with distributed(o.device) as p:
+        if not is_main_process():
+            return []
+        amp = amp_dtype(o.amp, p.device)
+        found = predict_files(model, meta, files, Path(o.output), o.score_threshold, p.device, amp)
+    for item in found:
+        shown = ', '.join(f'{d["class"]} {d["score"]:.2f}' for d in item['detections'][:5]) or 'nothing'
+        more = f' (+{len(item["detections"]) - 5})' if len(item['detections']) > 5 else ''
+        print(f'{item["image"]}: {shown}{more}')
+    print(f'drawn images and detections.json in {o.output}')
     return found

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from ..engine.data import digits_split
 from ..errors import InputError
 
 __all__ = ['SyntheticSpec', 'default_root', 'write_synthetic_coco']
@@ -48,16 +49,6 @@ def default_root(spec: SyntheticSpec = SyntheticSpec()) -> Path:
     s = spec
     return cache / (f'detection-digits-v{_VERSION}-{s.train_images}-{s.val_images}-{s.image_size}px-'
                     f'{s.min_digit}-{s.max_digit}-{s.max_objects}obj-seed{s.seed}')
-
-
-def _digit_splits() -> Tuple[np.ndarray, np.ndarray, Dict[str, np.ndarray]]:
-    """(digit images 8x8 in 0..1, labels, {'train': indices, 'val': indices}) as the classification demo splits them."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    train, val = train_test_split(np.arange(len(digits.target)), test_size=0.2, stratify=digits.target, random_state=0)
-    return digits.images / 16.0, digits.target, {'train': train, 'val': val}
 
 
 def _photos() -> List[np.ndarray]:
@@ -154,13 +145,14 @@ def write_synthetic_coco(root: Optional[Union[str, Path]] = None, spec: Syntheti
     tmp = root.with_name(f'.{root.name}.{os.getpid()}.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / 'annotations').mkdir(parents=True)
-    digits, labels, pools = _digit_splits()
+    digits = digits_split()  # the classification demo's split: its test digits are the val set's
+    pools = {'train': digits.train, 'val': digits.test}
     photos = _photos()
     for i, (split, count) in enumerate((('train', spec.train_images), ('val', spec.val_images))):
         folder = tmp / f'{split}2017'
         folder.mkdir()
         rng = np.random.default_rng([spec.seed, i])
-        coco = _make_split(split, count, spec, folder, rng, digits, labels, pools[split], photos)
+        coco = _make_split(split, count, spec, folder, rng, digits.images / 16.0, digits.targets, pools[split], photos)
         (tmp / 'annotations' / f'instances_{split}2017.json').write_text(json.dumps(coco))
     (tmp / _DONE).write_text(json.dumps(asdict(spec)))
     try:

@@ -4,57 +4,30 @@ The engine gives detection what it gives classification (processes, autocast, EM
 exact resume, the NaN stop, metrics.csv, curves.png, the exported weights); this module only says what
 the data, the model, the loss and the metrics are. Every exported weight file carries what evaluation and
 prediction need (`meta`): detector, variant, sizes, anchors, class names and category ids, so that
-`detector_from_checkpoint` rebuilds the detector from the file alone.
+`builders.detector_from_checkpoint` rebuilds the detector from the file alone, without this module.
+`train(options)` runs the task on the engine (`cmtnet detect train`).
 """
-from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, Set
 
-import safetensors.torch
 import torch
 import torch.nn as nn
 
-from ..engine.checkpoint import checkpoint_info
+from ..engine.data import eval_loader, train_loader
 from ..engine.task import Losses, Task
+from ..engine.trainer import fit
 from ..errors import InputError
 from ..runtime import Processes, amp_dtype
-from .builders import DETECTORS, HAS_BACKGROUND, build_detector
-from .data import DetectionSamples, coco_layout, eval_loader, read_coco, train_loader
-from .evaluate import evaluate_detector, metric_names
+from .builders import DETECTORS, HAS_BACKGROUND, anchor_tuples, build_detector
+from .data import DetectionSamples, collate, data_paths, read_coco
+from .evaluate import evaluate_detector, iou_types, metric_names
 from .options import DetectOptions
-from .synthetic import write_synthetic_coco
 
-__all__ = ['DetectionTask', 'anchor_tuples', 'checkpoint_meta', 'data_paths', 'detector_from_checkpoint', 'iou_types']
-
-PathLike = Union[str, Path]
+__all__ = ['DetectionTask', 'train']
 
 
-def iou_types(detector: str) -> Tuple[str, ...]:
-    return ('bbox', 'segm') if detector == 'maskrcnn' else ('bbox',)
-
-
-def anchor_tuples(detector: str, sizes: Optional[Sequence[float]]) -> Optional[Tuple[Tuple[float, ...], ...]]:
-    """torchvision anchor sizes from one base size per pyramid level: RetinaNet gets torchvision's three
-    octave scales per level (x1, x2^(1/3), x2^(2/3)), the others the size alone."""
-    if sizes is None:
-        return None
-    scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)) if detector == 'retinanet' else (1.0,)
-    return tuple(tuple(float(s) * k for k in scales) for s in sizes)
-
-
-def data_paths(o: Any, splits: Sequence[str] = ('train', 'val')) -> Dict[str, Tuple[Path, Path]]:
-    """{split: (images, annotations)} from `--data`, the `--<split>-images/annotations` pairs, or else the
-    embedded set (generated on first use)."""
-    given = {s: (getattr(o, f'{s}_images', None), getattr(o, f'{s}_annotations', None)) for s in splits}
-    if o.data is not None:
-        if any(v for pair in given.values() for v in pair):
-            raise InputError('give either --data or the --train-/--val- images and annotations, not both')
-        return {s: p for s, p in coco_layout(o.data).items() if s in splits}
-    if not any(v for pair in given.values() for v in pair):
-        return {s: p for s, p in coco_layout(write_synthetic_coco()).items() if s in splits}
-    for split, (images, annotations) in given.items():
-        if images is None or annotations is None:
-            raise InputError(f'--{split}-images and --{split}-annotations go together (or give --data ROOT)')
-    return {s: (Path(i), Path(a)) for s, (i, a) in given.items()}
+def train(options: DetectOptions) -> Dict[str, Any]:
+    """Train as `options` say; the last epoch's metrics."""
+    return fit(DetectionTask(options), options)
 
 
 class DetectionTask(Task):
@@ -87,8 +60,9 @@ class DetectionTask(Task):
                                  first_label=self.first_label)
         val = DetectionSamples(self.val_set, strict=o.strict, first_label=self.first_label)
         p = processes
-        self.train_loader = train_loader(train, o.batch_size, p.rank, p.world_size, o.seed, o.workers)
-        self.val_loader = eval_loader(val, o.batch_size, p.rank, p.world_size, o.workers)
+        self.train_loader = train_loader(train, o.batch_size, p.rank, p.world_size, o.seed, workers=o.workers,
+                                         collate_fn=collate)
+        self.val_loader = eval_loader(val, o.batch_size, p.rank, p.world_size, o.workers, collate_fn=collate)
         self.amp = amp_dtype(o.amp, p.device)
         if p.is_main:
             print(self.train_set.describe())
@@ -145,28 +119,3 @@ class DetectionTask(Task):
     def summary(self, last: Dict[str, Any], best: float, best_epoch: int) -> str:
         return f'bbox AP {last["bbox_AP"]:.4g}, AP50 {last["bbox_AP50"]:.4g} (best AP {best:.4g} at epoch {best_epoch})'
 
-
-def checkpoint_meta(path: PathLike) -> Dict[str, Any]:
-    """The metadata of a weight file a detection run exported (`model.safetensors`, `best.safetensors`, ...)."""
-    path = Path(path)
-    if path.suffix != '.safetensors':
-        raise InputError(f'--checkpoint {path}: expected a .safetensors file a detection run wrote '
-                         f'(model.safetensors, best.safetensors, model_ema.safetensors)')
-    _, meta = checkpoint_info(path)
-    if meta.get('task') != 'detection':
-        raise InputError(f'--checkpoint {path} was not written by `cmtnet detect train` (no detection metadata)')
-    return meta
-
-
-def detector_from_checkpoint(path: PathLike, **overrides: Any) -> Tuple[nn.Module, Dict[str, Any]]:
-    """(the detector in eval mode, its metadata) from a weight file a detection run exported; `overrides`
-    replace stored sizes (`min_size`, `max_size`)."""
-    meta = dict(checkpoint_meta(path), **{k: v for k, v in overrides.items() if v is not None})
-    model = build_detector(meta['detector'], meta['model'], meta['num_classes'], min_size=meta['min_size'],
-                           max_size=meta['max_size'],
-                           anchor_sizes=anchor_tuples(meta['detector'], meta['anchor_sizes']))
-    try:
-        model.load_state_dict(safetensors.torch.load_file(str(path)))
-    except RuntimeError as e:
-        raise InputError(f'cannot load {path} into {meta["detector"]} on {meta["model"]}: {e}') from e
-    return model.eval(), meta

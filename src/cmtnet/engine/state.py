@@ -1,13 +1,13 @@
-"""The progress of a training run, and the whole training state that last.pth holds.
+"""The progress of a training run, and the random states a resumed run repeats.
 
 `RunState` counts what a run has done (epochs, batches of the current epoch, updates), sums the epoch's
-losses, keeps the metrics rows and the best metric. `capture` and `restore` turn a run into last.pth and
-back: the model, optimizer, schedule, EMA and loss scaler, those counters, the sampler position, and the
-RNG states of every process, so that a resumed run repeats the interrupted one's random draws exactly.
+losses, keeps the metrics rows and the best metric; `state_dict()` / `load_state_dict()` carry them
+through last.pth. `capture_rng` / `restore_rng` do the same for the python, numpy, torch and CUDA RNGs of a
+process, so that a resumed run repeats the interrupted one's random draws exactly. The trainer assembles
+last.pth from these and the state_dicts of its model, optimizer, schedule, EMA and loss scaler.
 """
-import logging
 import random
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -16,12 +16,7 @@ import torch.distributed as dist
 from ..errors import InputError
 from .task import Losses
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
 __all__ = ['RunState', 'capture_rng', 'restore_rng']
-
-_logger = logging.getLogger(__name__)
 
 # sums kept over an epoch besides the losses: images seen and unreadable images passed over
 _COUNTS = ('images', 'skipped')
@@ -30,14 +25,16 @@ _COUNTS = ('images', 'skipped')
 class RunState:
     """Where a run stands: counters, the current epoch's sums, the metrics so far and the best metric."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, images_per_batch: int, accum_steps: int = 1):
         self.device = device
+        # images of one batch over all processes, and batches per update: the sampler position in last.pth
+        self.images_per_batch, self.accum_steps = images_per_batch, accum_steps
         self.epoch = 0  # epochs completed
         self.batch_in_epoch = 0  # batches of the current epoch completed (resume mid-epoch)
         self.num_updates = 0
         self.sums = self._zero_sums(['loss'])  # loss x images (per loss term too), images, skipped
         self.metrics: List[Dict[str, Any]] = []
-        self.best, self.best_epoch = -1., 0
+        self.best, self.best_epoch = float('-inf'), 0  # any value of the first epoch is the best so far
 
     def _zero_sums(self, names: List[str]) -> Dict[str, torch.Tensor]:
         # float64 on the device: no sync per batch, and no rounding over a long epoch
@@ -76,80 +73,35 @@ class RunState:
         self.sums = self._zero_sums([n for n in self.sums if n not in _COUNTS])
         return improved
 
-    # --- last.pth -------------------------------------------------------------------------------------
+    # --- last.pth ---------------------------------------------------------------------------------------
 
-    def capture(self, trainer: 'Trainer') -> Optional[Dict[str, Any]]:
-        """Everything needed to continue exactly (all processes take part: each gives its RNG states)."""
-        rng = capture_rng()
-        states = [rng]
-        if trainer.processes.distributed:
-            states = [None] * trainer.processes.world_size
-            dist.all_gather_object(states, rng)
-        state = dict(
-            model=trainer.unwrapped.state_dict(),
-            optimizer=trainer.optimizer.state_dict(),
-            scheduler=trainer.scheduler.state_dict(),
+    def state_dict(self) -> Dict[str, Any]:
+        """The counters, the epoch's sums (on the CPU), the metrics so far and the best metric; the batch
+        position as the sampler's, in images of the epoch's global order."""
+        return dict(
             epoch=self.epoch,
             num_updates=self.num_updates,
-            # the sampler position, in images of the epoch's global order
-            samples_in_epoch=self.batch_in_epoch * trainer.options.batch_size * trainer.processes.world_size,
+            samples_in_epoch=self.batch_in_epoch * self.images_per_batch,
             epoch_sums={n: v.cpu() for n, v in self.sums.items()},
-            metrics=self.metrics,
+            metrics=list(self.metrics),
             best=self.best,
             best_epoch=self.best_epoch,
-            rng=states,
-            meta=trainer.task.meta(),
         )
-        if trainer.ema is not None:
-            state['model_ema'] = trainer.ema.module.state_dict()
-        if trainer.scaler is not None:
-            state['scaler'] = trainer.scaler.state_dict()
-        return state
 
-    def restore(self, trainer: 'Trainer', state: Dict[str, Any]) -> None:
-        """Continue from a state `capture` made (also from a last.pth of an earlier cmtnet release)."""
-        path = trainer.output / 'last.pth'
-        try:
-            trainer.unwrapped.load_state_dict(state['model'])
-            if trainer.ema is not None:
-                trainer.ema.module.load_state_dict(state.get('model_ema', state['model']))
-        except RuntimeError as e:
-            raise InputError(f'{path} does not fit this model ({_describe(trainer.task.meta())}); resume with the '
-                             f'options of the run: {e}') from e
-        trainer.optimizer.load_state_dict(state['optimizer'])
-        trainer.scheduler.load_state_dict(state['scheduler'])
-        if trainer.scaler is not None and 'scaler' in state:
-            trainer.scaler.load_state_dict(state['scaler'])
-        self.epoch, self.num_updates, self.metrics = state['epoch'], state['num_updates'], state['metrics']
-        self.best, self.best_epoch = state.get('best', state.get('best_top1')), state['best_epoch']
-        sums = state['epoch_sums']
-        if isinstance(sums, torch.Tensor):  # earlier releases: loss x images, images, skipped
-            sums = dict(zip(('loss', *_COUNTS), sums))
-        self.sums = {n: v.to(self.device) for n, v in sums.items()}
-        o, world = trainer.options, trainer.processes.world_size
-        per_batch = o.batch_size * world
-        if state['samples_in_epoch'] % (per_batch * o.accum_steps):
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue from what `state_dict` returned; InputError if it stopped within an update of this run."""
+        per_update = self.images_per_batch * self.accum_steps
+        samples = state['samples_in_epoch']
+        if samples % per_update:
             raise InputError(
-                f'last.pth stopped {state["samples_in_epoch"]} images into epoch {self.epoch + 1}, which is not a '
-                f'whole number of updates of {per_batch * o.accum_steps} images; resume with the batch size, '
-                f'number of processes and --accum-steps of the run')
-        self.batch_in_epoch = state['samples_in_epoch'] // per_batch
-        if len(state['rng']) == world:
-            restore_rng(state['rng'][trainer.processes.rank])
-        else:
-            _logger.warning('last.pth comes from %d process(es), this run has %d: random draws will not repeat '
-                            'those of the interrupted run', len(state['rng']), world)
-        if trainer.processes.is_main:
-            print(f'resuming {trainer.output} at epoch {self.epoch + 1}, batch {self.batch_in_epoch}')
-
-
-def _describe(meta: Dict[str, Any]) -> str:
-    parts = [str(meta.get('model', '?'))]
-    if 'img_size' in meta:
-        parts.append(f'{meta["img_size"]}px')
-    if 'num_classes' in meta:
-        parts.append(f'{meta["num_classes"]} classes')
-    return ', '.join(parts)
+                f'last.pth stopped {samples} images into epoch {state["epoch"] + 1}, which is not a whole number '
+                f'of updates of {per_update} images; resume with the batch size, number of processes and '
+                f'--accum-steps of the run')
+        self.epoch, self.num_updates = state['epoch'], state['num_updates']
+        self.batch_in_epoch = samples // self.images_per_batch
+        self.sums = {n: v.to(self.device) for n, v in state['epoch_sums'].items()}
+        self.metrics = list(state['metrics'])
+        self.best, self.best_epoch = state['best'], state['best_epoch']
 
 
 def capture_rng() -> Dict[str, torch.Tensor]:

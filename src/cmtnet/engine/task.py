@@ -15,8 +15,8 @@ resume, the NaN stop, metrics.csv, curves.png and the exported weights.
 The train loader's sampler must offer `set_epoch(epoch, start)` (`engine.sampling.ResumableSampler`
 does): the engine starts an epoch at a batch other than the first when it resumes in the middle of one.
 The loader must leave the global RNGs alone (give the DataLoader its own `generator`): their states are
-saved in last.pth, and a draw at the start of an epoch would not repeat on resuming. `evaluate` runs in every process, each on its
-shard, and returns the metrics summed over them.
+saved in last.pth (`Trainer.state_dict()`), and a draw at the start of an epoch would not repeat on
+resuming. `evaluate` runs in every process, each on its shard, and returns the metrics summed over them.
 """
 from abc import ABC, abstractmethod
 from typing import Any, Dict, Sequence, Set, Tuple, Union

@@ -15,9 +15,11 @@ run's files, all atomically and from the first process only:
 | `config.yaml` | the run's options, reusable with `--config` |
 
 A run killed at any moment continues with `resume` and ends with the weights and metrics of an
-uninterrupted one: the state holds the sampler position and every process's RNG states. A NaN or infinite
-loss stops every process with `TrainingDiverged`, keeping the last good checkpoint.
+uninterrupted one: the state (`Trainer.state_dict()`, PyTorch's protocol) holds the sampler position and
+every process's RNG states. A NaN or infinite loss stops every process with `TrainingDiverged`, keeping
+the last good checkpoint.
 """
+import logging
 import os
 import time
 from contextlib import nullcontext
@@ -30,16 +32,19 @@ from torch.nn.parallel import DistributedDataParallel
 from timm.layers import convert_sync_batchnorm
 from timm.utils import dispatch_clip_grad, distribute_bn
 
+from ..checkpoints import atomic_write, export_weights
 from ..errors import CommandError, InputError
 from ..runtime import Processes, amp_dtype, autocast, check_device, distributed, prepare_model, random_seed
-from .checkpoint import atomic_write, export_weights, load_state, save_state
+from .checkpoint import load_state, save_state
 from .optim import check_optimisation, create_ema, create_optimizer, create_scaler, create_scheduler, learning_rate
 from .options import RunOptions, write_config
 from .report import metrics_csv, plot_curves, progress_bar
-from .state import RunState
+from .state import RunState, capture_rng, restore_rng
 from .task import Losses, Task
 
 __all__ = ['Trainer', 'TrainingDiverged', 'check_run', 'fit']
+
+_logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(CommandError):
@@ -100,9 +105,11 @@ class Trainer:
         if self.updates_per_epoch == 0:
             raise InputError(f'an epoch has {len(task.train_loader)} batches, fewer than --accum-steps {o.accum_steps}')
         self.scheduler, self.total_epochs = create_scheduler(self.optimizer, o, self.updates_per_epoch)
-        self.state = RunState(self.device)
+        self.state = RunState(self.device, o.batch_size * processes.world_size, o.accum_steps)
         if o.resume:
-            self.state.restore(self, load_state(self.output / 'last.pth'))
+            self.load_state_dict(load_state(self.output / 'last.pth'))
+            if processes.is_main:
+                print(f'resuming {self.output} at epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}')
 
     # --- the run ---------------------------------------------------------------------------------------
 
@@ -218,11 +225,58 @@ class Trainer:
             print(f'epoch {s.epoch}/{self.total_epochs}  {task.format_metrics(row)}  lr {row["lr"]:.3g}  '
                   f'{img_per_s:.1f} img/s  {epoch_time:.1f} s{skips}', flush=True)
 
+    # --- last.pth -------------------------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue exactly, as last.pth holds it: the state_dicts of the model,
+        optimizer, schedule, EMA and loss scaler, the run's state, the RNG states of every process, and the
+        task's metadata. Every process must call it: each gives its RNG states."""
+        own = capture_rng()
+        rng = [own]
+        if self.processes.distributed:
+            rng = [None] * self.processes.world_size
+            dist.all_gather_object(rng, own)
+        state = dict(
+            model=self.unwrapped.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            **self.state.state_dict(),
+            rng=rng,
+            meta=self.task.meta(),
+        )
+        if self.ema is not None:
+            state['model_ema'] = self.ema.module.state_dict()
+        if self.scaler is not None:
+            state['scaler'] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Continue from a state `state_dict` returned; this process takes its own RNG states back."""
+        try:
+            self.unwrapped.load_state_dict(state['model'])
+            if self.ema is not None:
+                # a run that turns EMA on when it resumes starts the average from the weights
+                self.ema.module.load_state_dict(state.get('model_ema', state['model']))
+        except RuntimeError as e:
+            raise InputError(f'{self.output / "last.pth"} does not fit this model ({_describe(self.task.meta())}); '
+                             f'resume with the options of the run: {e}') from e
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        if self.scaler is not None and 'scaler' in state:  # a run that turns fp16 on starts a fresh scale
+            self.scaler.load_state_dict(state['scaler'])
+        self.state.load_state_dict(state)
+        p = self.processes
+        if len(state['rng']) == p.world_size:
+            restore_rng(state['rng'][p.rank])
+        else:
+            _logger.warning('last.pth comes from %d process(es), this run has %d: random draws will not repeat '
+                            'those of the interrupted run', len(state['rng']), p.world_size)
+
     # --- files ------------------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
         """Write last.pth, metrics.csv and ema.safetensors (all processes take part, the first writes)."""
-        state = self.state.capture(self)
+        state = self.state_dict()
         if not self.processes.is_main:
             return
         self.output.mkdir(parents=True, exist_ok=True)
@@ -242,3 +296,12 @@ class Trainer:
             atomic_write(self.output / 'curves.png', lambda f: f.write(plot_curves(rows, self.task.curves)))
             summary = self.task.summary(rows[-1], self.state.best, self.state.best_epoch)
             print(f'done: {summary}; weights in {self.output}')
+
+
+def _describe(meta: Dict[str, Any]) -> str:
+    parts = [str(meta.get('model', '?'))]
+    if 'img_size' in meta:
+        parts.append(f'{meta["img_size"]}px')
+    if 'num_classes' in meta:
+        parts.append(f'{meta["num_classes"]} classes')
+    return ', '.join(parts)
