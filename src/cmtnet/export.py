@@ -12,7 +12,7 @@ the model's own size and another, and compared with the unfused eager model.
 """
 import argparse
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 from timm.utils import reparameterize_model
 
-from .engine.checkpoint import create_model
+from .checkpoints import create_model
+from .engine.options import add_command, option
 from .errors import CommandError, InputError
 from .models import NET_STRIDE, check_img_size, native_img_size
 
@@ -32,15 +33,16 @@ FORMATS = ('onnx', 'torchscript')
 @dataclass
 class ExportOptions:
     """What `cmtnet export` does: which model and weights, which format, where, and how it is checked."""
-    model: str
-    output: Path
-    format: str = 'onnx'
-    checkpoint: Optional[Path] = None
-    fuse: bool = True
-    opset: int = 18
-    check_sizes: List[int] = field(default_factory=list)  # default: the model's own size and 32 less
-    batch_size: int = 2
-    tolerance: float = 1e-4
+    model: str = option(positional=True, help='CMT variant (cmt_ti, cmt_xs, cmt_s, cmt_b)')
+    output: Path = option(flags=('--output', '-o'), help='file to write (.onnx or .pt)')
+    format: str = option('onnx', choices=FORMATS, help='file format')
+    checkpoint: Optional[Path] = option(None, help='weights: our .safetensors/.pth or a released checkpoint')
+    fuse: bool = option(True, flags=('--no-fuse',), help='export the unfused model')
+    opset: int = option(18, help='ONNX opset (17 or more)')
+    check_sizes: List[int] = option(default_factory=list, help='input sides to check the export at',
+                                    unset='the model\'s own and 32 less')
+    batch_size: int = option(2, help='batch of the parity check')
+    tolerance: float = option(1e-4, help='largest relative error accepted')
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -116,11 +118,7 @@ def export_model(options: ExportOptions) -> Tuple[Dict[int, float], nn.Module]:
     return parity(options.output, options.format, reference, sizes, options.batch_size), model
 
 
-def _run(args: argparse.Namespace) -> int:
-    options = ExportOptions(
-        model=args.model, output=Path(args.output), format=args.format,
-        checkpoint=Path(args.checkpoint) if args.checkpoint else None, fuse=not args.no_fuse, opset=args.opset,
-        check_sizes=args.check_sizes or [], batch_size=args.batch_size, tolerance=args.tolerance)
+def _run(options: ExportOptions) -> int:
     errors, _ = export_model(options)
     for size, err in errors.items():
         print(f'{options.format} parity at {size}x{size}: max |diff| / max |logit| = {err:.2e}')
@@ -133,18 +131,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        'export', help='export a CMT (fused for inference) to ONNX or TorchScript, checked against eager',
-        description=__doc__.split('\n\n')[0])
-    parser.add_argument('model', help='CMT variant (cmt_ti, cmt_xs, cmt_s, cmt_b)')
-    parser.add_argument('--output', '-o', required=True, help='file to write (.onnx or .pt)')
-    parser.add_argument('--format', choices=FORMATS, default='onnx')
-    parser.add_argument('--checkpoint', help='weights: our .safetensors/.pth or a released checkpoint')
-    parser.add_argument('--no-fuse', action='store_true', help='export the unfused model')
-    parser.add_argument('--opset', type=int, default=18, help='ONNX opset (17 or more)')
-    parser.add_argument('--check-sizes', type=int, nargs='+',
-                        help='input sides to check the export at (default: the model\'s own and 32 less)')
-    parser.add_argument('--batch-size', type=int, default=2, help='batch of the parity check')
-    parser.add_argument('--tolerance', type=float, default=1e-4, help='largest relative error accepted')
-    parser.set_defaults(func=_run)
-    return parser
+    return add_command(
+        subparsers, 'export', ExportOptions, _run, description=__doc__.split('\n\n')[0],
+        help='export a CMT (fused for inference) to ONNX or TorchScript, checked against eager')

@@ -10,12 +10,12 @@ from timm.models.vision_transformer import Block
 from cmtnet.analysis.formulas import (
     cmt_block_terms, paper_cmt_block_macs, paper_transformer_block_macs, total_macs, transformer_block_terms,
 )
-from cmtnet.analysis.paper_complexity import (
+from cmtnet.analysis.complexity import (
     measure_cmt_block_macs, measure_transformer_block_macs, plot_cost_vs_tokens,
 )
 from cmtnet.cli import main
 from cmtnet.errors import InputError
-from cmtnet.models import CMTBlock, set_fused_attn
+from cmtnet.models import CMTBlock, set_model_fused_attn
 
 
 def test_paper_formulas_match_hand_computed_values():
@@ -85,7 +85,7 @@ def test_measured_block_equals_an_independent_count_and_the_derivation(k):
     grid, dim, heads, ratio = 8, 16, 2, 4.
     n, n_kv = grid * grid, (grid // k) ** 2
     block = CMTBlock(dim, heads, k, mlp_ratio=ratio).eval()
-    set_fused_attn(block, False)
+    set_model_fused_attn(block, False)
     layers = _hook_count(block, lambda: block(torch.randn(1, dim, grid, grid), torch.zeros(heads, n, n_kv)))
     independent = layers + 2 * n * n_kv * dim  # Q K^T and (attention) V, which no module hook sees
     measured = measure_cmt_block_macs((grid, grid), dim, heads, k, ratio)

@@ -20,7 +20,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -28,14 +28,15 @@ import timm
 
 from ..classification.options import TrainOptions
 from ..classification.train import train
+from ..engine.options import add_command, option
 from ..engine.trainer import TrainingDiverged
 from ..errors import InputError
 from ..models.ablation import ABLATION_STEPS, ablation_model_name
 from ..models.variants import VARIANT_ARGS, check_img_size
-from .complexity import count_macs, count_params
+from .macs import count_macs, count_params
 from .tables import Column, dump_json, format_table, millions
 
-__all__ = ['AblationOptions', 'StepResult', 'run_ablation', 'step_train_options', 'plot_ablation', 'add_parser']
+__all__ = ['AblateCommandOptions', 'AblationOptions', 'StepResult', 'run_ablation', 'step_train_options', 'plot_ablation', 'add_parser']
 
 STEP_LABELS: Dict[str, str] = {
     '4stage': '4-stage Transformer (patch embedding, plain FFN)',
@@ -55,18 +56,20 @@ _SHORT_LABELS = {
 @dataclass
 class AblationOptions:
     """What `cmtnet ablate` trains: which steps of which base, for how long, on what, with which seeds."""
-    base: str = 'cmt_ti'
-    steps: List[str] = field(default_factory=lambda: list(ABLATION_STEPS))
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 2
-    img_size: int = 32
-    batch_size: int = 32
-    lr: float = 2e-3
-    data: Optional[str] = None  # an ImageFolder root with train/ and val/; None: the embedded digits
-    output: str = 'runs/ablate'
-    workers: int = 0
-    device: Optional[str] = None
-    train: bool = True  # False: only the params and MACs of each step
+    base: str = option('cmt_ti', choices=list(VARIANT_ARGS),
+                       help='variant whose shape every step keeps (the paper: cmt_s)')
+    steps: List[str] = option(default_factory=lambda: list(ABLATION_STEPS), flags=('--step',), repeat=True,
+                              choices=list(ABLATION_STEPS), help='step to run (repeatable)')
+    seeds: List[int] = option(default_factory=lambda: [0, 1, 2], help='seeds')
+    epochs: int = option(2, help='epochs per run')
+    img_size: int = option(32, help='input side')
+    batch_size: int = option(32, help='batch size')
+    lr: float = option(2e-3, help='peak learning rate')
+    data: Optional[str] = option(None, help='ImageFolder root with train/ and val/', unset='the digits')
+    output: str = option('runs/ablate', help='folder of the runs')
+    workers: int = option(0, help='data loading processes')
+    device: Optional[str] = option(None, help='device', unset='CUDA if available, else CPU')
+    train: bool = option(True, flags=('--no-train',), help='only the params and MACs of each step')
 
     def check(self) -> None:
         """Refuse bad options before any work starts, naming the bad value."""
@@ -235,22 +238,29 @@ def _load_results(path: str) -> Dict[str, Any]:
         raise InputError(f'--results {path}: not the JSON output of `cmtnet ablate --json` ({e})') from e
 
 
-def _run_ablate(args: argparse.Namespace) -> int:
-    options = AblationOptions(
-        base=args.base, steps=args.step or list(ABLATION_STEPS), seeds=args.seeds, epochs=args.epochs,
-        img_size=args.img_size, batch_size=args.batch_size, lr=args.lr, data=args.data, output=args.output,
-        workers=args.workers, device=args.device, train=not args.no_train)
-    if args.results:  # the table and plot of an earlier `--json` output, without training again
-        saved = _load_results(args.results)
+@dataclass
+class AblateCommandOptions(AblationOptions):
+    """`cmtnet ablate`: the study's options, and how its results are shown (or which saved ones)."""
+    json: bool = option(False, flags=('--json',), help='print the results as JSON (unrounded numbers)')
+    markdown: bool = option(False, flags=('--markdown',), help='print a GitHub markdown table')
+    plot: Optional[str] = option(None, metavar='PATH', help='save a PNG of top-1 per step')
+    results: Optional[str] = option(None, metavar='JSON', help='show the results saved from an earlier run\'s '
+                                                               '--json output instead of training')
+
+
+def _run_ablate(command: AblateCommandOptions) -> int:
+    options = AblationOptions(**{f.name: getattr(command, f.name) for f in fields(AblationOptions)})
+    if command.results:  # the table and plot of an earlier `--json` output, without training again
+        saved = _load_results(command.results)
         options, rows, total = AblationOptions(**saved['options']), saved['steps'], saved['total_seconds']
     else:
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the runs' logs; stdout is for the table (or the JSON)
             rows = [r.summary() for r in run_ablation(options)]
         total = time.perf_counter() - start
-    if args.plot and options.train:
-        plot_ablation(rows, args.plot)
-    if args.json:
+    if command.plot and options.train:
+        plot_ablation(rows, command.plot)
+    if command.json:
         print(dump_json(dict(options=vars(options), total_seconds=total, steps=rows)))
         return 0
     trained = (f'; trained on {options.data or "the embedded digits"}, {options.epochs} epoch(s) per run at peak '
@@ -258,36 +268,16 @@ def _run_ablate(args: argparse.Namespace) -> int:
     print(f'Ablation steps on {options.base} at {options.img_size}px: params and MACs (fvcore) at that size with '
           f'a 1000-class head, as in the paper{trained}.')
     print()
-    print(format_table(_COLUMNS + (_TRAIN_COLUMNS if options.train else ()), rows, markdown=args.markdown))
+    print(format_table(_COLUMNS + (_TRAIN_COLUMNS if options.train else ()), rows, markdown=command.markdown))
     print(f'\ntotal {total:.0f} s')
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `ablate` subcommand."""
-    parser = subparsers.add_parser(
-        'ablate', help='train the paper\'s ablation steps for a short fixed budget, several seeds',
+    return add_command(
+        subparsers, 'ablate', AblateCommandOptions, _run_ablate,
+        help='train the paper\'s ablation steps for a short fixed budget, several seeds',
         description='The CMT paper\'s ablation steps (4-stage Transformer, + CMT stem, + LPU, + IRFFN; every '
                     'LayerNorm a BatchNorm; no position bias), each trained for the same short budget with '
                     'several seeds: params, MACs, mean and spread of validation top-1, divergence.')
-    parser.add_argument('--base', choices=list(VARIANT_ARGS), default='cmt_ti',
-                        help='variant whose shape every step keeps (default cmt_ti; the paper: cmt_s)')
-    parser.add_argument('--step', action='append', choices=list(ABLATION_STEPS),
-                        help='step to run (repeatable; default: all)')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='seeds (default 0 1 2)')
-    parser.add_argument('--epochs', type=int, default=2, help='epochs per run (default 2)')
-    parser.add_argument('--img-size', type=int, default=32, help='input side (default 32)')
-    parser.add_argument('--batch-size', type=int, default=32, help='batch size (default 32)')
-    parser.add_argument('--lr', type=float, default=2e-3, help='peak learning rate (default 2e-3)')
-    parser.add_argument('--data', default=None, help='ImageFolder root with train/ and val/ (default: the digits)')
-    parser.add_argument('--output', default='runs/ablate', help='folder of the runs (default runs/ablate)')
-    parser.add_argument('--workers', type=int, default=0, help='data loading processes (default 0)')
-    parser.add_argument('--device', default=None, help='device (default: CUDA if available, else CPU)')
-    parser.add_argument('--no-train', action='store_true', help='only the params and MACs of each step')
-    parser.add_argument('--json', action='store_true', help='print the results as JSON (unrounded numbers)')
-    parser.add_argument('--markdown', action='store_true', help='print a GitHub markdown table')
-    parser.add_argument('--plot', metavar='PATH', default=None, help='save a PNG of top-1 per step')
-    parser.add_argument('--results', metavar='JSON', default=None,
-                        help='show the results saved from an earlier run\'s --json output instead of training')
-    parser.set_defaults(func=_run_ablate)
-    return parser

@@ -1,202 +1,230 @@
-"""Model complexity: parameter and MAC counts, and the `cmtnet info` command.
+"""The paper's complexity argument, checked: `cmtnet complexity`.
 
-MACs are counted with fvcore, the counter the CMT authors' figures were made with, under its conventions:
-one unit per multiply-accumulate of a conv, linear or matmul; BatchNorm at inference 2 per element, LayerNorm
-5 per element, average pooling 1 per element; activations, additions, scaling and softmax not at all.
-fvcore has no handle for `scaled_dot_product_attention` (our attention's fused path), so one is added here
-that counts its two matmuls, Q K^T and (attention) V, exactly as fvcore counts them in the explicit path.
-Counted this way, our models match the released code's published MACs.
-
-    import timm, cmtnet
-    from cmtnet.complexity import count_macs, count_params
-    model = timm.create_model('cmt_s', img_size=384)
-    print(count_params(model), count_macs(model, 384))
+For every stage of every variant, one block's cost three ways: the paper's formula (analysis/formulas.py),
+our derivation from the block, and fvcore's count of the block as built (analysis/macs.py: MACs,
+attention included), beside a plain Transformer block (timm's ViT `Block`) of the same width, heads and
+tokens. `--plot` draws the cost per block against the number of tokens n for a Transformer block and CMT
+blocks at k = 1, 2, 4, 8: the paper's curves, with measured points on them.
 """
 import argparse
-import warnings
+import sys
 from dataclasses import dataclass
 from importlib.metadata import version
-from math import prod
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
-import torch.nn as nn
+from timm.models.vision_transformer import Block
 
-from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size
+from ..engine.options import add_command, option
+from ..models.cmt import CMTBlock
+from ..models.variants import VARIANT_ARGS, native_img_size
+from .info import image_side
+from .macs import mac_analysis
+from .formulas import (
+    cmt_block_terms, paper_cmt_block_macs, paper_transformer_block_macs, total_macs, transformer_block_terms,
+)
+from .tables import Column, dump_json, format_table, percent, rows_as_dicts
 
-with warnings.catch_warnings():
-    # importing fvcore.nn scripts its focal loss with the deprecated torch.jit.script: not our concern
-    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
-    from fvcore.nn import FlopCountAnalysis
-    from fvcore.nn.jit_handles import get_shape
+__all__ = ['BlockCost', 'ComplexityOptions', 'block_costs', 'measure_cmt_block_macs', 'measure_transformer_block_macs',
+           'plot_cost_vs_tokens', 'add_parser']
 
-__all__ = ['REFERENCE', 'Reference', 'count_macs', 'count_params', 'mac_analysis', 'add_parser']
-
-# Ops fvcore leaves uncounted by convention (elementwise arithmetic, activations, reductions, pooling).
-# The figures we compare with were made under the same convention, so these are silenced; any other
-# unsupported op (a matmul-like op fvcore does not know, say) is reported as a warning.
-_UNCOUNTED_BY_CONVENTION = frozenset(f'aten::{op}' for op in (
-    'add', 'sub', 'rsub', 'mul', 'div', 'neg', 'abs', 'exp', 'log', 'sqrt', 'rsqrt', 'pow', 'reciprocal',
-    'gelu', 'silu', 'relu', 'relu6', 'sigmoid', 'hardsigmoid', 'hardswish', 'tanh', 'elu', 'leaky_relu',
-    'softmax', 'log_softmax', 'mean', 'sum', 'amax', 'max_pool2d', 'avg_pool2d', 'adaptive_max_pool2d',
-    'dropout', 'feature_dropout', 'pad', 'rand', 'bernoulli', 'floor_divide',
-))
-
-
-def _sdpa_macs(inputs: List[Any], outputs: List[Any]) -> int:
-    """fvcore handle for aten::scaled_dot_product_attention: Q K^T plus (attention) V.
-
-    q is (..., Nq, d), k is (..., Nk, d), v is (..., Nk, dv): B*heads*Nq*Nk*d + B*heads*Nq*Nk*dv MACs.
-    The mask addition, scaling and softmax are elementwise, which fvcore does not count elsewhere either.
-    """
-    q_shape, k_shape, v_shape = (get_shape(v) for v in inputs[:3])
-    queries = prod(q_shape[:-1])  # batch x heads x Nq, taken from q so grouped-query attention counts right
-    return queries * k_shape[-2] * (q_shape[-1] + v_shape[-1])
-
-
-def mac_analysis(model: nn.Module, inputs: Union[torch.Tensor, Tuple[Any, ...]]) -> FlopCountAnalysis:
-    """An fvcore analysis of `model(*inputs)` that counts attention and keeps conventional gaps quiet.
-
-    Use it for breakdowns (`.by_operator()`, `.by_module()`); `count_macs` is the one-number shortcut.
-    The analysis traces the model lazily, in whatever train/eval mode the model is in when it is asked.
-    """
-    analysis = FlopCountAnalysis(model, inputs)
-    analysis.set_op_handle('aten::scaled_dot_product_attention', _sdpa_macs)
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    analysis.tracer_warnings('none')
-    return analysis
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters of `model` (each shared tensor once), trainable or not."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, input_size: Union[int, Tuple[int, int]]) -> int:
-    """Multiply-accumulates of one forward pass on one image of `input_size` (side or (height, width)).
-
-    Counted at inference (eval mode: BatchNorm counts differently while training), with the model's own
-    input channels, device and dtype. Warns if the model uses an op fvcore cannot count beyond the
-    conventional elementwise ones, as then the total is too low.
-    """
-    height, width = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if height <= 0 or width <= 0:
-        raise ValueError(f'input_size must be a positive side or (height, width), got {input_size}')
-    ref = next(model.parameters(), None)
-    x = torch.zeros(
-        1, getattr(model, 'in_chans', 3), height, width,
-        device=ref.device if ref is not None else None,
-        dtype=ref.dtype if ref is not None else None,
-    )
-    was_training = model.training
-    model.eval()
-    try:
-        analysis = mac_analysis(model, x)
-        total = analysis.total()
-        missed = {op: n for op, n in analysis.unsupported_ops().items()
-                  if op.rstrip('_') not in _UNCOUNTED_BY_CONVENTION}
-    finally:
-        model.train(was_training)
-    if missed:
-        warnings.warn(f'fvcore could not count these ops, so the MACs are too low: {missed}', stacklevel=2)
-    return int(total)
-
-
-# --- reference figures ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Reference:
-    """Published figures of a variant at its native input size."""
-    released_params: int  # the authors' released code, exact
-    released_gmacs: float  # the authors' released code, fvcore, 3 decimals
-    paper_params_m: float  # the CMT paper, millions
-    paper_gflops: float  # the CMT paper; "FLOPs" there are multiply-accumulates, as usual
-    paper_top1: str  # the CMT paper, ImageNet top-1 (%)
-
-
-REFERENCE: Dict[str, Reference] = {
-    'cmt_ti': Reference(9_492_426, 0.652, 9.5, 0.6, '79.0-79.2'),
-    'cmt_xs': Reference(15_247_208, 1.575, 15.2, 1.5, '81.8'),
-    'cmt_s': Reference(26_256_160, 4.087, 25.1, 4.0, '83.5'),
-    'cmt_b': Reference(45_715_076, 9.425, 45.7, 9.3, '84.5'),
-}
-
-
-# --- the `cmtnet info` command --------------------------------------------------------------------
-
-# (header, right-aligned)
-_COLUMNS: Tuple[Tuple[str, bool], ...] = (
-    ('model', False), ('input', True), ('params', True), ('GMACs', True),
-    ('released params', True), ('released GMACs', True), ('GMACs vs released', True),
-    ('paper params', True), ('paper GFLOPs', True), ('paper top-1', True),
+WHAT_THE_FORMULA_LEAVES_OUT = (
+    'The paper\'s CMT formula is the sum of the block\'s projections, attention, LPU and FFN convs for an '
+    'FFN ratio of 4; our derivation from the block gives exactly those terms, (2 + 2r) n d^2 + 2 n d^2/k^2 + '
+    '2 n^2 d/k^2 + (9 + 9r) n d, which are the paper\'s 10 n d^2 (1 + 0.2/k^2) + 2 n^2 d/k^2 + 45 n d at '
+    'r = 4 (CMT-Ti and XS use r = 3.6 and 3.77, so their blocks cost less than the formula says). The formula '
+    'leaves out the stride-k depthwise conv that shrinks keys and values (n d when k > 1) and the norms '
+    '(two LayerNorms and three BatchNorms, (12 + 4r) n d as fvcore counts them, and a fourth, 2 n d/k^2, when '
+    'k > 1), which is why it undercounts most where d is small. The Transformer formula 12 n d^2 + 2 n^2 d '
+    'leaves out only its two LayerNorms (10 n d). Biases, activations, softmax, the position bias and residual '
+    'sums are counted by neither.'
 )
 
 
-def _row(variant: str, img_size: Optional[int]) -> List[str]:
-    native = native_img_size(variant)
-    size = img_size or native
+@dataclass(frozen=True)
+class BlockCost:
+    """One block's MACs for a stage of a variant: the paper's formula, our derivation and fvcore."""
+    variant: str
+    stage: int
+    img_size_px: int
+    tokens: int
+    channels: int
+    heads: int
+    reduction_ratio: int
+    mlp_ratio: float
+    cmt_paper_macs: float
+    cmt_derived_macs: int
+    cmt_measured_macs: int
+    transformer_paper_macs: float
+    transformer_derived_macs: int
+    transformer_measured_macs: int
+
+    @property
+    def cmt_paper_diff_fraction(self) -> float:
+        return self.cmt_paper_macs / self.cmt_measured_macs - 1
+
+    @property
+    def transformer_paper_diff_fraction(self) -> float:
+        return self.transformer_paper_macs / self.transformer_measured_macs - 1
+
+    @property
+    def cmt_over_transformer_measured_ratio(self) -> float:
+        return self.cmt_measured_macs / self.transformer_measured_macs
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(rows_as_dicts([self])[0],
+                    cmt_paper_diff_fraction=self.cmt_paper_diff_fraction,
+                    transformer_paper_diff_fraction=self.transformer_paper_diff_fraction,
+                    cmt_over_transformer_measured_ratio=self.cmt_over_transformer_measured_ratio)
+
+
+def _count(module: torch.nn.Module, *inputs: torch.Tensor) -> int:
+    with torch.no_grad():
+        return int(mac_analysis(module.eval(), inputs).total())
+
+
+def measure_cmt_block_macs(grid: Tuple[int, int], dim: int, heads: int, k: int, mlp_ratio: float = 4.) -> int:
+    """fvcore's MACs of one `CMTBlock` (models/cmt.py) on a grid of tokens, at inference."""
+    n, n_kv = grid[0] * grid[1], (grid[0] // k) * (grid[1] // k)
+    return _count_cmt_block(CMTBlock(dim, heads, k, mlp_ratio=mlp_ratio), grid, torch.zeros(heads, n, n_kv))
+
+
+def _count_cmt_block(block: CMTBlock, grid: Tuple[int, int], rel_pos_bias: torch.Tensor) -> int:
+    return _count(block, torch.zeros(1, block.norm1.normalized_shape[0], *grid), rel_pos_bias.detach())
+
+
+def measure_transformer_block_macs(n: int, dim: int, heads: int, mlp_ratio: float = 4.) -> int:
+    """fvcore's MACs of one pre-norm Transformer block (timm's ViT `Block`, qkv bias) on n tokens."""
+    return _count(Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True), torch.zeros(1, n, dim))
+
+
+def block_costs(variant: str, img_size: Optional[int] = None) -> List[BlockCost]:
+    """One `BlockCost` per stage of `variant` at `img_size` (default: its native size), measured on the
+    first block of each stage of the model itself, with its stage's position bias."""
+    size = img_size or native_img_size(variant)
     model = timm.create_model(variant, img_size=size)
-    params, macs = count_params(model), count_macs(model, size)
-    row = [variant, f'{size}', f'{params:,}', f'{macs / 1e9:.3f}']
-    if size != native:
-        return row + ['-'] * (len(_COLUMNS) - len(row))  # the published figures are for the native size
-    ref = REFERENCE[variant]
-    return row + [
-        f'{ref.released_params:,}', f'{ref.released_gmacs:.3f}', f'{macs / 1e9 / ref.released_gmacs - 1:+.2%}',
-        f'{ref.paper_params_m}M', f'{ref.paper_gflops}', ref.paper_top1,
-    ]
+    r = VARIANT_ARGS[variant]['mlp_ratio']
+    rows = []
+    for i, stage in enumerate(model.stages):
+        block = stage.blocks[0]
+        dim, heads, k = block.norm1.normalized_shape[0], block.attn.num_heads, stage.sr_ratio
+        n = stage.grid_size[0] * stage.grid_size[1]
+        rows.append(BlockCost(
+            variant=variant, stage=i + 1, img_size_px=size, tokens=n, channels=dim, heads=heads,
+            reduction_ratio=k, mlp_ratio=r,
+            cmt_paper_macs=paper_cmt_block_macs(n, dim, k),
+            cmt_derived_macs=total_macs(cmt_block_terms(n, dim, k, r)),
+            cmt_measured_macs=_count_cmt_block(block, stage.grid_size, stage.rel_pos_bias),
+            transformer_paper_macs=paper_transformer_block_macs(n, dim),
+            transformer_derived_macs=total_macs(transformer_block_terms(n, dim, 4.)),
+            transformer_measured_macs=measure_transformer_block_macs(n, dim, heads, 4.),
+        ))
+    return rows
 
 
-def _format_table(rows: Sequence[Sequence[str]], markdown: bool) -> str:
-    headers = [h for h, _ in _COLUMNS]
-    if markdown:
-        lines = ['| ' + ' | '.join(headers) + ' |',
-                 '|' + '|'.join('---:' if right else ':---' for _, right in _COLUMNS) + '|']
-        lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
-        return '\n'.join(lines)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return '  '.join(c.rjust(w) if right else c.ljust(w)
-                         for c, w, (_, right) in zip(cells, widths, _COLUMNS)).rstrip()
-
-    return '\n'.join([line(headers), line(['-' * w for w in widths])] + [line(r) for r in rows])
+def _mmacs(field: str) -> Any:
+    return lambda row: f'{row[field] / 1e6:,.3f}'
 
 
-def _img_size(text: str) -> int:
-    size = int(text)
-    try:
-        return check_img_size(size, 'image size')[0]
-    except ValueError as e:  # argparse names the option and prints the message
-        raise argparse.ArgumentTypeError(str(e)) from e
+_COLUMNS = (  # MACs in millions; "ViT" is the plain Transformer block
+    Column('variant', lambda r: r['variant'], right=False),
+    Column('stage', lambda r: str(r['stage'])),
+    Column('input', lambda r: str(r['img_size_px'])),
+    Column('n', lambda r: str(r['tokens'])),
+    Column('d', lambda r: str(r['channels'])),
+    Column('k', lambda r: str(r['reduction_ratio'])),
+    Column('r', lambda r: f'{r["mlp_ratio"]:g}'),
+    Column('CMT paper', _mmacs('cmt_paper_macs')),
+    Column('CMT derived', _mmacs('cmt_derived_macs')),
+    Column('CMT fvcore', _mmacs('cmt_measured_macs')),
+    Column('paper vs fvcore', lambda r: percent(r['cmt_paper_diff_fraction'])),
+    Column('ViT paper', _mmacs('transformer_paper_macs')),
+    Column('ViT fvcore', _mmacs('transformer_measured_macs')),
+    Column('paper vs fvcore', lambda r: percent(r['transformer_paper_diff_fraction'])),
+    Column('CMT/ViT', lambda r: f'{r["cmt_over_transformer_measured_ratio"]:.3f}'),
+)
 
 
-def _run_info(args: argparse.Namespace) -> int:
-    """Print the complexity table of the chosen variants."""
-    variants = args.variant or list(VARIANT_ARGS)
-    rows = [_row(v, args.img_size) for v in variants]
-    print(f'CMT complexity. params: counted on the model. GMACs: per image, counted by fvcore '
-          f'{version("fvcore")} (attention matmuls included; norms and pooling as fvcore counts them; '
-          f'activations and additions not counted).')
-    print('Released: the authors\' code (MACs by fvcore too). Paper: arXiv:2107.06263. '
-          'Both for the native input size only.')
+def plot_cost_vs_tokens(
+        path: str,
+        dim: int = 64,
+        sides: Sequence[int] = (8, 16, 24, 32, 40, 48, 56),
+        k_values: Sequence[int] = (1, 2, 4, 8),
+) -> None:
+    """Plot MACs per block against tokens n (square grids of `sides`) at width `dim`: the paper's formulas
+    as curves, fvcore's counts of the blocks as points."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    heads = max(1, dim // 64)
+    fine = [s * s for s in range(min(sides), max(sides) + 1)]
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    series = [('Transformer', None)] + [(f'CMT, k = {k}', k) for k in k_values]
+    colors = ['black'] + plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for (label, k), color in zip(series, colors):
+        if k is None:
+            curve = [paper_transformer_block_macs(n, dim) for n in fine]
+            points = [measure_transformer_block_macs(s * s, dim, heads) for s in sides]
+        else:
+            curve = [paper_cmt_block_macs(n, dim, k) if n % (k * k) == 0 else float('nan') for n in fine]
+            points = [measure_cmt_block_macs((s, s), dim, heads, k) for s in sides]
+        ns = [n for n, c in zip(fine, curve) if c == c]
+        ax.plot(ns, [c / 1e6 for c in curve if c == c], '--' if k is None else '-', color=color,
+                label=f'{label}: paper formula')
+        ax.plot([s * s for s in sides], [p / 1e6 for p in points], 'o', color=color, markersize=4)
+    ax.plot([], [], 'o', color='gray', label='measured (fvcore)')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('tokens n')
+    ax.set_ylabel('MMACs per block')
+    ax.set_title(f'Cost of one block, d = {dim} channels (FFN ratio 4)')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@dataclass
+class ComplexityOptions:
+    """What `cmtnet complexity` shows: which variants, at which input size, in which form, and the plot."""
+    variant: List[str] = option(default_factory=lambda: list(VARIANT_ARGS), repeat=True, choices=list(VARIANT_ARGS),
+                                help='variant to show (repeatable)')
+    img_size: Optional[int] = option(None, type=image_side, help='input side for every variant',
+                                     unset='each variant\'s native size')
+    json: bool = option(False, flags=('--json',), help='print the table as JSON (unrounded numbers)')
+    markdown: bool = option(False, flags=('--markdown',), help='print a GitHub markdown table')
+    plot: Optional[str] = option(None, metavar='PATH', help='save a PNG of MACs per block against tokens n '
+                                                            '(Transformer; CMT at k = 1, 2, 4, 8)')
+    plot_dim: int = option(64, help='channels d of the plotted blocks')
+
+
+def _run_complexity(options: ComplexityOptions) -> int:
+    o = options
+    rows = [row.as_dict() for v in o.variant for row in block_costs(v, o.img_size)]
+    counter = f'fvcore {version("fvcore")}, multiply-accumulates (MACs), attention matmuls included'
+    if o.plot:
+        plot_cost_vs_tokens(o.plot, dim=o.plot_dim)
+    if o.json:
+        print(dump_json(dict(counter=counter, formula_leaves_out=WHAT_THE_FORMULA_LEAVES_OUT, rows=rows)))
+        return 0
+    print('MMACs of one block per stage: the paper\'s formula, our derivation from the block and fvcore\'s '
+          f'count ({counter}), beside a plain Transformer (ViT) block of the same width, heads and tokens.')
     print()
-    print(_format_table(rows, args.markdown))
+    print(format_table(_COLUMNS, rows, markdown=o.markdown))
+    print()
+    print(WHAT_THE_FORMULA_LEAVES_OUT)
+    if o.plot:
+        print(f'\nplot: {o.plot}', file=sys.stderr)
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `info` subcommand."""
-    parser = subparsers.add_parser(
-        'info', help='params and MACs of the CMT variants beside the published figures',
-        description='Params and MACs (fvcore) of the CMT variants beside the released code and the paper.')
-    parser.add_argument('--variant', action='append', choices=list(VARIANT_ARGS),
-                        help='variant to show (repeatable; default: all)')
-    parser.add_argument('--img-size', type=_img_size, default=None,
-                        help='input side for every variant (default: each variant\'s native size); '
-                             'published figures are shown only at the native size')
-    parser.add_argument('--markdown', action='store_true', help='print a GitHub markdown table')
-    parser.set_defaults(func=_run_info)
-    return parser
+    """Add the `complexity` subcommand."""
+    return add_command(
+        subparsers, 'complexity', ComplexityOptions, _run_complexity,
+        help='per-block cost: the paper\'s formulas beside measured MACs',
+        description='For every stage of every CMT variant, the MACs of one block by the paper\'s formula, by '
+                    'our derivation and counted by fvcore, beside a Transformer block of the same width.')

@@ -17,7 +17,7 @@ has it. The paper's terms add up to its formula exactly when r = 4: the projecti
 each, K and V n d^2 / k^2 each), the FFN's two 1x1 convs (2 r n d^2), attention (2 n^2 d / k^2), the LPU
 (9 n d) and the FFN's depthwise conv (9 r n d = 36 n d). The formula leaves out the stride-k depthwise
 conv that shrinks the keys and values (n d MACs when k > 1) and the norms (two LayerNorms, four
-BatchNorms), which we count as fvcore does (analysis/complexity.py): 5 per element for a LayerNorm and
+BatchNorms), which we count as fvcore does (analysis/macs.py): 5 per element for a LayerNorm and
 2 for a BatchNorm at inference. Biases, activations, softmax, the position bias and the residual sums
 are elementwise and counted by neither.
 """

@@ -1,7 +1,7 @@
 """Compound scaling, measured: `cmtnet scaling`.
 
 For each phi (default -2..2) the model that models/scaling.py generates from CMT-S, with its depths, widths,
-resolution, params and MACs (fvcore, analysis/complexity.py), beside the released variant of the same size
+resolution, params and MACs (fvcore, analysis/macs.py), beside the released variant of the same size
 (Ti, XS, S, B at phi = -2, -1, 0, 1: the resolutions 160, 192, 224, 256 that gamma^phi gives), and the
 MACs ratio per step of phi against the paper's target of 2.5. `--plot` draws MACs against phi.
 """
@@ -9,16 +9,17 @@ import argparse
 import sys
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 
+from ..engine.options import add_command, option
 from ..models.scaling import ALPHA, BETA, COST_PER_STEP, GAMMA, check_scaling_coefficients, scaled_args
 from ..models.variants import VARIANT_ARGS
-from .complexity import count_macs, count_params
+from .macs import count_macs, count_params
 from .tables import Column, dump_json, format_table, millions, percent, rows_as_dicts
 
-__all__ = ['RELEASED_PHI', 'ScaledModel', 'scaling_study', 'plot_scaling', 'add_parser']
+__all__ = ['RELEASED_PHI', 'ScaledModel', 'ScalingOptions', 'scaling_study', 'plot_scaling', 'add_parser']
 
 # the released variants and the phi whose resolution each has (160, 192, 224, 256 = 224 * 1.15^phi
 # rounded to a multiple of 32)
@@ -168,45 +169,48 @@ def plot_scaling(study: Dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-def _run_scaling(args: argparse.Namespace) -> int:
-    phis = args.phi if args.phi else [-2, -1, 0, 1, 2]
-    study = scaling_study(phis, args.alpha, args.beta, args.gamma)
-    if args.plot:
-        plot_scaling(study, args.plot)
-    if args.json:
+@dataclass
+class ScalingOptions:
+    """What `cmtnet scaling` generates (phis, coefficients) and how it shows the study."""
+    phi: List[float] = option(default_factory=lambda: [-2, -1, 0, 1, 2], repeat=True,
+                              help='phi to generate (repeatable)')
+    alpha: float = option(ALPHA, help='depth factor per step')
+    beta: float = option(BETA, help='width factor per step')
+    gamma: float = option(GAMMA, help='resolution factor per step')
+    json: bool = option(False, flags=('--json',), help='print the study as JSON (unrounded numbers)')
+    markdown: bool = option(False, flags=('--markdown',), help='print GitHub markdown tables')
+    plot: Optional[str] = option(None, metavar='PATH', help='save a PNG of MACs against phi')
+
+
+def _run_scaling(options: ScalingOptions) -> int:
+    o = options
+    study = scaling_study(o.phi, o.alpha, o.beta, o.gamma)
+    if o.plot:
+        plot_scaling(study, o.plot)
+    if o.json:
         print(dump_json(study))
         return 0
     print(f'Compound scaling of CMT-S: depth x {study["alpha"]:g}^phi, width x {study["beta"]:g}^phi, '
           f'resolution x {study["gamma"]:g}^phi; alpha * beta^1.5 * gamma^2 = '
           f'{study["constraint_alpha_beta15_gamma2"]:.3f} (paper: ~= {COST_PER_STEP:g}). {study["counter"]}.')
     print()
-    print(format_table(_MODEL_COLUMNS, _with_rule_diff(study), markdown=args.markdown))
+    print(format_table(_MODEL_COLUMNS, _with_rule_diff(study), markdown=o.markdown))
     print()
-    print(format_table(_STEP_COLUMNS, study['steps'], markdown=args.markdown))
+    print(format_table(_STEP_COLUMNS, study['steps'], markdown=o.markdown))
     print()
     print(f'MACs ratio per step of phi, geometric mean over phi = {study["generated"][0]["phi"]:g}..'
           f'{study["generated"][-1]["phi"]:g}: {study["generated_macs_ratio_per_step_mean"]:.3f} '
           f'(paper: {COST_PER_STEP:g})')
     print()
     print(WHY_RELEASED_DIFFER)
-    if args.plot:
-        print(f'\nplot: {args.plot}', file=sys.stderr)
+    if o.plot:
+        print(f'\nplot: {o.plot}', file=sys.stderr)
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `scaling` subcommand."""
-    parser = subparsers.add_parser(
-        'scaling', help='compound-scaled CMTs beside the released variants',
+    return add_command(
+        subparsers, 'scaling', ScalingOptions, _run_scaling, help='compound-scaled CMTs beside the released variants',
         description='Models compound-scaled from CMT-S for each phi (depth alpha^phi, width beta^phi, '
                     'resolution gamma^phi), with params and MACs, beside the released Ti/XS/S/B.')
-    parser.add_argument('--phi', type=float, action='append', default=None,
-                        help='phi to generate (repeatable; default: -2 -1 0 1 2)')
-    parser.add_argument('--alpha', type=float, default=ALPHA, help=f'depth factor per step (default {ALPHA})')
-    parser.add_argument('--beta', type=float, default=BETA, help=f'width factor per step (default {BETA})')
-    parser.add_argument('--gamma', type=float, default=GAMMA, help=f'resolution factor per step (default {GAMMA})')
-    parser.add_argument('--json', action='store_true', help='print the study as JSON (unrounded numbers)')
-    parser.add_argument('--markdown', action='store_true', help='print GitHub markdown tables')
-    parser.add_argument('--plot', metavar='PATH', default=None, help='save a PNG of MACs against phi')
-    parser.set_defaults(func=_run_scaling)
-    return parser

@@ -13,15 +13,17 @@ reported, as images per second, as a ratio to the baseline's images per second, 
 per model, whose peak resident set (CPU) or peak allocation (CUDA) is the model's alone.
 """
 import argparse
+import contextlib
+import dataclasses
 import multiprocessing
 import platform
 import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -30,23 +32,26 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.utils import reparameterize_model
 
+from ..engine.options import add_command, option
 from ..errors import InputError
 from ..models import VARIANT_ARGS, native_img_size
-from .complexity import count_macs
+from ..models.variants import PUBLISHED
+from .macs import count_macs
+from .tables import Column, format_table
 
 __all__ = [
-    'BenchOptions', 'Result', 'interleaved', 'run_bench', 'format_table', 'peak_memory', 'practical_peak_gflops',
-    'add_parser']
+    'BenchCommandOptions', 'BenchOptions', 'Result', 'bench_table', 'interleaved', 'peak_memory',
+    'practical_peak_gflops', 'run_bench', 'torch_threads', 'add_parser']
 
 CMT_PATHS = ('eager', 'channels_last', 'fused', 'fused_cl', 'fused_compiled', 'onnxruntime')
 PEER_PATHS = ('eager', 'channels_last', 'compiled')
 TRAIN_PATHS = ('train_eager', 'train_cl', 'train_compiled')
 PEERS = ('resnet50', 'convnext_tiny', 'swin_tiny_patch4_window7_224', 'deit_small_patch16_224', 'nextvit_small',
          'fastvit_sa24')
-# published ImageNet-1k top-1 (%) of the weights timm ships by default, and of the CMT paper
-TOP1 = {'cmt_ti': 79.1, 'cmt_xs': 81.8, 'cmt_s': 83.5, 'cmt_b': 84.5, 'resnet50': 80.4, 'convnext_tiny': 82.1,
-        'swin_tiny_patch4_window7_224': 81.2, 'deit_small_patch16_224': 79.9, 'nextvit_small': 82.5,
-        'fastvit_sa24': 82.6}
+# published ImageNet-1k top-1 (%) of the weights timm ships by default, and of the released CMT checkpoints
+TOP1 = {**{name: figures.released_top1 for name, figures in PUBLISHED.items()}, 'resnet50': 80.4,
+        'convnext_tiny': 82.1, 'swin_tiny_patch4_window7_224': 81.2, 'deit_small_patch16_224': 79.9,
+        'nextvit_small': 82.5, 'fastvit_sa24': 82.6}
 
 
 def _seconds(step: Callable[[], object], device: torch.device) -> float:
@@ -75,16 +80,21 @@ def interleaved(
 @dataclass
 class BenchOptions:
     """What `cmtnet bench` measures. Sizes: each CMT variant at its native size, peers at 224."""
-    models: List[str] = field(default_factory=lambda: ['cmt_s', 'resnet50', 'fastvit_sa24'])
-    paths: List[str] = field(default_factory=lambda: list(CMT_PATHS) + list(PEER_PATHS))
-    baseline: str = 'cmt_s:eager'
-    batch_size: int = 16
-    warmup: int = 1
-    rounds: int = 5
-    threads: int = 0
-    device: str = 'cpu'
-    amp: Optional[str] = None  # 'bf16' on CUDA
-    peak_gflops: float = 0.  # the machine's practical peak; 0: measured (`practical_peak_gflops`)
+    models: List[str] = option(default_factory=lambda: ['cmt_s', 'resnet50', 'fastvit_sa24'],
+                               help=f'CMT variants and timm models (peers named in the docs: {", ".join(PEERS)})')
+    paths: List[str] = option(default_factory=lambda: list(dict.fromkeys(CMT_PATHS + PEER_PATHS)),
+                              help=f'CMT: {", ".join(CMT_PATHS)}; peers: {", ".join(PEER_PATHS)}; '
+                                   f'training: {", ".join(TRAIN_PATHS)}')
+    baseline: str = option('cmt_s:eager', help='MODEL:PATH the ratios are relative to')
+    batch_size: int = option(16, help='images per step')
+    warmup: int = option(1, help='untimed steps first (compiling happens there)')
+    rounds: int = option(5, help='timed interleaved rounds (median reported)')
+    threads: int = option(0, help='torch (and onnxruntime) threads for the run; 0: as they are')
+    device: str = option('cpu', help='cpu or cuda')
+    amp: Optional[str] = option(None, choices=['bf16'], help='bf16 autocast (for CUDA)')
+    peak_gflops: Optional[float] = option(  # None: measured (`practical_peak_gflops`)
+        None, help='the machine\'s practical peak, for the GFLOP/s share',
+        unset='measured first, as the best rate of its fastest GEMM paths')
 
     def __post_init__(self) -> None:
         known = set(CMT_PATHS) | set(PEER_PATHS) | set(TRAIN_PATHS)
@@ -199,15 +209,37 @@ def build_step(name: str, path: str, batch_size: int, device: torch.device, amp:
         if path == 'train_compiled':
             model = torch.compile(model)
         return _train_step(model, x, amp)
-    if path in ('compiled', 'fused_compiled'):
-        # freezing folds the weights into the graph as constants (inference only)
-        torch._inductor.config.freezing = True
+    compiled = path in ('compiled', 'fused_compiled')
+    if compiled:
         model = torch.compile(model, dynamic=False)
 
     def step() -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with _freezing(compiled), torch.inference_mode(), \
+                torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             return model(x)
     return step
+
+
+def _freezing(enabled: bool) -> contextlib.AbstractContextManager:
+    """Inductor's freezing (the weights folded into the graph as constants, for inference) for the calls of a
+    compiled step only: inductor compiles at the first call, so every call runs under the setting, and the
+    process's own setting is left as it is."""
+    if not enabled:
+        return contextlib.nullcontext()
+    import torch._inductor.config
+    return torch._inductor.config.patch(freezing=True)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` (0: left as they are) inside the block, restored after it."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _applies(name: str, path: str) -> bool:
@@ -218,12 +250,10 @@ def _applies(name: str, path: str) -> bool:
 
 def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> List[Result]:
     """Build every (model, path) that applies, time them interleaved, and return one Result each."""
-    if options.threads:
-        torch.set_num_threads(options.threads)
     device = torch.device(options.device)
     amp = torch.bfloat16 if options.amp == 'bf16' else None
     steps, sizes, gmacs = {}, {}, {}
-    with tempfile.TemporaryDirectory() as workdir:
+    with torch_threads(options.threads), tempfile.TemporaryDirectory() as workdir:
         for name in options.models:
             size = img_size_of(name)
             with warnings.catch_warnings():
@@ -243,8 +273,8 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> List
             for (n, p) in steps]
 
 
-def machine() -> str:
-    """The processor, threads and library versions, for a table's caption."""
+def machine(threads: int = 0) -> str:
+    """The processor, threads (`threads`, or else torch's now) and library versions, for a table's caption."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path('/proc/cpuinfo').read_text().splitlines():
@@ -258,24 +288,33 @@ def machine() -> str:
         load = f', load average {Path("/proc/loadavg").read_text().split()[0]}'
     except OSError:
         pass
-    return (f'{cpu}, {torch.get_num_threads()} threads{load}; torch {torch.__version__}, '
+    return (f'{cpu}, {threads or torch.get_num_threads()} threads{load}; torch {torch.__version__}, '
             f'timm {timm.__version__}')
 
 
-def format_table(results: Sequence[Result], options: BenchOptions) -> str:
+def bench_table(results: Sequence[Result], options: BenchOptions) -> str:
     """A markdown table: images/s, ratio to the baseline's images/s, achieved GFLOP/s and its share of peak."""
     base = next((r for r in results if f'{r.model}:{r.path}' == options.baseline), None)
-    lines = ['| model | path | input | img/s | ms/batch (min-max) | vs baseline | GFLOP/s | of peak | warm-up s |',
-             '|:---|:---|---:|---:|---:|---:|---:|---:|---:|']
-    for r in results:
-        median = statistics.median(r.seconds)
-        ratio = f'{r.images_per_second / base.images_per_second:.2f}x' if base else '-'
-        flops = 2 * r.gmacs * r.images_per_second * (3 if r.path in TRAIN_PATHS else 1)  # fwd + bwd ~ 3x
-        lines.append(
-            f'| {r.model} | {r.path} | {r.img_size} | {r.images_per_second:.1f} | {median * 1e3:.0f} '
-            f'({min(r.seconds) * 1e3:.0f}-{max(r.seconds) * 1e3:.0f}) | {ratio} | {flops:.0f} | '
-            f'{f"{flops / options.peak_gflops:.0%}" if options.peak_gflops else "-"} | {r.warmup_seconds:.1f} |')
-    return '\n'.join(lines)
+
+    def gflops(r: Result) -> float:
+        return 2 * r.gmacs * r.images_per_second * (3 if r.path in TRAIN_PATHS else 1)  # fwd + bwd ~ 3x
+
+    def ms(seconds: float) -> str:
+        return f'{seconds * 1e3:.0f}'
+
+    columns = (
+        Column('model', lambda r: r.model, right=False),
+        Column('path', lambda r: r.path, right=False),
+        Column('input', lambda r: str(r.img_size)),
+        Column('img/s', lambda r: f'{r.images_per_second:.1f}'),
+        Column('ms/batch (min-max)',
+               lambda r: f'{ms(statistics.median(r.seconds))} ({ms(min(r.seconds))}-{ms(max(r.seconds))})'),
+        Column('vs baseline', lambda r: f'{r.images_per_second / base.images_per_second:.2f}x' if base else '-'),
+        Column('GFLOP/s', lambda r: f'{gflops(r):.0f}'),
+        Column('of peak', lambda r: f'{gflops(r) / options.peak_gflops:.0%}' if options.peak_gflops else '-'),
+        Column('warm-up s', lambda r: f'{r.warmup_seconds:.1f}'),
+    )
+    return format_table(columns, results, markdown=True)
 
 
 def _status_mib(field_name: str) -> float:
@@ -304,8 +343,9 @@ def peak_memory(name: str, path: str, batch_size: int, device: str = 'cpu') -> f
         return pool.apply(_peak_memory_child, (name, path, batch_size, device))
 
 
-def plot_chart(results: Sequence[Result], path: Path) -> None:
-    """Throughput against published ImageNet top-1, one point per model and inference path (PNG)."""
+def plot_chart(results: Sequence[Result], path: Path, threads: int = 0) -> None:
+    """Throughput against published ImageNet top-1, one point per model and inference path (PNG); `threads`:
+    those of the run, for the caption (0: torch's now)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -326,7 +366,7 @@ def plot_chart(results: Sequence[Result], path: Path) -> None:
     ax.legend(fontsize=7, loc='center right')
     ax.set_xlabel('images / s (batch %d)' % results[0].batch_size)
     ax.set_ylabel('published ImageNet top-1 (%)')
-    ax.set_title(machine(), fontsize=7)
+    ax.set_title(machine(threads), fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,61 +374,42 @@ def plot_chart(results: Sequence[Result], path: Path) -> None:
     plt.close(fig)
 
 
-def _options(args: argparse.Namespace) -> BenchOptions:
-    paths = args.paths or (list(CMT_PATHS) + [p for p in PEER_PATHS if p not in CMT_PATHS])
-    return BenchOptions(
-        models=args.models, paths=paths, baseline=args.baseline, batch_size=args.batch_size, warmup=args.warmup,
-        rounds=args.rounds, threads=args.threads, device=args.device, amp=args.amp, peak_gflops=args.peak_gflops)
+@dataclass
+class BenchCommandOptions(BenchOptions):
+    """`cmtnet bench`: what it measures, and the extra measurements and outputs of the command."""
+    latency: bool = option(False, flags=('--latency',), help='also batch-1 latency, in a second interleaved run')
+    memory: bool = option(False, flags=('--memory',), help='also peak memory, in a child process each')
+    chart: Optional[str] = option(None, help='write a PNG of images/s against published top-1')
+    verbose: bool = option(False, flags=('--verbose', '-v'), help='say what is being built')
 
 
-def _run(args: argparse.Namespace) -> int:
-    options = _options(args)
-    log = (lambda msg: print(msg, flush=True)) if args.verbose else (lambda msg: None)
+def _run(options: BenchCommandOptions) -> int:
+    log = (lambda msg: print(msg, flush=True)) if options.verbose else (lambda msg: None)
     if not options.peak_gflops:
         options.peak_gflops = practical_peak_gflops(
             torch.device(options.device), torch.bfloat16 if options.amp == 'bf16' else torch.float32)
     results = run_bench(options, log)
-    print(f'{options.device}, batch {options.batch_size}, {options.amp or "fp32"}; {machine()}; '
+    print(f'{options.device}, batch {options.batch_size}, {options.amp or "fp32"}; {machine(options.threads)}; '
           f'{options.warmup} warm-up + {options.rounds} interleaved rounds, median; baseline {options.baseline}; '
           f'practical peak {options.peak_gflops:.0f} GFLOP/s')
-    print(format_table(results, options))
-    if args.latency:
-        latency = run_bench(BenchOptions(**{**options.__dict__, 'batch_size': 1,
-                                            'paths': [p for p in options.paths if p not in TRAIN_PATHS]}), log)
+    print(bench_table(results, options))
+    if options.latency:
+        latency = run_bench(dataclasses.replace(
+            options, batch_size=1, paths=[p for p in options.paths if p not in TRAIN_PATHS]), log)
         print('\nbatch-1 latency (ms, median):')
         print('\n'.join(f'| {r.model} | {r.path} | {statistics.median(r.seconds) * 1e3:.1f} |' for r in latency))
-    if args.memory:
+    if options.memory:
         print('\npeak memory (MiB above an idle process, one process per model and path):')
         for r in results:
             print(f'| {r.model} | {r.path} | {peak_memory(r.model, r.path, options.batch_size, options.device):.0f} |')
-    if args.chart:
-        plot_chart(results, Path(args.chart))
-        print(f'wrote {args.chart}')
+    if options.chart:
+        plot_chart(results, Path(options.chart), options.threads)
+        print(f'wrote {options.chart}')
     return 0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the `bench` subcommand."""
-    parser = subparsers.add_parser(
-        'bench', help='images/s of CMT in each inference path beside timm peers, interleaved in one run',
-        description=__doc__.split('\n\n')[0])
-    parser.add_argument('--models', nargs='+', default=['cmt_s', 'resnet50', 'fastvit_sa24'],
-                        help=f'CMT variants and timm models (peers named in the docs: {", ".join(PEERS)})')
-    parser.add_argument('--paths', nargs='+', help=f'CMT: {", ".join(CMT_PATHS)}; peers: {", ".join(PEER_PATHS)}; '
-                                                   f'training: {", ".join(TRAIN_PATHS)} (default: all inference)')
-    parser.add_argument('--baseline', default='cmt_s:eager', help='MODEL:PATH the ratios are relative to')
-    parser.add_argument('--batch-size', type=int, default=16)
-    parser.add_argument('--warmup', type=int, default=1, help='untimed steps first (compiling happens there)')
-    parser.add_argument('--rounds', type=int, default=5, help='timed interleaved rounds (median reported)')
-    parser.add_argument('--threads', type=int, default=0, help='torch (and onnxruntime) threads; 0: default')
-    parser.add_argument('--device', default='cpu', help='cpu or cuda')
-    parser.add_argument('--amp', choices=['bf16'], help='bf16 autocast (for CUDA)')
-    parser.add_argument('--peak-gflops', type=float, default=0.,
-                        help='the machine\'s practical peak, for the GFLOP/s share (default: measured first, as the '
-                             'best rate of its fastest GEMM paths)')
-    parser.add_argument('--latency', action='store_true', help='also batch-1 latency, in a second interleaved run')
-    parser.add_argument('--memory', action='store_true', help='also peak memory, in a child process each')
-    parser.add_argument('--chart', help='write a PNG of images/s against published top-1')
-    parser.add_argument('--verbose', '-v', action='store_true', help='say what is being built')
-    parser.set_defaults(func=_run)
-    return parser
+    return add_command(
+        subparsers, 'bench', BenchCommandOptions, _run, description=__doc__.split('\n\n')[0],
+        help='images/s of CMT in each inference path beside timm peers, interleaved in one run')

@@ -1,4 +1,4 @@
-"""Text and markdown tables for the analysis commands (`complexity`, `scaling`, `ablate`).
+"""Text and markdown tables for the analysis commands (`info`, `complexity`, `scaling`, `ablate`, `bench`).
 
 Each command keeps its numbers unrounded (that is what `--json` prints) and formats them only here, for
 people: a column is a header, an alignment and a function from a row to its cell.

@@ -2,78 +2,103 @@
 
 `TrainOptions` adds classification's own options (data, model, augmentation) to the engine's
 `RunOptions`; `EvalOptions` and `PredictOptions` share `ModelOptions` (which weights, at which size, on
-which device). The command line and YAML config files fill them (classification/commands.py); library
-code, tests and benchmarks can build them directly:
+which device). Each field carries its command-line spelling and help (engine/options.py), so the command
+line and YAML config files fill them (classification/commands.py); library code, tests and benchmarks can
+build them directly:
 
     from cmtnet.classification import TrainOptions, train
     train(TrainOptions(model='cmt_ti', img_size=32, epochs=8, output='runs/digits'))
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
-from ..engine.options import RunOptions
+from ..engine.options import RunOptions, amp_option, device_option, option
+from ..models.variants import VARIANT_ARGS
+from .recipes import RECIPES
 
 __all__ = ['EvalOptions', 'ModelOptions', 'PredictOptions', 'TrainOptions']
+
+_INTERPOLATIONS = ['bicubic', 'bilinear']
 
 
 @dataclass
 class TrainOptions(RunOptions):
     """`cmtnet train`: the engine's options plus data, model and augmentation."""
     # data
-    data: Optional[str] = None  # ImageFolder root holding train/ and val/; None: the embedded digits
-    train_split: str = 'train'
-    val_split: Optional[str] = None  # default: val, or test for the digits
-    img_size: Optional[int] = None  # default: the model's native size
-    strict: bool = False
+    data: Optional[str] = option(None, metavar='DIR', group='data',
+                                 help='ImageFolder root holding train/ and val/ (one folder per class)',
+                                 unset='the embedded handwritten digits')
+    train_split: str = option('train', metavar='NAME', group='data', help='training folder under --data')
+    val_split: Optional[str] = option(None, metavar='NAME', group='data', help='validation folder under --data',
+                                      unset='val; test for the digits')
+    img_size: Optional[int] = option(None, metavar='N', group='data', help='input side, a multiple of 32',
+                                     unset='the model\'s native size')
+    strict: bool = option(False, group='data', help='stop at an unreadable image instead of skipping it with a warning')
     # model
-    recipe: Optional[str] = None
-    model: str = 'cmt_ti'
-    pretrained: Optional[str] = None
-    num_classes: Optional[int] = None  # default: those of the data
-    drop: Optional[float] = None  # default: the variant's
-    drop_path: float = 0.1
-    wd_pos_bias: bool = False
+    recipe: Optional[str] = option(None, choices=list(RECIPES), group='model',
+                                   help='preset: the released ImageNet recipe of a variant')
+    model: str = option('cmt_ti', choices=list(VARIANT_ARGS), group='model', help='CMT variant')
+    pretrained: Optional[str] = option(
+        None, metavar='PATH', group='model',
+        help='start from these weights (a released checkpoint or ours); with other classes the classifier is '
+             'reset, with another --img-size the position biases are resized')
+    num_classes: Optional[int] = option(None, metavar='N', group='model', help='classes',
+                                        unset='those of the data; must match them')
+    drop: Optional[float] = option(None, metavar='P', group='model', help='dropout before the classifier',
+                                   unset='the variant\'s')
+    drop_path: float = option(0.1, metavar='P', group='model', help='stochastic depth rate')
+    wd_pos_bias: bool = option(False, group='model', help='apply weight decay to the attention position biases too')
     # augmentation and regularisation
-    aa: str = 'rand-m9-mstd0.5-inc1'
-    color_jitter: float = 0.4
-    scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
-    ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    hflip: float = 0.5
-    reprob: float = 0.25
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    smoothing: float = 0.1
-    aug_repeats: int = 3
-    interpolation: str = 'bicubic'
-    crop_pct: float = 0.875
+    aa: str = option('rand-m9-mstd0.5-inc1', metavar='POLICY', group='augmentation',
+                     help="timm auto-augment policy, or 'none'")
+    color_jitter: float = option(0.4, metavar='F', group='augmentation', help='colour jitter (when --aa is none)')
+    scale: List[float] = option(default_factory=lambda: [0.08, 1.0], nargs=2, metavar=('MIN', 'MAX'),
+                                group='augmentation', help='random-resized-crop area range')
+    ratio: List[float] = option(default_factory=lambda: [3 / 4, 4 / 3], nargs=2, metavar=('MIN', 'MAX'),
+                                group='augmentation', help='random-resized-crop aspect range')
+    hflip: float = option(0.5, metavar='P', group='augmentation', help='horizontal flip probability')
+    reprob: float = option(0.25, metavar='P', group='augmentation', help='random erasing probability')
+    mixup: float = option(0.8, metavar='ALPHA', group='augmentation', help='mixup alpha (0: off)')
+    cutmix: float = option(1.0, metavar='ALPHA', group='augmentation', help='cutmix alpha (0: off)')
+    smoothing: float = option(0.1, metavar='F', group='augmentation', help='label smoothing')
+    aug_repeats: int = option(3, metavar='N', group='augmentation', help='repeated augmentation (0 or 1: off)')
+    interpolation: str = option('bicubic', choices=_INTERPOLATIONS, group='augmentation',
+                                help='resize interpolation')
+    crop_pct: float = option(0.875, metavar='F', group='augmentation', help='evaluation centre-crop fraction')
 
 
 @dataclass
 class ModelOptions:
     """Which weights, at which size, on which device: shared by `cmtnet eval` and `cmtnet predict`."""
-    checkpoint: Optional[str] = None
-    model: Optional[str] = None  # default: the one named in the checkpoint
-    img_size: Optional[int] = None  # default: the checkpoint's, else the native size
-    crop_pct: Optional[float] = None  # default: the checkpoint's, else 0.875
-    interpolation: Optional[str] = None  # default: the checkpoint's, else bicubic
-    batch_size: int = 64
-    device: Optional[str] = None
-    amp: str = 'auto'
-    channels_last: bool = False
-    config: Optional[str] = None
+    checkpoint: Optional[str] = option(
+        None, metavar='PATH', help='weights (required): our .safetensors / .pth, or a released checkpoint (with --model)')
+    model: Optional[str] = option(None, choices=list(VARIANT_ARGS), help='CMT variant',
+                                  unset='the one named in the checkpoint')
+    img_size: Optional[int] = option(None, metavar='N', help='input side, a multiple of 32',
+                                     unset='the checkpoint\'s, else the native size')
+    crop_pct: Optional[float] = option(None, help='centre-crop fraction', unset='the checkpoint\'s, else 0.875')
+    interpolation: Optional[str] = option(None, choices=_INTERPOLATIONS, help='resize interpolation',
+                                          unset='the checkpoint\'s, else bicubic')
+    batch_size: int = option(64, metavar='N', help='images per batch')
+    device: Optional[str] = device_option()
+    amp: str = amp_option()
+    channels_last: bool = option(False, help='channels-last memory format')
+    config: Optional[str] = option(None, metavar='YAML', help='YAML file of options (the command line wins)')
 
 
 @dataclass
 class EvalOptions(ModelOptions):
     """`cmtnet eval`: a checkpoint on a split of an ImageFolder tree or of the digits."""
-    data: Optional[str] = None
-    split: Optional[str] = None  # default: val, or test for the digits
-    workers: int = 2
-    strict: bool = False
+    data: Optional[str] = option(None, metavar='DIR', help='ImageFolder root (ROOT/<split>/<class>/<image>)',
+                                 unset='the embedded digits')
+    split: Optional[str] = option(None, help='split to evaluate', unset='val, or test for the digits')
+    workers: int = option(2, metavar='N', help='data loading processes')
+    strict: bool = option(False, help='stop at an unreadable image instead of skipping it')
 
 
 @dataclass
 class PredictOptions(ModelOptions):
     """`cmtnet predict`: the top-k classes of image files and folders of images."""
-    inputs: List[str] = field(default_factory=list)
-    top_k: int = 5
+    inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
+                               help='image files and folders of images')
+    top_k: int = option(5, metavar='K', help='classes to show per image')

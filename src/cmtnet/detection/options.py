@@ -4,35 +4,85 @@ The CMT paper trains its detectors as its contemporaries did (mmdetection's 1x s
 (16 images a batch), weight decay 0.05 except on norms, biases and the position biases, 12 epochs with the
 learning rate divided by 10 after epochs 8 and 11, a linear warm-up over the first 500 updates from a
 thousandth of the rate, and images resized to a shorter side of 800 (longer side at most 1333).
+
+Each field carries its command-line spelling and help (engine/options.py); detection/commands.py turns them
+into `cmtnet detect train | eval | predict`.
 """
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
-from ..engine.options import RunOptions
+from ..engine.options import RunOptions, amp_option, device_option, option
+from ..models.variants import VARIANT_ARGS
+from .backbone import BATCH_NORM_MODES
+from .builders import DETECTORS
 
 __all__ = ['DetectEvalOptions', 'DetectOptions', 'DetectPredictOptions']
+
+
+def _data() -> Any:
+    return option(None, metavar='ROOT', group='data',
+                  help='a COCO 2017 tree: annotations/instances_{train,val}2017.json, {train,val}2017/')
+
+
+def _images(split: str) -> Any:
+    return option(None, metavar='DIR', group='data', help=f'folder of the {split} images')
+
+
+def _annotations(split: str) -> Any:
+    return option(None, metavar='JSON', group='data', help=f'COCO annotation file of the {split} images')
+
+
+def _strict() -> Any:
+    return option(False, group='data', help='stop at an unusable entry (absent or unreadable image, bad box or '
+                                            'category) instead of skipping it with a warning')
+
+
+def _workers() -> Any:
+    return option(2, metavar='N', group='data', help='data loading processes per process')
+
+
+def _checkpoint() -> Any:
+    return option(None, metavar='PATH',
+                  help='weights a detection run wrote (required), e.g. runs/detect/model.safetensors')
+
+
+def _side(help: str) -> Any:
+    return option(None, metavar='PX', help=help, unset="the checkpoint's")
+
+
+def _config() -> Any:
+    return option(None, metavar='YAML', help='YAML file of options (the command line wins)')
+
+
+_AMP = 'mixed precision: auto is bf16 on CUDA, off on CPU'
 
 
 @dataclass
 class DetectOptions(RunOptions):
     """A detection run: data, detector and backbone, and the engine's options with the 1x defaults."""
     # data: a COCO 2017 tree (`data`), or the four paths; neither: the embedded digits set
-    data: Optional[str] = None
-    train_images: Optional[str] = None
-    train_annotations: Optional[str] = None
-    val_images: Optional[str] = None
-    val_annotations: Optional[str] = None
-    strict: bool = False
-    hflip: float = 0.5
+    data: Optional[str] = _data()
+    train_images: Optional[str] = _images('train')
+    train_annotations: Optional[str] = _annotations('train')
+    val_images: Optional[str] = _images('val')
+    val_annotations: Optional[str] = _annotations('val')
+    strict: bool = _strict()
+    hflip: float = option(0.5, metavar='P', group='data', help='horizontal flip probability')
     # the model
-    detector: str = 'retinanet'
-    model: str = 'cmt_s'
-    backbone_weights: Optional[str] = None
-    trainable_stages: int = 4
-    batch_norm: Optional[str] = None
-    min_size: int = 800
-    max_size: int = 1333
-    anchor_sizes: Optional[List[float]] = None  # one base size per pyramid level (5)
+    detector: str = option('retinanet', choices=list(DETECTORS), group='model', help='torchvision detector')
+    model: str = option('cmt_s', choices=list(VARIANT_ARGS), group='model', help='CMT variant of the backbone')
+    backbone_weights: Optional[str] = option(None, metavar='PATH', group='model',
+                                             help='CMT weights for the backbone (a released checkpoint or ours)')
+    trainable_stages: int = option(4, choices=range(5), metavar='N', group='model',
+                                   help='CMT stages that train (0-4, from the last)')
+    batch_norm: Optional[str] = option(None, choices=list(BATCH_NORM_MODES), group='model',
+                                       help="the backbone's BatchNorm",
+                                       unset='frozen with --backbone-weights, else train')
+    min_size: int = option(800, metavar='PX', group='model', help='shorter side the images are resized to')
+    max_size: int = option(1333, metavar='PX', group='model', help='longest side at most')
+    anchor_sizes: Optional[List[float]] = option(  # one base size per pyramid level (5)
+        None, nargs=5, metavar='PX', group='model', unset="the detector's",
+        help='base anchor size per pyramid level; RetinaNet adds x2^(1/3), x2^(2/3)')
     # the engine's options, with the 1x schedule's values
     epochs: int = 12
     batch_size: int = 2
@@ -42,42 +92,44 @@ class DetectOptions(RunOptions):
     sched: str = 'multistep'
     decay_milestones: List[int] = field(default_factory=lambda: [8, 11])
     decay_rate: float = 0.1
-    warmup_epochs: float = 0
+    warmup_epochs: Optional[float] = 0
     warmup_updates: int = 500
     warmup_lr: float = 1e-7
     min_lr: float = 0.0
     cooldown_epochs: int = 0
-    workers: int = 2
+    workers: int = _workers()
     output: str = 'runs/detect'
 
 
 @dataclass
 class DetectEvalOptions:
     """`cmtnet detect eval`: a checkpoint's COCO AP on a val set (or the embedded one's)."""
-    checkpoint: Optional[str] = None
-    data: Optional[str] = None
-    val_images: Optional[str] = None
-    val_annotations: Optional[str] = None
-    strict: bool = False
-    min_size: Optional[int] = None  # default: the checkpoint's
-    max_size: Optional[int] = None
-    batch_size: int = 2
-    workers: int = 2
-    output: Optional[str] = None  # where coco_results.json goes; default: the checkpoint's folder
-    device: Optional[str] = None
-    amp: str = 'auto'
-    config: Optional[str] = None
+    checkpoint: Optional[str] = _checkpoint()
+    data: Optional[str] = _data()
+    val_images: Optional[str] = _images('val')
+    val_annotations: Optional[str] = _annotations('val')
+    strict: bool = _strict()
+    min_size: Optional[int] = _side('shorter side')
+    max_size: Optional[int] = _side('longest side')
+    batch_size: int = option(2, metavar='N', help='images per batch')
+    workers: int = _workers()
+    output: Optional[str] = option(None, metavar='DIR', help='folder for coco_results.json',
+                                   unset="the checkpoint's")
+    device: Optional[str] = device_option()
+    amp: str = amp_option(_AMP)
+    config: Optional[str] = _config()
 
 
 @dataclass
 class DetectPredictOptions:
     """`cmtnet detect predict`: drawn detections and a JSON for image files and folders."""
-    inputs: List[str] = field(default_factory=list)
-    checkpoint: Optional[str] = None
-    score_threshold: float = 0.5
-    min_size: Optional[int] = None  # default: the checkpoint's
-    max_size: Optional[int] = None
-    output: str = 'runs/detect/predict'
-    device: Optional[str] = None
-    amp: str = 'auto'
-    config: Optional[str] = None
+    inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
+                               help='image files and folders of images')
+    checkpoint: Optional[str] = _checkpoint()
+    score_threshold: float = option(0.5, metavar='S', help='leave out detections scored below this')
+    min_size: Optional[int] = _side('shorter side')
+    max_size: Optional[int] = _side('longest side')
+    output: str = option('runs/detect/predict', metavar='DIR', help='folder for the drawn images and the JSON')
+    device: Optional[str] = device_option()
+    amp: str = amp_option(_AMP)
+    config: Optional[str] = _config()

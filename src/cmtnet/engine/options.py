@@ -1,175 +1,290 @@
-"""A run's options as a typed object, filled from built-in default < recipe preset < YAML config < command line.
+"""A command's options as a typed object, filled from built-in default < recipe preset < YAML config < command line.
 
-Library code takes a dataclass of options (`RunOptions` here, a task's subclass of it for its own
-fields), never an argparse namespace. The command line fills one in two steps: a subcommand declares its
-options with plain argparse, taking each default from the dataclass (`add_option`), then calls
-`track_defaults` on its parser, so that `resolve` can tell an option the user typed from one left at its
-default. A config file holds the same options, spelled `lr_base: 5.0e-4` or `lr-base: 5.0e-4`; it is
-checked by the very parser that checks the command line, so both accept the same values and reject the
-same mistakes. `write_config` writes the options back as a config file that reproduces the run.
+Library code takes a dataclass of options (`RunOptions` here for any training run, a task's subclass of it for
+its own fields, one dataclass per command), never an argparse namespace. Each field says how the command line
+spells it in its metadata (`option(...)`: help, metavar, choices, flags), so the dataclass is the one place a
+default is written: `add_options` declares the fields on a parser and writes each default into its help, and
+`options_from` builds the dataclass from what was typed. A subclass that only changes a default writes it
+plainly (`epochs: int = 12`); the flag and help come from the base class's field. A config file holds the same
+options, spelled `lr_base: 5.0e-4` or `lr-base: 5.0e-4`, checked by a parser made from the same fields, so
+both accept the same values and reject the same mistakes. `write_config` writes the options back as a config
+file that reproduces the run.
+
+This is a small layer on argparse's public API, not jsonargparse or tyro, because both change the flags
+(`--lr_base`, `--compile true`, lists as `[a,b]`) or the help and error messages the commands have; every
+argument's default is `argparse.SUPPRESS`, so that the namespace holds only what was typed.
 """
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar
 
 import yaml
 
 from ..errors import InputError
 
-__all__ = ['SCHEDULES', 'HelpFormatter', 'RunOptions', 'add_option', 'add_run_options', 'resolve', 'track_defaults', 'write_config']
+__all__ = ['SCHEDULES', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'device_option', 'option',
+           'options_from', 'parse', 'write_config']
 
 Options = TypeVar('Options')
 
-# the schedules offered (timm names); cosine is the released recipe's, multistep the detection 1x schedule's
-SCHEDULES = ('cosine', 'multistep', 'step', 'constant')
+_KEY = 'cmtnet.option'  # the field metadata entry that makes a field a command-line option
+
+# the schedules offered (timm names); cosine is the released recipe's, multistep the detection 1x schedule's,
+# poly the segmentation 80k schedule's
+SCHEDULES = ('cosine', 'multistep', 'step', 'poly', 'constant')
+
+
+def option(
+        default: Any = dataclasses.MISSING,
+        *,
+        help: str,
+        default_factory: Any = dataclasses.MISSING,
+        unset: Optional[str] = None,
+        flags: Sequence[str] = (),
+        metavar: Any = None,
+        choices: Any = None,
+        nargs: Any = None,
+        type: Optional[Callable[[str], Any]] = None,
+        repeat: bool = False,
+        positional: bool = False,
+        group: Optional[str] = None,
+) -> Any:
+    """A dataclass field that is also a command-line option.
+
+    The flag is the field's name with dashes (`lr_base` -> `--lr-base`) unless `flags` spell it; a boolean is a
+    `--x / --no-x` switch, or, with `flags`, one flag that sets the other value (`--no-fuse`). The value's type
+    and whether it takes several values come from the annotation (`Optional[int]`, `List[float]`); `repeat`
+    makes a list a repeatable flag, `positional` an argument without a flag. `unset` says what an unset (None
+    or empty) default means, for `--help`; `group` names the help section the option is listed in.
+    """
+    spec = dict(help=help, unset=unset, flags=tuple(flags), metavar=metavar, choices=choices, nargs=nargs,
+                type=type, repeat=repeat, positional=positional, group=group)
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={_KEY: spec})
+
+
+def device_option(**kwargs: Any) -> Any:
+    """`--device`, as every command that runs a model has it."""
+    return option(None, help='torch device', unset='cuda if available, else cpu', **kwargs)
+
+
+def amp_option(help: str = 'mixed precision: auto is bf16 on CUDA and off on CPU', **kwargs: Any) -> Any:
+    """`--amp`, as every command that runs a model has it."""
+    return option('auto', choices=['auto', 'none', 'bf16', 'fp16'], help=help, **kwargs)
 
 
 @dataclass
 class RunOptions:
     """What the engine needs of any training run: schedule, optimisation, speed, and the run itself."""
-    # optimisation
-    epochs: int = 300
-    batch_size: int = 128
-    accum_steps: int = 1
-    lr: Optional[float] = None
-    lr_base: float = 5e-4
-    lr_base_size: int = 512
-    opt: str = 'adamw'
-    weight_decay: float = 0.05
-    clip_grad: Optional[float] = None
-    clip_mode: str = 'norm'
-    sched: str = 'cosine'
-    decay_milestones: List[int] = dataclasses.field(default_factory=lambda: [8, 11])
-    decay_rate: float = 0.1
-    warmup_epochs: float = 20
-    warmup_updates: int = 0
-    min_updates: int = 0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
-    cooldown_epochs: int = 10
-    step_on_epochs: bool = False
-    model_ema: bool = False
-    model_ema_decay: float = 0.99996
+    epochs: int = option(300, metavar='N', group='optimisation',
+                         help='epochs of the schedule (warm-up included); --cooldown-epochs follow')
+    batch_size: int = option(128, metavar='N', group='optimisation', help='images per process and step')
+    accum_steps: int = option(1, metavar='N', group='optimisation', help='batches accumulated per update')
+    lr: Optional[float] = option(None, metavar='LR', group='optimisation', help='learning rate',
+                                 unset='scaled from --lr-base')
+    lr_base: float = option(5e-4, metavar='LR', group='optimisation',
+                            help='learning rate at a global batch of --lr-base-size')
+    lr_base_size: int = option(512, metavar='N', group='optimisation', help='global batch of --lr-base')
+    opt: str = option('adamw', group='optimisation', help='optimizer, by timm name')
+    weight_decay: float = option(0.05, metavar='WD', group='optimisation',
+                                 help='weight decay (never on norms and biases)')
+    clip_grad: Optional[float] = option(None, metavar='NORM', group='optimisation',
+                                        help='clip gradients to this norm (or value)')
+    clip_mode: str = option('norm', choices=['norm', 'value', 'agc'], group='optimisation',
+                            help='gradient clipping mode')
+    sched: str = option('cosine', choices=list(SCHEDULES), group='optimisation',
+                        help='learning-rate schedule (timm)')
+    decay_milestones: List[int] = option(
+        default_factory=lambda: [8, 11], metavar='EPOCH', group='optimisation',
+        help='epochs after which the multistep schedule multiplies the lr by --decay-rate')
+    decay_rate: float = option(0.1, metavar='F', group='optimisation',
+                               help='lr factor at each step of the step schedules; the power of poly')
+    # automatic: min(5, epochs / 10), engine/optim.py
+    warmup_epochs: Optional[float] = option(None, metavar='N', group='optimisation', help='epochs of linear warm-up',
+                                            unset='automatic, 5 epochs but at most a tenth of --epochs')
+    warmup_updates: int = option(0, metavar='N', group='optimisation',
+                                 help='updates of linear warm-up, instead of --warmup-epochs')
+    min_updates: int = option(
+        0, metavar='N', group='optimisation',
+        help='a floor on the schedule\'s length in updates (0: none): where --epochs of a small dataset give '
+             'fewer, the epochs, milestones, warm-up and cool-down epochs stretch by the smallest whole factor '
+             'that reaches it, so that a recipe carries over to a smaller set')
+    warmup_lr: float = option(1e-6, metavar='LR', group='optimisation', help='learning rate at the start of warm-up')
+    min_lr: float = option(1e-5, metavar='LR', group='optimisation', help='learning rate at the end of the cosine')
+    cooldown_epochs: int = option(0, metavar='N', group='optimisation', help='epochs at --min-lr after the cosine')
+    step_on_epochs: bool = option(False, group='optimisation',
+                                  help='change the learning rate once per epoch (as the released code) instead '
+                                       'of every update')
+    model_ema: bool = option(False, group='optimisation', help='keep an exponential moving average of the weights')
+    model_ema_decay: float = option(0.99996, metavar='D', group='optimisation', help='EMA decay per update')
     # speed
-    device: Optional[str] = None
-    amp: str = 'auto'
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    workers: int = 4
+    device: Optional[str] = device_option(group='speed')
+    amp: str = amp_option('mixed precision: auto is bf16 on CUDA and off on CPU; fp16 (loss-scaled) is CUDA only',
+                          group='speed')
+    channels_last: bool = option(False, group='speed', help='channels-last memory format')
+    compile: bool = option(False, group='speed', help='torch.compile the model')
+    sync_bn: bool = option(False, group='speed', help='synchronise BatchNorm statistics over processes (CUDA)')
+    workers: int = option(4, metavar='N', group='data', help='data loading processes per training process')
     # the run
-    output: str = 'runs/train'
-    resume: bool = False
-    checkpoint_interval: int = 0
-    seed: int = 0
-    log_interval: int = 10
-    progress: bool = True
-    config: Optional[str] = None
+    output: str = option('runs/train', metavar='DIR', group='run', help='folder for checkpoints, metrics and plots')
+    resume: bool = option(False, group='run', help='continue the run in --output from its last.pth')
+    checkpoint_interval: int = option(0, metavar='N', group='run',
+                                      help='also write last.pth every N updates (0: at epoch ends only)')
+    seed: int = option(0, group='run', help='random seed')
+    log_interval: int = option(10, metavar='N', group='run', help='batches between progress updates')
+    progress: bool = option(True, group='run', help='progress bar per epoch')
+    config: Optional[str] = option(None, metavar='YAML', group='run', help='YAML file of options')
 
     def replace(self: Options, **changes: Any) -> Options:
         """A copy with some options changed."""
         return dataclasses.replace(self, **changes)
 
 
-class _Default:
-    """An option's built-in default, as argparse holds it until `resolve` replaces it."""
+# --- the mechanism --------------------------------------------------------------------------------
 
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __str__(self) -> str:  # what `%(default)s` shows in --help
-        return str(self.value)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows '(default: ...)' after an option's help, except when the default is nothing worth showing."""
-
-    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
-        default = action.default.value if isinstance(action.default, _Default) else action.default
-        if default is None or default is False or default == [] or '%(default)' in (action.help or ''):
-            return action.help
-        return super()._get_help_string(action)
+def _spec(options: Type, name: str) -> Optional[Dict[str, Any]]:
+    """The option metadata of field `name`: its own, or that of the nearest base class that declares it."""
+    for klass in options.__mro__:
+        if dataclasses.is_dataclass(klass):
+            found = next((f for f in dataclasses.fields(klass) if f.name == name), None)
+            if found is not None and _KEY in found.metadata:
+                return found.metadata[_KEY]
+    return None
 
 
-def add_option(group: Any, options: Type, flag: str, **kwargs: Any) -> argparse.Action:
-    """`group.add_argument(flag, ...)` with the default of the matching field of the `options` dataclass
-    (`--lr-base` -> `lr_base`); booleans become `--x / --no-x` switches."""
-    dest = kwargs.pop('dest', flag.lstrip('-').replace('-', '_'))
-    field = {f.name: f for f in dataclasses.fields(options)}[dest]
-    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-    if isinstance(default, bool) and 'action' not in kwargs:
-        kwargs['action'] = argparse.BooleanOptionalAction
-    return group.add_argument(flag, dest=dest, default=default, **kwargs)
+def _fields(options: Type) -> List[Tuple[dataclasses.Field, Dict[str, Any]]]:
+    """The fields of `options` that are command-line options, with their metadata, in field order."""
+    specs = [(f, _spec(options, f.name)) for f in dataclasses.fields(options)]
+    return [(f, spec) for f, spec in specs if spec is not None]
 
 
-def add_run_options(parser: argparse.ArgumentParser, options: Type[RunOptions]) -> None:
-    """Declare the engine's options (optimisation, speed, the run) on a training command's parser.
-
-    The task declares its own (data, model, augmentation), `--workers` among them."""
-    def opt(group: Any, flag: str, **kwargs: Any) -> None:
-        add_option(group, options, flag, **kwargs)
-
-    g = parser.add_argument_group('optimisation')
-    opt(g, '--epochs', type=int, metavar='N', help='epochs of the schedule (warm-up included); --cooldown-epochs follow')
-    opt(g, '--batch-size', type=int, metavar='N', help='images per process and step')
-    opt(g, '--accum-steps', type=int, metavar='N', help='batches accumulated per update')
-    opt(g, '--lr', type=float, metavar='LR', help='learning rate (default: scaled from --lr-base)')
-    opt(g, '--lr-base', type=float, metavar='LR', help='learning rate at a global batch of --lr-base-size')
-    opt(g, '--lr-base-size', type=int, metavar='N', help='global batch of --lr-base')
-    opt(g, '--opt', help='optimizer, by timm name')
-    opt(g, '--weight-decay', type=float, metavar='WD', help='weight decay (never on norms and biases)')
-    opt(g, '--clip-grad', type=float, metavar='NORM', help='clip gradients to this norm (or value)')
-    opt(g, '--clip-mode', choices=['norm', 'value', 'agc'], help='gradient clipping mode')
-    opt(g, '--sched', choices=list(SCHEDULES), help='learning-rate schedule (timm)')
-    opt(g, '--decay-milestones', type=int, nargs='+', metavar='EPOCH',
-        help='epochs after which the multistep schedule multiplies the lr by --decay-rate')
-    opt(g, '--decay-rate', type=float, metavar='F', help='lr factor at each step of the step schedules')
-    opt(g, '--warmup-epochs', type=float, metavar='N', help='epochs of linear warm-up')
-    opt(g, '--warmup-updates', type=int, metavar='N', help='updates of linear warm-up, instead of --warmup-epochs')
-    opt(g, '--min-updates', type=int, metavar='N',
-        help='a floor on the schedule\'s length in updates (0: none): where --epochs of a small dataset give '
-             'fewer, the epochs, milestones, warm-up and cool-down epochs stretch by the smallest whole factor '
-             'that reaches it, so that a recipe carries over to a smaller set')
-    opt(g, '--warmup-lr', type=float, metavar='LR', help='learning rate at the start of warm-up')
-    opt(g, '--min-lr', type=float, metavar='LR', help='learning rate at the end of the cosine')
-    opt(g, '--cooldown-epochs', type=int, metavar='N', help='epochs at --min-lr after the cosine')
-    opt(g, '--step-on-epochs', help='change the learning rate once per epoch (as the released code) instead of '
-                                    'every update')
-    opt(g, '--model-ema', help='keep an exponential moving average of the weights')
-    opt(g, '--model-ema-decay', type=float, metavar='D', help='EMA decay per update')
-    g = parser.add_argument_group('speed')
-    opt(g, '--device', help='torch device (default: cuda if available, else cpu)')
-    opt(g, '--amp', choices=['auto', 'none', 'bf16', 'fp16'],
-        help='mixed precision: auto is bf16 on CUDA and off on CPU; fp16 (loss-scaled) is CUDA only')
-    opt(g, '--channels-last', help='channels-last memory format')
-    opt(g, '--compile', help='torch.compile the model')
-    opt(g, '--sync-bn', help='synchronise BatchNorm statistics over processes (CUDA)')
-    g = parser.add_argument_group('run')
-    opt(g, '--output', metavar='DIR', help='folder for checkpoints, metrics and plots')
-    opt(g, '--resume', help='continue the run in --output from its last.pth')
-    opt(g, '--checkpoint-interval', type=int, metavar='N', help='also write last.pth every N updates (0: at epoch ends only)')
-    opt(g, '--seed', type=int, help='random seed')
-    opt(g, '--log-interval', type=int, metavar='N', help='batches between progress updates')
-    opt(g, '--progress', help='progress bar per epoch')
-    opt(g, '--config', metavar='YAML', help='YAML file of options')
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def track_defaults(parser: argparse.ArgumentParser) -> None:
-    """Mark every default of `parser`, for `resolve`. Call it once all options are added."""
-    for action in parser._actions:
-        if action.default is not argparse.SUPPRESS and action.dest != 'help':
-            action.default = _Default(action.default)
+def _value_type(hint: Any) -> Tuple[Any, bool]:
+    """(type of one value, whether the option holds a list) of an annotation: Optional[List[int]] -> (int, True)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union:
+        return _value_type(args[0])
+    if typing.get_origin(hint) in (list, List, tuple, Tuple, Sequence):
+        return args[0], True
+    return hint, False
 
 
-def _config_tokens(config: Mapping[str, Any], path: Path) -> List[str]:
+def _shown(value: Any) -> str:
+    """A default as one would type it: lists space-separated."""
+    return ' '.join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _help(spec: Dict[str, Any], default: Any) -> str:
+    text = spec['help']
+    if default is None or (isinstance(default, (list, tuple)) and not default):
+        shown = spec['unset']
+    elif default is dataclasses.MISSING or default is False or (spec['flags'] and isinstance(default, bool)):
+        shown = None  # required, or a switch that is off, or a flag whose meaning is its name
+    else:
+        shown = _shown(default)
+    text = text if shown is None else f'{text} (default: {shown})'
+    return text.replace('%', '%%')  # argparse formats help strings with %
+
+
+def _argument(f: dataclasses.Field, spec: Dict[str, Any], hint: Any, config: bool) -> Tuple[List[str], Dict]:
+    """The names and keywords of `add_argument` for field `f`; `config`: for the parser of config files, where
+    every option is spelled `--name` and takes its values after it."""
+    default = _default(f)
+    kind, many = _value_type(hint)
+    kwargs: Dict[str, Any] = dict(default=argparse.SUPPRESS, help=_help(spec, default))
+    flag = '--' + f.name.replace('_', '-')
+    if kind is bool:
+        if spec['flags'] and not config:
+            return list(spec['flags']), dict(kwargs, dest=f.name, action='store_const', const=not default)
+        return [flag], dict(kwargs, dest=f.name, action=argparse.BooleanOptionalAction)
+    kwargs.update(type=spec['type'] or kind)
+    kwargs.update({k: spec[k] for k in ('metavar', 'choices') if spec[k] is not None})
+    if many:
+        if spec['repeat'] and not config:
+            kwargs['action'] = 'append'
+        else:
+            kwargs['nargs'] = spec['nargs'] or ('*' if spec['positional'] else '+')
+    if config:
+        return [flag], dict(kwargs, dest=f.name)
+    if spec['positional']:
+        return [f.name], kwargs if many or default is dataclasses.MISSING else dict(kwargs, nargs='?')
+    if default is dataclasses.MISSING:
+        kwargs['required'] = True
+    return list(spec['flags']) or [flag], dict(kwargs, dest=f.name)
+
+
+def add_options(parser: argparse.ArgumentParser, options: Type, groups: Optional[Mapping[str, str]] = None) -> None:
+    """Declare the option fields of the `options` dataclass on `parser`, each default shown in its help.
+
+    `groups` maps the fields' group names to the titles of the help sections, in the order they are listed;
+    a field without a group is listed under the parser's own options."""
+    groups = groups or {}
+    hints = typing.get_type_hints(options)
+    sections = {name: parser.add_argument_group(title) for name, title in groups.items()}
+    order = list(groups)  # the usage line lists the options section by section, as the help does
+    for f, spec in sorted(_fields(options), key=lambda fs: order.index(fs[1]['group']) if fs[1]['group'] in order
+                          else len(order) if fs[1]['group'] else -1):
+        names, kwargs = _argument(f, spec, hints[f.name], config=False)
+        name = spec['group']
+        if name is not None and name not in sections:
+            sections[name] = parser.add_argument_group(name)
+        (sections[name] if name is not None else parser).add_argument(*names, **kwargs)
+
+
+def add_command(
+        subparsers: Any,
+        name: str,
+        options: Type[Options],
+        run: Callable[[Options], Any],
+        presets: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        groups: Optional[Mapping[str, str]] = None,
+        **parser_kwargs: Any,
+) -> argparse.ArgumentParser:
+    """Add subcommand `name`, whose options are the fields of `options` and which runs `run(options)`."""
+    parser = subparsers.add_parser(name, **parser_kwargs)
+    add_options(parser, options, groups)
+    parser.set_defaults(func=lambda args: run(options_from(args, options, presets)))
+    return parser
+
+
+def parse(
+        options: Type[Options],
+        argv: Sequence[str],
+        presets: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        prog: Optional[str] = None,
+) -> Options:
+    """The `options` of a command line `argv` (with the recipe and config file applied), as a command gets them."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_options(parser, options)
+    return options_from(parser.parse_args(list(argv)), options, presets)
+
+
+def options_from(
+        args: argparse.Namespace,
+        options: Type[Options],
+        presets: Optional[Mapping[str, Mapping[str, Any]]] = None,
+) -> Options:
+    """The `options` dataclass of a parsed command line: built-in defaults, overridden by the recipe preset
+    (`recipe`, from the command line or the config file), then by the config file (`config`), then by the
+    command line (which holds only what was typed: every default is SUPPRESS)."""
+    names = {f.name for f, _ in _fields(options)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    from_config = _read_config(options, Path(given['config'])) if given.get('config') else {}
+    recipe = given.get('recipe', from_config.get('recipe'))
+    from_recipe = dict(presets[recipe]) if recipe and presets else {}
+    return options(**{**from_recipe, **from_config, **given})
+
+
+def _config_tokens(config: Mapping[str, Any]) -> List[str]:
     """A config mapping as command-line tokens: `lr: 0.1` -> `--lr 0.1`, `compile: false` -> `--no-compile`."""
     tokens = []
     for key, value in config.items():
         option = '--' + str(key).replace('_', '-')
-        if key in ('config', 'func'):
-            raise InputError(f'{path}: {key!r} cannot be set in a config file')
         if value is None:
             continue  # an explicit null keeps the default
         if isinstance(value, bool):
@@ -181,8 +296,8 @@ def _config_tokens(config: Mapping[str, Any], path: Path) -> List[str]:
     return tokens
 
 
-def _read_config(parser: argparse.ArgumentParser, path: Path) -> Dict[str, Any]:
-    """The options a YAML config file sets, checked and converted by `parser`."""
+def _read_config(options: Type, path: Path) -> Dict[str, Any]:
+    """The options a YAML config file sets, checked and converted as the command line's are."""
     if not path.is_file():
         raise InputError(f'config file {path} does not exist')
     try:
@@ -193,40 +308,26 @@ def _read_config(parser: argparse.ArgumentParser, path: Path) -> Dict[str, Any]:
         return {}
     if not isinstance(config, dict):
         raise InputError(f'config file {path} must hold a mapping of option: value, got {type(config).__name__}')
-    parser.exit_on_error = False  # raise ArgumentError instead of exiting, to name the file in the message
+    names = [f.name for f, _ in _fields(options)]
+    for key in config:
+        if key in ('config', 'func'):
+            raise InputError(f'{path}: {key!r} cannot be set in a config file')
+        if str(key).replace('-', '_') not in names:
+            valid = ', '.join(sorted(n for n in names if n != 'config'))
+            raise InputError(f'config file {path}: unknown option {"--" + str(key).replace("_", "-")!r}; '
+                             f'valid options: {valid}')
+    parser = argparse.ArgumentParser(prog=str(path), add_help=False, exit_on_error=False)
+    hints = typing.get_type_hints(options)
+    for f, spec in _fields(options):
+        names_, kwargs = _argument(f, spec, hints[f.name], config=True)
+        parser.add_argument(*names_, **kwargs)
     try:
-        parsed, unknown = parser.parse_known_args(_config_tokens(config, path))
+        parsed, unknown = parser.parse_known_args(_config_tokens(config))
     except argparse.ArgumentError as e:
         raise InputError(f'config file {path}: {e}') from e
-    finally:
-        parser.exit_on_error = True
     if unknown:
-        valid = sorted(a.dest for a in parser._actions if a.option_strings and a.dest not in ('help', 'config'))
-        raise InputError(f'config file {path}: unknown option {unknown[0]!r}; valid options: {", ".join(valid)}')
-    options = {a.dest for a in parser._actions if a.option_strings}
-    return {k: v for k, v in vars(parsed).items() if k in options and not isinstance(v, _Default)}
-
-
-def resolve(
-        parser: argparse.ArgumentParser,
-        args: argparse.Namespace,
-        options: Type[Options],
-        presets: Optional[Mapping[str, Mapping[str, Any]]] = None,
-) -> Options:
-    """The `options` dataclass of a run: built-in defaults, overridden by the recipe preset (`recipe`, from
-    the command line or the config file), then by the config file (`config`), then by the command line."""
-    # the parser's own options only (not the top-level command name or the handler)
-    own = {a.dest for a in parser._actions if a.dest != 'help'}
-    args = {k: v for k, v in vars(args).items() if k in own}
-    given = {k: v for k, v in args.items() if not isinstance(v, _Default)}
-    from_config = _read_config(parser, Path(given['config'])) if given.get('config') else {}
-    recipe = given.get('recipe', from_config.get('recipe'))
-    from_recipe = dict(presets[recipe]) if recipe and presets else {}
-    values = {k: v.value if isinstance(v, _Default) else v for k, v in args.items()}
-    values.update(from_recipe)
-    values.update(from_config)
-    values.update(given)
-    return options(**values)
+        raise InputError(f'config file {path}: cannot read {unknown[0]!r}')
+    return vars(parsed)
 
 
 def write_config(options: Any) -> str:

@@ -1,7 +1,4 @@
-"""Parameter and MAC counts (cmtnet.complexity) and the `cmtnet info` command."""
-import contextlib
-import io
-import re
+"""Parameter and MAC counts (analysis/macs.py)."""
 import warnings
 
 import pytest
@@ -10,21 +7,16 @@ import torch
 import torch.nn as nn
 
 from cmtnet import VARIANT_ARGS
-from cmtnet.cli import main
-from cmtnet.models import LightweightAttention, set_fused_attn
-from cmtnet.analysis.complexity import REFERENCE, count_macs, count_params, mac_analysis
+from cmtnet.models import LightweightAttention, set_model_fused_attn
+from cmtnet.analysis.macs import count_macs, count_params, mac_analysis
+from cmtnet.models.variants import PUBLISHED
 
 VARIANTS = list(VARIANT_ARGS)
 
 
-def _table(text: str) -> list:
-    """The cells of the markdown table lines of `text`."""
-    return [[c.strip() for c in line.strip()[1:-1].split('|')] for line in text.splitlines() if line.startswith('|')]
-
-
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_params_equal_released_code(variant):
-    assert count_params(timm.create_model(variant)) == REFERENCE[variant].released_params
+    assert count_params(timm.create_model(variant)) == PUBLISHED[variant].released_params
 
 
 def test_fused_and_explicit_attention_count_the_same():
@@ -32,7 +24,7 @@ def test_fused_and_explicit_attention_count_the_same():
     with warnings.catch_warnings():
         warnings.simplefilter('error')  # nothing a CMT uses may go uncounted
         fused = count_macs(model, 64)
-        set_fused_attn(model, False)
+        set_model_fused_attn(model, False)
         explicit = count_macs(model, 64)
     assert fused == explicit
 
@@ -69,7 +61,7 @@ class _TokenAttention(nn.Module):
 def test_attention_block_macs_are_analytic(sr_ratio, fused):
     dim, heads, grid = 16, 2, 8
     module = _TokenAttention(dim, heads, sr_ratio, grid)
-    set_fused_attn(module, fused)
+    set_model_fused_attn(module, fused)
     n, nk = grid * grid, (grid // sr_ratio) ** 2
     linears = n * dim * dim * 2 + nk * dim * dim * 2  # q and output projection on n tokens, k and v on nk
     reduction = nk * dim * sr_ratio ** 2 + 2 * nk * dim if sr_ratio > 1 else 0  # depthwise conv + BatchNorm
@@ -94,49 +86,4 @@ def test_count_macs_at_another_resolution_keeps_training_mode():
     macs = count_macs(model, 224)
     assert model.training
     # the stem, FFNs and projections scale with the pixels, attention faster: more than (224/160)^2 x
-    assert macs > REFERENCE['cmt_ti'].released_gmacs * 1e9 * (224 / 160) ** 2
-
-
-@pytest.fixture(scope='module')
-def markdown_info() -> str:
-    # the full table takes a while, so it is made once for the tests that read it (capsys is per test)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(['info', '--markdown']) == 0
-    return out.getvalue()
-
-
-def test_info_markdown_is_a_valid_table_with_a_row_per_variant(markdown_info):
-    rows = _table(markdown_info)
-    assert len(rows) == 2 + len(VARIANTS)
-    assert all(len(r) == len(rows[0]) for r in rows)
-    assert all(re.fullmatch(r':?-{3,}:?', c) for c in rows[1])
-    assert [r[0] for r in rows[2:]] == VARIANTS
-
-
-def test_info_matches_released_code(markdown_info):
-    rows = _table(markdown_info)
-    col = {h: i for i, h in enumerate(rows[0])}
-    for row in rows[2:]:
-        ref = REFERENCE[row[col['model']]]
-        assert int(row[col['params']].replace(',', '')) == ref.released_params
-        assert float(row[col['GMACs']]) == pytest.approx(ref.released_gmacs, rel=0.005)
-    assert 'fvcore' in markdown_info  # the header says which library counted
-
-
-def test_info_plain_at_another_size(capsys):
-    assert main(['info', '--variant', 'cmt_ti', '--img-size', '192']) == 0
-    lines = capsys.readouterr().out.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith('model'))
-    assert set(lines[header + 1].replace(' ', '')) == {'-'}
-    (row,) = lines[header + 2:]
-    cells = row.split()
-    assert cells[:2] == ['cmt_ti', '192']
-    assert int(cells[2].replace(',', '')) > REFERENCE['cmt_ti'].released_params  # larger position biases
-    assert cells[4:] == ['-'] * 6  # published figures are for the native size only
-
-
-def test_info_rejects_bad_img_size(capsys):
-    with pytest.raises(SystemExit):
-        main(['info', '--img-size', '100'])
-    assert 'multiple of 32' in capsys.readouterr().err
+    assert macs > PUBLISHED['cmt_ti'].released_gmacs * 1e9 * (224 / 160) ** 2
