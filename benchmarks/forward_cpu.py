@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 import cmtnet  # noqa: F401  (registers the CMT models with timm)
-from cmtnet.complexity import count_macs
+from cmtnet.analysis.macs import count_macs
 from timing import interleaved
 
 BASELINE = 'resnet50'

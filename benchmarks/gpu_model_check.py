@@ -12,7 +12,8 @@ Three checks, in one run:
 
     python benchmarks/gpu_model_check.py                       # all checks, exit 1 if parity/training fail
     python benchmarks/gpu_model_check.py --json results.json   # also write the numbers
-    python benchmarks/gpu_model_check.py --device cpu --batch-size 8 --rounds 1   # slow dry run, no GPU
+    python benchmarks/gpu_model_check.py --device cpu --variants cmt_ti --train-batch-size 1 --batch-size 1 \
+        --warmup 0 --iters 1 --rounds 1                          # a dry run on a CPU (what the tests run)
 """
 import argparse
 import json
@@ -31,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import cmtnet
-from cmtnet.models import set_fused_attn
+from cmtnet.models import set_model_fused_attn
 from cmtnet.models.released import stand_in_state
 from cmtnet.runtime import autocast
 from timing import interleaved
@@ -80,7 +81,7 @@ def check_parity(fixture_path: Path, device: torch.device) -> Dict[str, Any]:
 
     errors: Dict[str, float] = {}
     for fused in (True, False):
-        set_fused_attn(model, fused)
+        set_model_fused_attn(model, fused)
         attn = 'fused' if fused else 'explicit'
         set_tf32(False)  # TF32 rounds inputs to 10-bit mantissas: not fp32 parity
         errors[f'fp32 {attn}'] = error('fp32')
@@ -97,13 +98,13 @@ def check_parity(fixture_path: Path, device: torch.device) -> Dict[str, Any]:
     return dict(errors=errors, passed=passed)
 
 
-def check_training(device: torch.device, batch_size: int) -> Dict[str, Any]:
+def check_training(device: torch.device, batch_size: int, variants: Sequence[str]) -> Dict[str, Any]:
     """Two forward + backward passes (no optimiser step) per variant and precision; the second is timed."""
     print(f'\n2. forward + backward, train mode, batch {batch_size} at the native size')
     print(f'   {"variant":<8} {"precision":<9} {"loss":>8} {"ms/step":>8} {"peak GiB":>9}  result')
     results, passed = [], True
-    for variant, args in cmtnet.VARIANT_ARGS.items():
-        size = args['img_size']
+    for variant in variants:
+        size = cmtnet.VARIANT_ARGS[variant]['img_size']
         model = timm.create_model(variant, drop_path_rate=0.1).to(device).train()
         x = torch.randn(batch_size, 3, size, size, device=device)
         target = torch.randint(0, model.num_classes, (batch_size,), device=device)
@@ -173,6 +174,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='parity fixture (keys, seed, input_shape, input_seed, logits)')
     parser.add_argument('--device', default='cuda', help='torch device (default cuda; cpu for a dry run)')
     parser.add_argument('--train-batch-size', type=int, default=8)
+    parser.add_argument('--variants', nargs='+', choices=list(cmtnet.VARIANT_ARGS), default=list(cmtnet.VARIANT_ARGS),
+                        help='variants of the training check')
     parser.add_argument('--batch-size', type=int, default=256, help='throughput batch size')
     parser.add_argument('--warmup', type=int, default=5, help='throughput warm-up calls per model and precision')
     parser.add_argument('--iters', type=int, default=10, help='throughput calls per round')
@@ -193,7 +196,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.manual_seed(0)
     results: Dict[str, Any] = dict(device=name, torch=torch.__version__, timm=timm.__version__)
     results['parity'] = check_parity(args.fixture, device)
-    results['training'] = check_training(device, args.train_batch_size)
+    results['training'] = check_training(device, args.train_batch_size, args.variants)
     if not args.skip_throughput:
         results['throughput'] = check_throughput(device, args.batch_size, args.warmup, args.iters, args.rounds)
     if args.json:

@@ -9,7 +9,7 @@ on their long side), flips, brightness and contrast; boxes are the pasted rectan
 photo per class, so the set is easier than a hundred independent photos: it checks that the recipe trains
 on photographic content at 256 px in the time it has, not how a detector generalises.
 
-    pip install scikit-image        # not a dependency of cmtnet: only this script needs it
+    pip install scikit-image        # in cmtnet's test extra; not a dependency of the package
     python benchmarks/photo_detection_set.py runs/photo_set --train 100 --val 30
     cmtnet detect train --config configs/detect_demo.yaml --min-size 256 --max-size 256 \
         --train-images runs/photo_set/train --train-annotations runs/photo_set/train.json \

@@ -4,6 +4,10 @@ The learning rate is `lr`, or else `lr_base` x global batch / `lr_base_size` (th
 per-process batch x processes x accumulation steps). Weight decay never applies to norms and biases, nor
 to the parameters the task exempts. Any timm optimizer and schedule can be named; the schedule steps per
 update unless `step_on_epochs`.
+
+The warm-up fits the run unless it is given: `warmup_epochs=None` (the default) is timm's train.py default
+of 5 epochs, but at most a tenth of `epochs`, so that it fits a short run on one's own data (`--epochs 10`
+warms up for 1 epoch). The released recipe (`--recipe`) sets its own 20 warm-up and 10 cool-down epochs.
 """
 import math
 from typing import Iterable, Optional, Tuple
@@ -18,8 +22,21 @@ from timm.utils import ModelEmaV3, NativeScaler
 from ..errors import InputError
 from .options import RunOptions
 
-__all__ = ['check_optimisation', 'create_ema', 'create_optimizer', 'create_scaler',
-           'create_scheduler', 'learning_rate', 'schedule_stretch']
+__all__ = ['AUTO_WARMUP_EPOCHS', 'check_optimisation', 'create_ema', 'create_optimizer', 'create_scaler',
+           'create_scheduler', 'learning_rate', 'schedule_stretch', 'warmup_epochs']
+
+# the automatic warm-up: timm's train.py default, capped at this fraction of a short run
+AUTO_WARMUP_EPOCHS = 5
+AUTO_WARMUP_FRACTION = 0.1
+
+
+def warmup_epochs(o: RunOptions) -> float:
+    """The run's warm-up in epochs: `warmup_epochs` as given, or else (None) the automatic one,
+    min(5, epochs / 10)."""
+    if o.warmup_epochs is not None:
+        return o.warmup_epochs
+    return min(AUTO_WARMUP_EPOCHS, AUTO_WARMUP_FRACTION * o.epochs)
+
 
 def check_optimisation(o: RunOptions) -> None:
     """Refuse inconsistent optimisation options before any work starts."""
@@ -28,8 +45,9 @@ def check_optimisation(o: RunOptions) -> None:
             raise InputError(f'--{name.replace("_", "-")} must be at least 1, got {getattr(o, name)}')
     if o.min_updates < 0:
         raise InputError(f'--min-updates must not be negative, got {o.min_updates}')
-    if not 0 <= o.warmup_epochs < o.epochs:
-        raise InputError(f'--warmup-epochs ({o.warmup_epochs}) must be below --epochs ({o.epochs})')
+    if o.warmup_epochs is not None and not 0 <= o.warmup_epochs < o.epochs:
+        raise InputError(f'--warmup-epochs ({o.warmup_epochs}) must be below --epochs ({o.epochs}); '
+                         f'leave it out for an automatic warm-up that fits the run')
     if o.opt.lower() not in list_optimizers():
         raise InputError(f'unknown optimizer {o.opt!r}; timm knows {", ".join(list_optimizers())}')
 
@@ -55,10 +73,10 @@ def create_scheduler(optimizer: torch.optim.Optimizer, o: RunOptions, updates_pe
     (`warmup_updates`, as detection schedules count it) takes the place of `warmup_epochs`. With
     `min_updates`, a schedule that would be shorter is stretched (`schedule_stretch`)."""
     stretch = schedule_stretch(o, updates_per_epoch)
-    warmup_epochs = o.warmup_updates / updates_per_epoch if o.warmup_updates else o.warmup_epochs * stretch
+    warmup = o.warmup_updates / updates_per_epoch if o.warmup_updates else warmup_epochs(o) * stretch
     return create_scheduler_v2(
         optimizer, o.sched, num_epochs=o.epochs * stretch, decay_milestones=[m * stretch for m in o.decay_milestones],
-        decay_rate=o.decay_rate, warmup_epochs=warmup_epochs, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
+        decay_rate=o.decay_rate, warmup_epochs=warmup, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
         cooldown_epochs=o.cooldown_epochs * stretch, step_on_epochs=o.step_on_epochs,
         updates_per_epoch=updates_per_epoch)
 

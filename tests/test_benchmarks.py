@@ -1,0 +1,85 @@
+"""Every script in benchmarks/ runs, on a tiny configuration, so that none of them rots unseen.
+
+Each runs as a user runs it (`python benchmarks/x.py ...`, `bash benchmarks/x.sh`), in a process of its
+own; the GPU scripts in their CPU dry-run mode. What they measure is not checked here, only that they
+run to the end and print their report.
+"""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmtnet.segmentation.data import class_names, read_mask_set
+from image_folders import make_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / 'benchmarks'
+FIXTURE = ROOT / 'tests' / 'data' / 'cmt_ti_160.json'
+
+# script -> (arguments, a line its report prints); {tmp} is a temporary folder
+TINY = {
+    'bench_inference.py': (['--models', 'cmt_ti', '--paths', 'eager', 'fused_cl', '--baseline', 'cmt_ti:eager',
+                            '--batch-size', '1', '--warmup', '0', '--rounds', '1', '--peak-gflops', '100'],
+                           '| cmt_ti | fused_cl |'),
+    'forward_cpu.py': (['--models', 'cmt_ti', '--img-size', '64', '--batch-size', '1', '--warmup', '0',
+                        '--rounds', '1'], 'cmt_ti'),
+    'train_throughput.py': (['--model', 'cmt_ti', '--img-size', '32', '--batch-size', '2', '--variants', 'eager',
+                             'channels-last', '--against', 'resnet18', '--warmup', '1', '--rounds', '1'],
+                            'plain training step'),
+    'gpu_model_check.py': (['--device', 'cpu', '--variants', 'cmt_ti', '--train-batch-size', '1', '--batch-size', '1',
+                            '--warmup', '0', '--iters', '1', '--rounds', '1', '--fixture', str(FIXTURE),
+                            '--json', '{tmp}/results.json'], 'all checks passed'),
+    'gpu_detection_check.py': (['--device', 'cpu', '--model', 'cmt_ti', '--size', '128', '160', '--batch-size', '1',
+                                '--amp', 'none', '--warmup', '1', '--rounds', '1', '--json', '{tmp}/detection.json'],
+                               '| maskrcnn |'),
+    'gpu_segmentation_check.py': (['--device', 'cpu', '--model', 'cmt_ti', '--size', '64', '--batch-size', '2',
+                                   '--amp', 'none', '--warmup', '1', '--rounds', '1',
+                                   '--json', '{tmp}/segmentation.json'], '| upernet |'),
+    'photo_detection_set.py': (['{tmp}/photo_set', '--train', '3', '--val', '2'], 'val: 2 images'),
+    'photo_segmentation_set.py': (['{tmp}/photo_seg_set', '--train', '4', '--val', '2'], 'val: 2 images'),
+    'gpu_train_check.sh': (['{tmp}/out', '--data', '{tmp}/data', '--batch-size', '4'],
+                           '== last metrics row'),
+}
+# imported by the scripts, not run on its own
+MODULES = {'timing.py'}
+
+
+def test_every_script_has_a_tiny_run():
+    scripts = {p.name for p in BENCHMARKS.iterdir() if p.suffix in ('.py', '.sh')}
+    assert scripts - MODULES == set(TINY)
+
+
+@pytest.mark.parametrize('script', sorted(TINY))
+def test_script_runs_on_a_tiny_configuration(script, tmp_path):
+    args, expected = TINY[script]
+    args = [a.replace('{tmp}', str(tmp_path)) for a in args]
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    if script.endswith('.sh'):
+        make_image_folder(tmp_path / 'data', per_class=4)
+        command = ['bash', str(BENCHMARKS / script), *args]
+        env.update(DRY_RUN='1', BIN=str(Path(sys.executable).parent))
+    else:
+        command = [sys.executable, str(BENCHMARKS / script), *args]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
+    assert expected in result.stdout, result.stdout[-3000:]
+    if script == 'gpu_train_check.sh':  # killed and resumed, the run ends as the uninterrupted one
+        lines = result.stdout.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.startswith(expected))
+        whole, resumed = lines[at + 1:at + 3]
+        assert whole.split(',')[:-2] == resumed.split(',')[:-2]  # all but epoch_time and img_per_s
+        assert re.search(r'resuming \S+ at epoch [123],', result.stdout)  # killed before the end of epoch 3
+    if script == 'photo_segmentation_set.py':  # the layout `cmtnet segment train` reads, every pair usable
+        root = tmp_path / 'photo_seg_set'
+        names = class_names(root / 'classes.txt')
+        assert names == ['background', 'cat', 'cup', 'person']
+        for split, count in (('train', 4), ('val', 2)):
+            mask_set = read_mask_set(root / split / 'images', root / split / 'masks', names)
+            assert len(mask_set.pairs) == count and not any(mask_set.skipped.values())
+            values = set().union(*(np.unique(np.asarray(Image.open(mask))).tolist() for _, mask in mask_set.pairs))
+            assert 0 in values and values & {1, 2, 3} and values <= {0, 1, 2, 3, 255}

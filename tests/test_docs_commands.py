@@ -1,0 +1,124 @@
+"""docs/*.md run as written: every command of their bash blocks is accepted by the real `cmtnet` parser (or
+the benchmark script's), every make target they name exists, and their Python (blocks, and scripts fed to
+`python - <<EOF`) compiles and imports only what exists; the Python blocks run, against stand-in released
+checkpoints in a temporary working folder.
+"""
+import json
+import re
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+from markdown_blocks import (ROOT, blocks, by_file, check_cmtnet_argv, cmtnet_argv, commands, import_lines,
+                             make_targets, makefile_targets, released_files, script_argv, write_stand_ins)
+
+DOCS = sorted((ROOT / 'docs').glob('*.md'))
+# the docs blocks marked as not run here (where: reason)
+EXPECTED_SKIPS: dict = {}
+# benchmark scripts documented as a command: their arguments are the command's
+SCRIPT_COMMANDS = {'benchmarks/bench_inference.py': ['bench']}
+
+
+def _blocks(lang):
+    return [b for path in DOCS for b in blocks(path) if b.lang == lang]
+
+
+def _commands():
+    return [c for b in _blocks('bash') for c in commands(b)[0]]
+
+
+@lru_cache(maxsize=None)
+def _script_flags(script: str) -> frozenset:
+    result = subprocess.run([sys.executable, str(ROOT / script), '--help'], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, f'{script} --help: {result.stderr[-2000:]}'
+    return frozenset(re.findall(r'(?<![\w-])--[a-z0-9][a-z0-9-]*', result.stdout))
+
+
+def test_skip_marks_are_the_expected_ones():
+    marked = {b.where: b.skip for path in DOCS for b in blocks(path) if b.skip}
+    assert marked == EXPECTED_SKIPS
+
+
+def test_commands_parse_and_make_targets_exist():
+    cmds = _commands()
+    refused, unknown_targets, other = {}, [], []
+    counted = {'cmtnet': [], 'script': [], 'heredoc': [], 'make': []}
+    for c in cmds:
+        argv, script, targets = cmtnet_argv(c.tokens), script_argv(c.tokens), make_targets(c.tokens)
+        if argv is not None:
+            counted['cmtnet'].append(c)
+            if why := check_cmtnet_argv(argv):
+                refused[c.where] = why
+        elif script is not None:
+            counted['script'].append(c)
+            name, args = script
+            if name in SCRIPT_COMMANDS:
+                why = check_cmtnet_argv([*SCRIPT_COMMANDS[name], *args])
+            elif not (ROOT / name).is_file():
+                why = f'no file {name}'
+            else:
+                flags = _script_flags(name)
+                bad = [a.split('=')[0] for a in args if a.startswith('--') and a.split('=')[0] not in flags]
+                why = f'not a flag of {name}: {bad}' if bad else None
+            if why:
+                refused[c.where] = why
+        elif Path(c.tokens[0]).name.startswith('python') and c.tokens[1:2] == ['-']:
+            counted['heredoc'].append(c)  # a script on stdin: test_python_scripts_compile_and_import_what_exists
+        elif targets is not None:
+            counted['make'].append(c)
+            unknown_targets += [f'{c.where}: make {t}' for t in targets if t not in makefile_targets()]
+        else:
+            other.append(f'{c.where}: {c.text}')
+    assert not refused
+    assert not unknown_targets
+    named = {t for path in DOCS for t in re.findall(r'`make ([\w-]+)', path.read_text())}
+    assert named <= makefile_targets(), named - makefile_targets()
+    assert not other, 'a command the test does not know how to check'
+    assert len(counted['cmtnet']) >= 15 and len(counted['script']) >= 4
+    # every doc that shows commands is covered
+    assert {'docs/analysis.md', 'docs/detection-training.md', 'docs/speed.md'} <= set(by_file(cmds))
+
+
+def test_python_scripts_compile_and_import_what_exists():
+    scripts = [(b.where, b.code) for b in _blocks('python')]
+    scripts += [(f'{b.path.relative_to(ROOT)}:{line}', body) for b in _blocks('bash') for line, body in commands(b)[1]]
+    assert len(scripts) >= 5
+    for where, code in scripts:
+        compile(code, where, 'exec')
+    imports = '\n'.join(import_lines(code) for _, code in scripts)
+    result = subprocess.run([sys.executable, '-c', imports], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize('doc', [p.name for p in DOCS if any(b.lang == 'python' for b in blocks(p))])
+def test_python_blocks_run(doc, tmp_path):
+    python = [b for b in blocks(ROOT / 'docs' / doc) if b.lang == 'python' and not b.skip]
+    code = ''.join(b.code for b in python)
+    write_stand_ins(released_files(code), tmp_path)
+    session = ('import json, sys\nnamespace = {"__name__": "__main__"}\n'
+               'for line, code in json.loads(sys.argv[1]):\n'
+               f'    exec(compile("\\n" * line + code, {doc!r}, "exec"), namespace)\n')
+    result = subprocess.run([sys.executable, '-c', session, json.dumps([(b.line, b.code) for b in python])],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_commands_are_read_as_a_shell_reads_them(tmp_path):
+    doc = tmp_path / 'doc.md'
+    doc.write_text('```bash\n'
+                   'OMP_NUM_THREADS=1 cmtnet ablate --json > out.json   # a comment\n'
+                   'torchrun --nproc_per_node 8 -m cmtnet train --recipe cmt_s \\\n'
+                   '    --data /data/imagenet\n'
+                   '.venv/bin/python - <<\'EOF\'\nimport cmtnet\nEOF\n'
+                   'python -m cmtnet info && make demo\n'
+                   '```\n')
+    cmds, heredocs = commands(blocks(doc)[0])
+    assert [cmtnet_argv(c.tokens) for c in cmds] == [
+        ['ablate', '--json'], ['train', '--recipe', 'cmt_s', '--data', '/data/imagenet'], None, ['info'], None]
+    assert [c.line for c in cmds] == [2, 3, 5, 8, 8]
+    assert heredocs == [(6, 'import cmtnet\n')]
+    assert make_targets(cmds[4].tokens) == ['demo']
