@@ -1,6 +1,7 @@
 # make demo: create .venv, install cmtnet, run the main job on the embedded default dataset.
 # make test: the same set-up, then the test suite (ours, then timm's own model tests on our models).
 # make detect-demo: detection on the embedded detection set, from the classification demo's weights.
+# make segment-demo: segmentation on the embedded segmentation set, from the classification demo's weights.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,11 +9,11 @@ STAMP := $(VENV)/.installed
 TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
 TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
 
-.PHONY: demo detect-demo test test-ours test-timm info clean
+.PHONY: demo detect-demo segment-demo test test-ours test-timm info clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,detection,export]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,detection,export,segmentation]'
 	touch $@
 
 demo: $(STAMP)
@@ -27,6 +28,14 @@ detect-demo: $(STAMP)
 	rm -rf runs/detect_demo
 	$(BIN)/cmtnet detect train --config configs/detect_demo.yaml --backbone-weights runs/demo/model_ema.safetensors
 	$(BIN)/cmtnet detect eval --checkpoint runs/detect_demo/model.safetensors
+
+# Semantic FPN on the embedded digits-on-photos masks, from the classification demo's backbone; the
+# eval's last line is the mIoU
+segment-demo: $(STAMP)
+	test -f runs/demo/model_ema.safetensors || $(MAKE) demo
+	rm -rf runs/segment_demo
+	$(BIN)/cmtnet segment train --config configs/segment_demo.yaml --backbone-weights runs/demo/model_ema.safetensors
+	$(BIN)/cmtnet segment eval --checkpoint runs/segment_demo/model.safetensors
 
 test: test-ours test-timm
 

@@ -1,7 +1,8 @@
 """The `cmtnet` command (also `python -m cmtnet`): one subcommand per capability.
 
-Each capability's command module provides `add_parser(subparsers)`, which declares its options and sets
-`func(args)` on its parser; `func` builds the capability's typed options and runs it. Errors of the
+Each capability's command module provides `add_parser(subparsers)`, which declares its options (the fields
+of the command's options dataclass, engine/options.py) and sets `func(args)` on its parser; `func` builds
+those typed options and runs the command. Errors of the
 package (`CommandError`) become one line on stderr and the error's exit status, without a traceback.
 """
 import argparse
@@ -15,12 +16,12 @@ from .errors import CommandError
 
 
 def _command_modules() -> List[Any]:
-    from .analysis import ablation, complexity, paper_complexity, scaling
+    from . import export
+    from .analysis import ablation, complexity, info, scaling, speed
     from .classification import commands as classification
     from .detection import commands as detection
-    from . import export
-    from .analysis import speed
-    return [classification, complexity, paper_complexity, scaling, ablation, detection, export, speed]
+    from .segmentation import commands as segmentation
+    return [classification, info, complexity, scaling, ablation, detection, segmentation, export, speed]
 
 
 def build_parser() -> argparse.ArgumentParser:

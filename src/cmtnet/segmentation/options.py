@@ -1,0 +1,149 @@
+"""The options of a segmentation run: the engine's, with the Semantic FPN ADE20K recipe as the defaults.
+
+PVT's and Next-ViT's Semantic FPN trains on ADE20K (mmseg) with AdamW at lr 1e-4 for a global batch of 16,
+weight decay 1e-4, a poly schedule of power 0.9 down to 0 stepped every iteration, no warm-up, 80k
+iterations, on 512x512 crops of images rescaled within 0.5-2.0 times 2048x512. Here the learning rate
+scales with the global batch as classification's does (`lr_base` 1e-4 at `lr_base_size` 16), and the
+schedule is counted in epochs so that it scales too: ADE20K's 20,210 training images at a global batch of
+16 make 1,263 updates an epoch, and 64 epochs are 80,832 updates, the 80k schedule. (`--min-updates N`
+stretches the epochs of a small set by a whole factor until the schedule has at least N updates.)
+
+Each field carries its command-line spelling and help (engine/options.py); segmentation/commands.py turns
+them into `cmtnet segment train | eval | predict`.
+"""
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from ..engine.options import RunOptions, amp_option, device_option, option
+from ..models.variants import VARIANT_ARGS
+from .models import HEADS
+
+__all__ = ['SegmentEvalOptions', 'SegmentOptions', 'SegmentPredictOptions']
+
+ADE20K_EPOCHS = 64  # x 1,263 updates (20,210 images at a global batch of 16): 80,832, the 80k schedule
+
+
+def _data() -> Any:
+    return option(None, metavar='ROOT', group='data',
+                  help="ADE20K's release: ADEChallengeData2016/{images,annotations}/{training,validation} "
+                       '(150 classes, mask value 0 not labelled)')
+
+
+def _images(split: str) -> Any:
+    return option(None, metavar='DIR', group='data', help=f'folder of the {split} images')
+
+
+def _masks(split: str) -> Any:
+    return option(None, metavar='DIR', group='data',
+                  help=f'folder of the {split} masks: single-channel PNGs named as their images, value = class '
+                       f'index, 255 = not labelled')
+
+
+def _strict() -> Any:
+    return option(False, group='data', help='stop at an unusable pair (image without mask, mask of another size, '
+                                            'value outside the classes) instead of skipping it with a warning')
+
+
+def _workers() -> Any:
+    return option(2, metavar='N', group='data', help='data loading processes per process')
+
+
+def _checkpoint() -> Any:
+    return option(None, metavar='PATH',
+                  help='weights a segmentation run wrote (required), e.g. runs/segment/model.safetensors')
+
+
+def _flip() -> Any:
+    return option(False, help='also score the mirrored image (averaged)')
+
+
+def _scales() -> Any:
+    return option(default_factory=lambda: [1.0], metavar='R',
+                  help='ratios of the evaluation scale to score at, averaged (multi-scale: 0.5 0.75 1.0 1.25 1.5 1.75)')
+
+
+def _slide_override() -> Any:
+    return option(None, help='sliding-window inference (crops of the crop size, 2/3 of it apart)',
+                  unset="the checkpoint's")
+
+
+def _config() -> Any:
+    return option(None, metavar='YAML', help='YAML file of options (the command line wins)')
+
+
+_AMP = 'mixed precision: auto is bf16 on CUDA, off on CPU'
+
+
+@dataclass
+class SegmentOptions(RunOptions):
+    """A segmentation run: data, head and backbone, and the engine's options with the Semantic FPN recipe."""
+    # data: ADE20K (`data`), or the four folders; neither: the embedded digits set
+    data: Optional[str] = _data()
+    train_images: Optional[str] = _images('train')
+    train_masks: Optional[str] = _masks('train')
+    val_images: Optional[str] = _images('val')
+    val_masks: Optional[str] = _masks('val')
+    classes: Optional[str] = option(None, metavar='FILE', group='data',
+                                    help='class names, one per line, label i the i-th',
+                                    unset="the layout's (ADE20K, the embedded set), else --num-classes")
+    num_classes: Optional[int] = option(None, metavar='N', group='data',
+                                        help='number of classes of mask folders without --classes')
+    strict: bool = _strict()
+    crop_size: int = option(512, metavar='PX', group='data',
+                            help='side of the random training crops, and of the sliding windows')
+    scale: List[int] = option(default_factory=lambda: [2048, 512], nargs=2, metavar=('LONG', 'SHORT'), group='data',
+                              help='base scale: images are rescaled to fit LONG x SHORT (aspect kept), times '
+                                   '0.5-2.0 for training, once for evaluation')
+    slide: bool = option(False, group='data', help='evaluate with sliding windows instead of the whole image')
+    # the model
+    head: str = option('fpn', choices=list(HEADS), group='model', help='Semantic FPN or UPerNet')
+    model: str = option('cmt_s', choices=list(VARIANT_ARGS), group='model', help='CMT variant of the backbone')
+    backbone_weights: Optional[str] = option(None, metavar='PATH', group='model',
+                                             help='CMT weights for the backbone (a released checkpoint or ours)')
+    # the engine's options, with the Semantic FPN ADE20K recipe
+    epochs: int = ADE20K_EPOCHS
+    batch_size: int = 2
+    lr_base: float = 1e-4
+    lr_base_size: int = 16
+    opt: str = 'adamw'
+    weight_decay: float = 1e-4
+    sched: str = 'poly'
+    decay_rate: float = 0.9
+    decay_milestones: List[int] = field(default_factory=list)
+    warmup_epochs: Optional[float] = 0
+    min_lr: float = 0.0
+    workers: int = _workers()
+    output: str = 'runs/segment'
+
+
+@dataclass
+class SegmentEvalOptions:
+    """`cmtnet segment eval`: a checkpoint's mIoU on a val set (or the embedded one's)."""
+    checkpoint: Optional[str] = _checkpoint()
+    data: Optional[str] = _data()
+    val_images: Optional[str] = _images('val')
+    val_masks: Optional[str] = _masks('val')
+    strict: bool = _strict()
+    slide: Optional[bool] = _slide_override()
+    flip: bool = _flip()
+    scales: List[float] = _scales()
+    workers: int = _workers()
+    device: Optional[str] = device_option()
+    amp: str = amp_option(_AMP)
+    config: Optional[str] = _config()
+
+
+@dataclass
+class SegmentPredictOptions:
+    """`cmtnet segment predict`: a colour overlay and a label mask for image files and folders."""
+    inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
+                               help='image files and folders of images')
+    checkpoint: Optional[str] = _checkpoint()
+    slide: Optional[bool] = _slide_override()
+    flip: bool = _flip()
+    scales: List[float] = _scales()
+    output: str = option('runs/segment/predict', metavar='DIR',
+                         help='folder for overlays/ (colour overlays) and masks/ (label PNGs)')
+    device: Optional[str] = device_option()
+    amp: str = amp_option(_AMP)
+    config: Optional[str] = _config()

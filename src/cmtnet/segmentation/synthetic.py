@@ -1,0 +1,76 @@
+"""The embedded segmentation set: the embedded detection set's digits on photo crops, as class masks.
+
+`cmtnet segment train` with no data flags trains on it, so that segmentation runs with no download. It is
+the detection set (`detection.synthetic`: scikit-learn's handwritten digits pasted on crops of its sample
+photos, with a pixel mask per digit), with each image's instance masks painted into one class mask:
+0 for the background, 1 + d for a pixel of digit d (11 classes, named in `classes.txt`). It is written in
+the generic folder layout, `ROOT/{train,val}/images/*.jpg` and `ROOT/{train,val}/masks/*.png`, so that it
+reads as a user's own folders would; the val digits are the detection set's, which the classification
+demo never trains on.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image
+
+from ..detection.synthetic import SyntheticSpec, default_root as detection_root, write_synthetic_coco
+from ..errors import InputError
+
+__all__ = ['CLASS_NAMES', 'default_root', 'write_synthetic_masks']
+
+CLASS_NAMES = ('background', *(str(d) for d in range(10)))
+_VERSION = 1
+_DONE = 'complete.json'
+
+
+def default_root(spec: SyntheticSpec = SyntheticSpec()) -> Path:
+    """Beside the detection set it is made from: `segmentation-<detection set's name>-v<N>`."""
+    detection = detection_root(spec)
+    return detection.with_name(f'segmentation-{detection.name}-v{_VERSION}')
+
+
+def _write_split(coco_root: Path, split: str, out: Path) -> None:
+    from pycocotools import mask as coco_mask
+
+    data = json.loads((coco_root / 'annotations' / f'instances_{split}2017.json').read_text())
+    by_image = {img['id']: [] for img in data['images']}
+    for ann in data['annotations']:
+        by_image[ann['image_id']].append(ann)
+    (out / 'images').mkdir(parents=True)
+    (out / 'masks').mkdir()
+    for img in data['images']:
+        labels = np.zeros((img['height'], img['width']), dtype=np.uint8)
+        for ann in by_image[img['id']]:
+            # the digits do not overlap; category id 1 + d is digit d, which is also its class here
+            labels[coco_mask.decode(ann['segmentation']).astype(bool)] = ann['category_id']
+        source = coco_root / f'{split}2017' / img['file_name']
+        shutil.copyfile(source, out / 'images' / img['file_name'])
+        Image.fromarray(labels).save(out / 'masks' / f'{Path(img["file_name"]).stem}.png')
+
+
+def write_synthetic_masks(root: Optional[Union[str, Path]] = None, spec: SyntheticSpec = SyntheticSpec()) -> Path:
+    """Generate the embedded set into `root` (default: `default_root(spec)`) unless it is there already;
+    returns `root`. The detection set is generated first if needed. Generation writes to a temporary folder
+    renamed into place, so a set is whole or absent."""
+    root = Path(root) if root is not None else default_root(spec)
+    if (root / _DONE).is_file():
+        return root
+    coco_root = write_synthetic_coco(spec=spec)
+    tmp = root.with_name(f'.{root.name}.{os.getpid()}.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for split in ('train', 'val'):
+        _write_split(coco_root, split, tmp / split)
+    (tmp / 'classes.txt').write_text('\n'.join(CLASS_NAMES) + '\n')
+    (tmp / _DONE).write_text(json.dumps({'version': _VERSION, 'detection_set': coco_root.name}))
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process (torchrun) finished first, or `root` is a folder of other files
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / _DONE).is_file():
+            raise InputError(f'cannot write the embedded segmentation set to {root}: it exists and is not one')
+    return root

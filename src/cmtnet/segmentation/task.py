@@ -1,0 +1,135 @@
+"""Semantic segmentation as a task of the training engine: image and mask folders in, cross-entropy,
+mIoU out.
+
+The engine gives segmentation what it gives classification and detection (processes, autocast, EMA,
+atomic checkpoints and exact resume, the NaN stop, metrics.csv, curves.png, the exported weights); this
+module only says what the data, the model, the loss and the metrics are:
+
+- data: ADE20K's release, the user's mask folders or the embedded set, checked before any model is built
+  (`data.read_mask_set`), augmented as mmseg's ADE20K pipeline (`data.train_transform`);
+- loss: cross-entropy over the pixels of logits at the input's size, pixels labelled 255 left out;
+- metrics: mIoU, mAcc and aAcc in percent over the whole val set (`evaluate.evaluate_segmenter`), mIoU
+  picking best.safetensors.
+
+Every exported weight file carries what evaluation and prediction need (`meta`: head, variant, classes,
+crop size, evaluation scale, sliding windows), so that `checkpoint.segmenter_from_checkpoint` rebuilds the
+segmenter from the file alone. `train(options)` runs the task on the engine (`cmtnet segment train`).
+"""
+from typing import Any, Dict, Set
+
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..engine.data import eval_loader, train_loader
+from ..engine.task import Losses, Task
+from ..engine.trainer import fit
+from ..errors import InputError
+from ..runtime import Processes, amp_dtype
+from .checkpoint import TASK
+from .data import SegmentationSamples, class_names, collate, data_paths, eval_transform, read_mask_set, train_transform
+from .evaluate import Protocol, evaluate_segmenter, metrics_of
+from .metrics import IGNORE_INDEX
+from .models import HEADS, SIZE_DIVISOR, build_segmenter
+from .options import SegmentOptions
+
+__all__ = ['SegmentationTask', 'train']
+
+
+def train(options: SegmentOptions) -> Dict[str, Any]:
+    """Train as `options` say; the last epoch's metrics."""
+    return fit(SegmentationTask(options), options)
+
+
+def check_options(o: SegmentOptions) -> None:
+    """Refuse inconsistent data and model options before any data is read."""
+    if o.head not in HEADS:
+        raise InputError(f'--head {o.head!r}: expected one of {", ".join(HEADS)}')
+    if o.crop_size < SIZE_DIVISOR:
+        raise InputError(f'--crop-size must be at least {SIZE_DIVISOR} pixels, got {o.crop_size}')
+    if len(o.scale) != 2 or min(o.scale) < 1:
+        raise InputError(f'--scale takes two positive sides (LONG SHORT), got {" ".join(map(str, o.scale))}')
+    if o.head == 'upernet' and o.batch_size < 2 and not o.sync_bn:
+        # its pyramid pooling normalises 1x1 maps: BatchNorm needs more than one value per channel
+        raise InputError('--head upernet trains with at least 2 images per process (--batch-size 2), or with '
+                         '--sync-bn over several processes: its pyramid-pooling BatchNorm cannot normalise one image')
+
+
+class SegmentationTask(Task):
+    """Train a segmentation head on CMT on image and mask folders; see the module docstring."""
+    best_metric = 'mIoU'
+    ema_metrics = ('mIoU',)  # with --model-ema, the EMA weights' mIoU too (ema_mIoU)
+    val_prefix = ''  # metrics.csv columns: mIoU, mAcc, aAcc
+    curves = {
+        'loss': [('train_loss', 'train')],
+        'val (%)': [('mIoU', 'mIoU'), ('mAcc', 'mAcc'), ('aAcc', 'aAcc')],
+    }
+
+    def __init__(self, options: SegmentOptions):
+        check_options(options)
+        self.options = options
+        self.protocol = Protocol((options.scale[0], options.scale[1]), options.crop_size, options.slide)
+
+    def setup(self, processes: Processes) -> None:
+        o = self.options
+        self.processes = processes
+        source = data_paths(o)
+        names = class_names(o.classes, o.num_classes, default=source.class_names)
+        self.train_set, self.val_set = (
+            read_mask_set(*source.splits[split], names, reduce_zero_label=source.reduce_zero_label, strict=o.strict)
+            for split in ('train', 'val'))
+        scale = self.protocol.scale
+        train = SegmentationSamples(self.train_set, train_transform(o.crop_size, scale), strict=o.strict)
+        val = SegmentationSamples(self.val_set, eval_transform(), strict=o.strict)
+        p = processes
+        self.train_loader = train_loader(train, o.batch_size, p.rank, p.world_size, o.seed, workers=o.workers)
+        self.val_loader = eval_loader(val, 1, p.rank, p.world_size, o.workers, collate_fn=collate)
+        self.amp = amp_dtype(o.amp, p.device)
+        if p.is_main:
+            print(self.train_set.describe())
+            print(self.val_set.describe())
+
+    @property
+    def num_classes(self) -> int:
+        return self.train_set.num_classes
+
+    def build_model(self) -> nn.Module:
+        o = self.options
+        return build_segmenter(o.head, o.model, self.num_classes, backbone_weights=o.backbone_weights)
+
+    def training_step(self, model: nn.Module, batch: Any) -> Losses:
+        images, labels, _ = batch
+        device = self.processes.device
+        logits = model(images.to(device, non_blocking=True))
+        return F.cross_entropy(logits.float(), labels.to(device, non_blocking=True), ignore_index=IGNORE_INDEX)
+
+    def evaluate(self, model: nn.Module) -> Dict[str, float]:
+        self.last_confusion = evaluate_segmenter(model, self.val_loader, self.num_classes, self.protocol,
+                                                 self.processes.device, self.amp)
+        return metrics_of(self.last_confusion)
+
+    def batch_size(self, batch: Any) -> int:
+        return len(batch[0])
+
+    def skipped(self, batch: Any) -> int:
+        return int(batch[2].sum())
+
+    def no_weight_decay(self, model: nn.Module) -> Set[str]:
+        return {name for name, _ in model.named_parameters() if name.endswith('rel_pos_bias')}
+
+    def meta(self) -> Dict[str, Any]:
+        o = self.options
+        return dict(task=TASK, head=o.head, model=o.model, num_classes=self.num_classes,
+                    class_names=self.train_set.class_names, crop_size=o.crop_size, scale=list(self.protocol.scale),
+                    slide=o.slide)
+
+    def describe(self) -> str:
+        o = self.options
+        return (f'{o.head} on {o.model} ({self.num_classes} classes, {o.crop_size}px crops, evaluated '
+                f'{self.protocol.describe()})')
+
+    def format_metrics(self, row: Dict[str, Any]) -> str:
+        return '  '.join(f'{k} {row[k]:.4g}' for k in ('train_loss', 'mIoU', 'mAcc', 'aAcc', 'ema_mIoU') if k in row)
+
+    def summary(self, last: Dict[str, Any], best: float, best_epoch: int) -> str:
+        return (f'mIoU {last["mIoU"]:.2f}, mAcc {last["mAcc"]:.2f}, aAcc {last["aAcc"]:.2f} '
+                f'(best mIoU {best:.2f} at epoch {best_epoch})')
