@@ -42,23 +42,17 @@ from PIL import Image, ImageEnhance
 
 from cmtnet.segmentation.data import class_names, read_mask_set
 from cmtnet.segmentation.metrics import IGNORE_INDEX
+# the photos, the background crops and the overlap measure are the detection set's
+from photo_detection_set import BACKGROUNDS, SIZE, _background, _iou, _photo
 
-SIZE = 256
 # (class, photo, box x0 y0 x1 y1 in the photo, border sides of the box that are background: top, bottom,
 # left, right; None: the object fills the box, its mask is the rectangle)
 OBJECTS = [('cat', 'chelsea', (30, 0, 390, 300), None),
            ('cup', 'coffee', (60, 15, 490, 395), 'tblr'),
            ('person', 'astronaut', (20, 5, 365, 512), 'tlr')]
 CLASSES = ('background', *(kind for kind, _, _, _ in OBJECTS))
-BACKGROUNDS = ('brick', 'grass', 'gravel', 'rocket', 'hubble_deep_field', 'immunohistochemistry')
 SIDE_SEEDS = 0.55  # where the bottom is not background, the left and right sides are for their upper part
 BORDER = 3  # px of the box's border taken as background
-
-
-def _photo(name: str) -> Image.Image:
-    import skimage.data
-    pixels = getattr(skimage.data, name)()
-    return Image.fromarray(pixels).convert('RGB')
 
 
 def silhouette(crop: np.ndarray, sides: str) -> np.ndarray:
@@ -109,20 +103,6 @@ def object_masks(photos: Dict[str, Image.Image]) -> Dict[str, np.ndarray]:
             mask[y0:y1, x0:x1] = silhouette(np.asarray(photo)[y0:y1, x0:x1], sides) * 255
         masks[name] = mask
     return masks
-
-
-def _background(photos: Dict[str, Image.Image], rng: np.random.Generator) -> Image.Image:
-    photo = photos[BACKGROUNDS[rng.integers(len(BACKGROUNDS))]]
-    side = int(rng.uniform(0.4, 1.0) * min(photo.size))
-    x, y = rng.integers(0, photo.width - side + 1), rng.integers(0, photo.height - side + 1)
-    return photo.crop((x, y, x + side, y + side)).resize((SIZE, SIZE), Image.BILINEAR)
-
-
-def _iou(a: Tuple[int, ...], b: Tuple[int, ...]) -> float:
-    w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _object(photos: Dict[str, Image.Image], masks: Dict[str, np.ndarray], kind: int,

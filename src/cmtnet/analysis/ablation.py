@@ -35,6 +35,7 @@ from ..models.ablation import ABLATION_STEPS, ablation_model_name
 from ..models.variants import VARIANT_ARGS, check_img_size
 from .macs import count_macs, count_params
 from .tables import Column, dump_json, format_table, millions
+from .plots import new_figure, save_figure
 
 __all__ = ['AblateCommandOptions', 'AblationOptions', 'StepResult', 'run_ablation', 'step_train_options', 'plot_ablation', 'add_parser']
 
@@ -197,11 +198,8 @@ _TRAIN_COLUMNS = (
 
 def plot_ablation(rows: Sequence[Dict[str, Any]], path: str) -> None:
     """Mean top-1 per step with one standard deviation either side, each seed a dot, diverged runs named."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = new_figure((7.5, 4))
     for i, row in enumerate(rows):
         mean, std = row['val_top1_mean_percent'], row['val_top1_std_percent']
         done = [a for a, d in zip(row['val_top1_percent'], row['diverged']) if not d]
@@ -216,9 +214,7 @@ def plot_ablation(rows: Sequence[Dict[str, Any]], path: str) -> None:
     ax.set_ylabel('validation top-1 (%)')
     ax.set_title('Ablation steps: mean and standard deviation over seeds (gray: each seed)', fontsize=10)
     ax.grid(True, axis='y', alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _null_as_nan(value: Any) -> Any:

@@ -25,6 +25,7 @@ from .formulas import (
     cmt_block_terms, paper_cmt_block_macs, paper_transformer_block_macs, total_macs, transformer_block_terms,
 )
 from .tables import Column, dump_json, format_table, percent, rows_as_dicts
+from .plots import new_figure, save_figure
 
 __all__ = ['BlockCost', 'ComplexityOptions', 'block_costs', 'measure_cmt_block_macs', 'measure_transformer_block_macs',
            'plot_cost_vs_tokens', 'add_parser']
@@ -154,15 +155,12 @@ def plot_cost_vs_tokens(
 ) -> None:
     """Plot MACs per block against tokens n (square grids of `sides`) at width `dim`: the paper's formulas
     as curves, fvcore's counts of the blocks as points."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
 
     heads = max(1, dim // 64)
     fine = [s * s for s in range(min(sides), max(sides) + 1)]
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = new_figure((7, 4.8))
     series = [('Transformer', None)] + [(f'CMT, k = {k}', k) for k in k_values]
-    colors = ['black'] + plt.rcParams['axes.prop_cycle'].by_key()['color']
+    colors = ['black'] + [f'C{i}' for i in range(10)]
     for (label, k), color in zip(series, colors):
         if k is None:
             curve = [paper_transformer_block_macs(n, dim) for n in fine]
@@ -182,9 +180,7 @@ def plot_cost_vs_tokens(
     ax.set_title(f'Cost of one block, d = {dim} channels (FFN ratio 4)')
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 @dataclass

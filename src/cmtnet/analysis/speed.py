@@ -38,6 +38,7 @@ from ..models import VARIANT_ARGS, native_img_size
 from ..models.variants import PUBLISHED
 from .macs import count_macs
 from .tables import Column, format_table
+from .plots import new_figure, save_figure
 
 __all__ = [
     'BenchCommandOptions', 'BenchOptions', 'Result', 'bench_table', 'interleaved', 'peak_memory',
@@ -346,10 +347,7 @@ def peak_memory(name: str, path: str, batch_size: int, device: str = 'cpu') -> f
 def plot_chart(results: Sequence[Result], path: Path, threads: int = 0) -> None:
     """Throughput against published ImageNet top-1, one point per model and inference path (PNG); `threads`:
     those of the run, for the caption (0: torch's now)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = new_figure((8, 5))
     markers = dict(zip(CMT_PATHS + PEER_PATHS[2:], 'o^sDPX*'))
     shown = [r for r in results if r.path not in TRAIN_PATHS and r.model in TOP1]
     for i, model in enumerate(dict.fromkeys(r.model for r in shown)):
@@ -368,10 +366,7 @@ def plot_chart(results: Sequence[Result], path: Path, threads: int = 0) -> None:
     ax.set_ylabel('published ImageNet top-1 (%)')
     ax.set_title(machine(threads), fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 @dataclass
