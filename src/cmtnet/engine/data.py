@@ -17,7 +17,7 @@ import os
 import struct
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from .sampling import RepeatedAugmentationSampler, ResumableSampler, seeded
 
 __all__ = [
     'UNREADABLE', 'Digits', 'ImageFiles', 'ReadableImages', 'digits_split', 'eval_loader', 'find_images',
-    'output_names', 'own_images', 'train_loader',
+    'output_names', 'own_images', 'readable_files', 'train_loader',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -225,3 +225,14 @@ def digits_split() -> Digits:
     train, test = train_test_split(
         np.arange(len(digits.target)), test_size=0.2, stratify=digits.target, random_state=0)
     return Digits(digits.images, digits.target, train, test)
+
+
+def readable_files(files: Sequence[PathLike]) -> Iterator[Tuple[Path, str, torch.Tensor]]:
+    """(path, `output_names` name, uint8 (C, H, W) image) of each readable file among `files`, in order, for
+    what a prediction writes per image; an unreadable file is named in a warning and left out."""
+    from torchvision.transforms.v2 import functional as F
+    images = eval_loader(ReadableImages(ImageFiles(files), F.pil_to_tensor), batch_size=1, workers=0)
+    for path, name, batch in zip(map(Path, files), output_names(files), images):
+        own, _, _ = own_images(batch)
+        if len(own):  # else unreadable: the next image stood in for it, and comes at its own turn
+            yield path, name, own[0]

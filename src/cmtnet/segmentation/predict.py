@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_segmentation_masks
 
-from ..engine.data import ImageFiles, ReadableImages, eval_loader, find_images, output_names, own_images
+from ..engine.data import find_images, readable_files
 from ..errors import InputError
 from ..runtime import amp_dtype, autocast, distributed, is_main_process
 from .checkpoint import checkpoint_meta, segmenter_from_checkpoint
@@ -67,12 +67,7 @@ def predict_files(model: nn.Module, meta: Dict[str, Any], files: Sequence[Path],
     (output / 'masks').mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     found = []
-    images = eval_loader(ReadableImages(ImageFiles(files), F.pil_to_tensor), batch_size=1, workers=0)
-    for path, name, batch in zip(files, output_names(files), images):
-        own, _, _ = own_images(batch)
-        if not len(own):  # unreadable: the next image stood in for it, and is segmented at its own turn
-            continue
-        image = own[0]
+    for path, name, image in readable_files(files):
         with autocast(device, amp):
             scores = protocol.scores(model, F.to_dtype(image, torch.float32, scale=True).to(device), num_classes)
         labels = scores.argmax(0).cpu()
