@@ -12,7 +12,7 @@ TRAINER = 'cmtnet.engine.trainer'
 # modules that build or use a model from a weight file, and never train (with their packages and
 # cmtnet.checkpoints, which each of them imports)
 LOADING_MODULES = [
-    'cmtnet.export',
+    'cmtnet.deploy.export',
     'cmtnet.detection.builders',
     'cmtnet.detection.evaluate',
     'cmtnet.detection.predict',

@@ -16,7 +16,7 @@ from .errors import CommandError
 
 
 def _command_modules() -> List[Any]:
-    from . import export
+    from .deploy import export
     from .analysis import ablation, complexity, info, scaling, speed
     from .classification import commands as classification
     from .detection import commands as detection

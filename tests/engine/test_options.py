@@ -19,7 +19,7 @@ from cmtnet.cli import main
 from cmtnet.detection.options import DetectEvalOptions, DetectOptions, DetectPredictOptions
 from cmtnet.engine.options import add_options, option, options_from, parse
 from cmtnet.errors import InputError
-from cmtnet.export import ExportOptions
+from cmtnet.deploy.export import ExportOptions
 
 COMMANDS = {
     ('train',): TrainOptions, ('eval',): EvalOptions, ('predict',): PredictOptions,

@@ -3,7 +3,7 @@
 Inference paths of a CMT variant: `eager` (the unfused model, NCHW: the baseline, which runs at the authors'
 code's speed), `channels_last`, `fused` (`timm.utils.reparameterize_model`, models/fuse.py), `fused_cl`
 (fused, channels_last), `fused_compiled` (fused, channels_last, inductor with freezing at static shapes),
-`onnxruntime` (the fused model exported as in export.py). Peers run `eager`, `channels_last` and `compiled`
+`onnxruntime` (the fused model exported as in deploy/export.py). Peers run `eager`, `channels_last` and `compiled`
 (reparameterized first where timm offers it). Training paths: `train_eager`, `train_cl`, `train_compiled`.
 
 Everything compared runs in one process, in turns, one step each per round after untimed warm-up steps
@@ -168,7 +168,7 @@ def build_model(name: str, path: str) -> nn.Module:
 
 def _onnx_step(model: nn.Module, x: torch.Tensor, workdir: str, threads: int) -> Callable[[], object]:
     import onnxruntime as ort
-    from ..export import export_onnx
+    from ..deploy.export import export_onnx
     path = Path(workdir) / f'{id(model)}.onnx'
     export_onnx(model, path, x.shape[-1], dynamic=False)
     session_options = ort.SessionOptions()
@@ -200,7 +200,7 @@ def build_step(name: str, path: str, batch_size: int, device: torch.device, amp:
     x = torch.randn(batch_size, 3, size, size, device=device)
     if path == 'onnxruntime':
         if name not in VARIANT_ARGS:
-            raise InputError(f'the onnxruntime path is for CMT models (export.py), not {name}')
+            raise InputError(f'the onnxruntime path is for CMT models (deploy/export.py), not {name}')
         return _onnx_step(model, x, workdir, threads)
     if path in ('channels_last', 'fused_cl', 'fused_compiled', 'train_cl', 'train_compiled') or (
             path == 'compiled' and name not in VARIANT_ARGS):

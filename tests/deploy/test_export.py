@@ -8,7 +8,7 @@ from timm.utils import reparameterize_model
 import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.cli import main
 from cmtnet.errors import InputError
-from cmtnet.export import ExportOptions, export_onnx, export_torchscript, parity
+from cmtnet.deploy.export import ExportOptions, export_onnx, export_torchscript, parity
 from norms import randomise_norms, rel_err
 
 

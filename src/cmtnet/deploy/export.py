@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 from timm.utils import reparameterize_model
 
-from .checkpoints import create_model
-from .engine.options import add_command, option
-from .errors import CommandError, InputError
-from .models import NET_STRIDE, check_img_size, native_img_size
+from ..checkpoints import create_model
+from ..engine.options import add_command, option
+from ..errors import CommandError, InputError
+from ..models import NET_STRIDE, check_img_size, native_img_size
 
 __all__ = ['ExportOptions', 'export_model', 'export_onnx', 'export_torchscript', 'parity', 'add_parser']
 
