@@ -4,12 +4,16 @@ A thin wrapper over cmtnet.analysis.speed, so that the benchmark and the command
 Everything compared runs interleaved in one process; ratios are to the baseline measured in the same run.
 
     python benchmarks/bench_inference.py --threads 2                        # cmt_s, resnet50, fastvit_sa24
+    python benchmarks/bench_inference.py --threads 2 --precision fp32 bf16 int8 --paths eager fused_cl \
+        fused_compiled channels_last compiled --models cmt_s fastvit_sa24 resnet50 convnext_tiny nextvit_small \
+        swin_tiny_patch4_window7_224
     python benchmarks/bench_inference.py --models cmt_s resnet50 convnext_tiny swin_tiny_patch4_window7_224 \\
         deit_small_patch16_224 nextvit_small fastvit_sa24 --latency --memory --chart speed.png
     python benchmarks/bench_inference.py --models cmt_s resnet50 --paths train_eager train_cl train_compiled \\
         --baseline cmt_s:train_eager --batch-size 8
     # on a GPU (bf16, batch 256; fits about ten minutes):
-    python benchmarks/bench_inference.py --device cuda --amp bf16 --batch-size 256 --rounds 5 \\
+    python benchmarks/bench_inference.py --device cuda --precision bf16 --baseline cmt_s:eager:bf16 --batch-size 256 \\
+        --rounds 5 \\
         --models cmt_s cmt_b swin_tiny_patch4_window7_224 convnext_tiny resnet50 \\
         --paths eager channels_last fused_cl fused_compiled compiled --memory
 """

@@ -1,25 +1,31 @@
-"""Where and how a command runs: device, mixed precision, processes, memory format, seeds.
+"""Where and how a command runs: device, mixed precision, inference precision, processes, memory format, seeds.
 
 Every command (training, evaluation, prediction, detection, benchmarks) takes its device, autocast and
-distributed set-up from here, so that `--device`, `--amp` and `--channels-last` mean the same everywhere.
+distributed set-up from here, so that `--device`, `--amp`, `--precision` and `--channels-last` mean the same
+everywhere. `--amp` is autocast (float32 weights, chosen ops in bfloat16 or float16); `--precision bf16` runs
+inference with the weights themselves in bfloat16 (`in_precision`), the model folded for inference first.
 Under torchrun, `distributed()` joins the process group (NCCL on GPUs, gloo on CPU) and leaves it again.
 """
 import contextlib
 from dataclasses import dataclass
-from typing import ContextManager, Iterator, Optional
+from typing import Any, ContextManager, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from timm.utils import random_seed
+from torch.utils._pytree import tree_map
 from timm.utils.distributed import init_distributed_device_so
 
 from .errors import InputError
 
 __all__ = [
-    'Processes', 'all_reduce', 'amp_dtype', 'autocast', 'default_device', 'distributed', 'is_main_process',
-    'prepare_model', 'random_seed', 'to_device',
+    'PRECISIONS', 'InPrecision', 'Processes', 'all_reduce', 'amp_dtype', 'autocast', 'default_device',
+    'distributed', 'in_precision', 'is_main_process', 'prepare_model', 'random_seed', 'to_device',
 ]
+
+# what `--precision` takes for a float model (an int8 model is a file of its own, written by `cmtnet quantize`)
+PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
 
 def default_device() -> str:
@@ -43,6 +49,35 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManag
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class InPrecision(nn.Module):
+    """`module` with its weights in `dtype`: floating-point inputs are cast to `dtype` on the way in, and
+    floating-point outputs back to float32 on the way out (tensors, or lists, tuples and dicts of them), so
+    that the code around it (losses, box decoding, metrics) keeps working in float32."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.module = module.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        def cast(dtype: torch.dtype) -> Any:
+            return lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+        args, kwargs = tree_map(cast(self.dtype), (args, kwargs))
+        return tree_map(cast(torch.float32), self.module(*args, **kwargs))
+
+
+def in_precision(model: nn.Module, precision: str) -> nn.Module:
+    """`model` for inference at `--precision`: itself for fp32; for bf16, folded for inference first
+    (`timm.utils.reparameterize_model`, models/fuse.py), in channels-last memory, weights in bfloat16."""
+    if precision not in PRECISIONS:
+        raise InputError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    if precision == 'fp32':
+        return model
+    from timm.utils import reparameterize_model
+    model = reparameterize_model(model.eval()).to(memory_format=torch.channels_last)
+    return InPrecision(model, PRECISIONS[precision]).eval()
 
 
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:

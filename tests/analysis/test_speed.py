@@ -21,7 +21,8 @@ def test_interleaved_warms_up_then_takes_turns():
 @pytest.mark.parametrize('kwargs, bad', [
     (dict(paths=['warp']), "'warp'"), (dict(models=['no_such_net']), "'no_such_net'"),
     (dict(baseline='cmt_s'), "'cmt_s'"), (dict(rounds=0), '0'),
-    (dict(device='cuda', paths=['onnxruntime']), 'cuda')])
+    (dict(device='cuda', paths=['onnxruntime']), 'cuda'), (dict(precision=['fp16']), "'fp16'"),
+    (dict(device='cuda', precision=['int8']), 'int8'), (dict(baseline='a:b:c:d'), "'a:b:c:d'")])
 def test_bad_options_name_the_value(kwargs, bad):
     with pytest.raises(InputError, match=bad):
         BenchOptions(**kwargs)
@@ -35,7 +36,30 @@ def test_tiny_run_reports_every_path_against_the_baseline():
     assert all(r.img_size == 160 and len(r.seconds) == 2 and r.images_per_second > 0 for r in results)
     assert 0.6 < results[0].gmacs < 0.7  # cmt_ti at 160: 0.65 GMACs
     table = bench_table(results, options).splitlines()
-    assert len(table) == 4 and '| cmt_ti | eager | 160 |' in table[2] and '| 1.00x |' in table[2]
+    assert len(table) == 4 and '| cmt_ti | eager | fp32 | 160 |' in table[2] and '| 1.00x |' in table[2]
+
+
+def test_each_path_runs_at_each_precision_that_applies_to_it():
+    options = BenchOptions(models=['cmt_ti'], paths=['eager', 'fused_cl', 'onnxruntime'],
+                           precision=['fp32', 'bf16', 'int8'], baseline='cmt_ti:fused_cl:bf16', batch_size=1, warmup=0,
+                           rounds=1)
+    results = run_bench(options, log=lambda msg: None)
+    # bf16 for every path but onnxruntime; int8 for compiled paths only
+    assert [r.key for r in results] == [
+        'cmt_ti:eager:fp32', 'cmt_ti:eager:bf16', 'cmt_ti:fused_cl:fp32', 'cmt_ti:fused_cl:bf16',
+        'cmt_ti:onnxruntime:fp32']
+    table = bench_table(results, options, {'bf16': 1e9})
+    assert '| cmt_ti | fused_cl | bf16 | 160 |' in table and '| 1.00x |' in table.splitlines()[5]
+
+
+def test_a_bf16_step_runs_the_weights_in_bfloat16(monkeypatch, tmp_path):
+    seen = []
+    import cmtnet.models.onednn as onednn
+    real = onednn.OneDNNConv._onednn
+    monkeypatch.setattr(onednn.OneDNNConv, '_onednn', lambda self, x, r: seen.append(x.dtype) or real(self, x, r))
+    step = build_step('cmt_ti', 'fused_cl', 'bf16', 1, torch.device('cpu'), str(tmp_path), 0)
+    assert step().dtype == torch.bfloat16
+    assert seen and set(seen) == {torch.bfloat16}  # the fast path, in bfloat16
 
 
 def test_peak_memory_is_measured_in_a_process_of_its_own():
@@ -50,7 +74,7 @@ def test_bench_command_prints_the_table_and_draws_the_chart(tmp_path, capsys):
             '--batch-size', '1', '--warmup', '0', '--rounds', '1', '--chart', str(chart)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert '| cmt_ti | fused | 160 |' in out and 'baseline cmt_ti:fused' in out
+    assert '| cmt_ti | fused | fp32 | 160 |' in out and 'baseline cmt_ti:fused:fp32' in out
     assert chart.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
@@ -71,7 +95,7 @@ def test_a_compiled_step_freezes_for_its_own_calls_only(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch, 'compile', compile_later)
     before = inductor.freezing
-    step = build_step('cmt_ti', 'fused_compiled', 1, torch.device('cpu'), None, str(tmp_path), 0)
+    step = build_step('cmt_ti', 'fused_compiled', 'fp32', 1, torch.device('cpu'), str(tmp_path), 0)
     assert inductor.freezing == before
     step()
     assert seen == [True] and inductor.freezing == before

@@ -20,6 +20,7 @@ from cmtnet.detection.synthetic import SyntheticSpec
 from cmtnet.detection.task import DetectionTask
 from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.engine.trainer import fit
+from cmtnet.errors import InputError
 from cmtnet.runtime import Processes
 from coco_sets import box, image, tiny_synthetic, write_coco
 from killed_runs import ENV, TIMEOUT, kill_after_first_checkpoint
@@ -113,6 +114,43 @@ def test_eval_and_predict_need_only_the_checkpoint(whole, data, tmp_path, capsys
     found = json.loads((tmp_path / 'drawn' / 'detections.json').read_text())
     assert len(found) == 4 and all(Path(item['drawn']).is_file() for item in found)
     assert {'box', 'class', 'category_id', 'score'} <= set(found[0]['detections'][0])
+
+
+def test_eval_and_predict_in_bf16_find_what_fp32_finds(whole, data, tmp_path, capsys):
+    checkpoint = str(whole / 'model.safetensors')
+    val, images = data[4:], data[5]
+    aps, found = {}, {}
+    for precision in ('fp32', 'bf16'):
+        out = tmp_path / precision
+        assert main(['detect', 'eval', '--checkpoint', checkpoint, *val, '--workers', '0', '--output', str(out),
+                     '--precision', precision]) == 0
+        aps[precision] = float(capsys.readouterr().out.splitlines()[2].rsplit('=', 1)[1])
+        assert main(['detect', 'predict', '--checkpoint', checkpoint, images, '--score-threshold', '0.3',
+                     '--output', str(out), '--precision', precision]) == 0
+        found[precision] = json.loads((out / 'detections.json').read_text())
+        capsys.readouterr()
+    assert abs(aps['bf16'] - aps['fp32']) <= 0.05
+    for ours, theirs in zip(found['bf16'], found['fp32']):
+        if theirs['detections'] and ours['detections']:  # the best box of each image, within a few pixels
+            best, ref = ours['detections'][0], theirs['detections'][0]
+            assert best['class'] == ref['class']
+            assert max(abs(a - b) for a, b in zip(best['box'], ref['box'])) <= 3
+
+
+def test_a_detector_in_bf16_runs_its_backbone_and_heads_in_bfloat16_and_decodes_in_float32():
+    from cmtnet.detection.builders import detector_in_precision
+    from cmtnet.models.fuse import FusedCMTBlock
+    from cmtnet.runtime import InPrecision
+    model = build_detector('maskrcnn', 'cmt_ti', 3, min_size=96, max_size=96).eval()
+    fast = detector_in_precision(model, 'bf16')
+    assert isinstance(fast.backbone, InPrecision) and isinstance(fast.roi_heads.mask_predictor, InPrecision)
+    assert any(isinstance(m, FusedCMTBlock) for m in fast.modules())
+    assert not any(isinstance(m, FusedCMTBlock) for m in model.modules())  # the fp32 model is left as it was
+    with torch.inference_mode():
+        out = fast([torch.rand(3, 96, 96)])[0]
+    assert out['boxes'].dtype == out['scores'].dtype == out['masks'].dtype == torch.float32
+    with pytest.raises(InputError, match='fp16'):
+        detector_in_precision(model, 'fp16')
 
 
 def test_bad_input_is_one_line_before_any_model_is_built(tmp_path, capsys):

@@ -182,3 +182,59 @@ def test_every_conv_of_a_fused_block_runs_through_onednn():
     assert len(convs) == 8  # LPU, q, the stride-k reduction, kv, proj, fc1, depthwise, fc2
     assert all(id(conv) in wrapped for conv in convs)
     assert block.mlp.fc1.gelu and isinstance(block.mlp.act1, nn.Identity)  # the first GELU runs in the conv
+
+
+@pytest.mark.parametrize('kind', list(CONVS))
+@pytest.mark.parametrize('way', ['bf16 weights', 'autocast'])
+def test_bf16_runs_on_the_fast_path_as_the_plain_ops_would(kind, way, monkeypatch):
+    torch.manual_seed(0)
+    conv = CONVS[kind]()
+    x = _cl(2, 16, 16, 12)
+    taken = []
+    real_conv = onednn._conv
+    monkeypatch.setattr(onednn, '_conv', lambda *args: taken.append(args[1].dtype) or real_conv(*args))
+    with torch.no_grad():
+        if way == 'bf16 weights':
+            fast, plain = OneDNNConv(copy.deepcopy(conv).to(torch.bfloat16), gelu=True), conv.to(torch.bfloat16)
+            x = x.to(torch.bfloat16)
+            got, expected = fast(x), F.gelu(plain(x))
+        else:
+            fast = OneDNNConv(conv, gelu=True)
+            with torch.autocast('cpu', torch.bfloat16):
+                got, expected = fast(x), F.gelu(conv(x))
+            assert conv.weight.dtype == torch.float32  # autocast leaves the module's weights as they are
+    assert taken == [torch.bfloat16]
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(got.float(), expected.float()) <= 1e-2  # bfloat16 rounding, the plain ops' own
+
+
+def test_autocast_residual_of_float32_becomes_a_bfloat16_sum():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 1)
+    x, residual = _cl(2, 16, 7, 9), _cl(2, 8, 7, 9)
+    with torch.no_grad(), torch.autocast('cpu', torch.bfloat16):
+        expected = residual + conv(x)
+        got = OneDNNConv(conv)(x, residual)
+    assert got.dtype == torch.bfloat16 and got is not residual
+    assert rel_err(got.float(), expected.float()) <= 1e-2
+
+
+@pytest.mark.parametrize('way', ['bf16 weights', 'autocast'])
+def test_fused_model_in_bf16_keeps_the_fast_path_and_the_predictions(way, monkeypatch):
+    model = randomise_norms(_model()).eval()
+    fused = reparameterize_model(model).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 96, 96).contiguous(memory_format=torch.channels_last)
+    taken = []
+    real = OneDNNConv._onednn
+    monkeypatch.setattr(OneDNNConv, '_onednn',
+                        lambda self, x, r: taken.append(onednn.compute_dtype(x, self.conv.weight)) or real(self, x, r))
+    with torch.inference_mode():
+        expected = model(x)
+        if way == 'bf16 weights':
+            got = fused.to(torch.bfloat16)(x.to(torch.bfloat16))
+        else:
+            with torch.autocast('cpu', torch.bfloat16):
+                got = fused(x)
+    convs = sum(isinstance(m, OneDNNConv) for m in fused.modules())
+    assert len(taken) >= convs and set(taken) == {torch.bfloat16}  # every conv, in bfloat16
+    assert rel_err(got.float(), expected) <= 5e-2

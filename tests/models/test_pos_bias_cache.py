@@ -72,6 +72,20 @@ def test_new_weight_version_is_resized(resize_calls):
     torch.testing.assert_close(loaded, _uncached(model, x))
 
 
+def test_weights_made_in_inference_mode_are_cached(resize_calls):
+    """A model converted under `torch.inference_mode` (to bfloat16, say) holds inference tensors, which keep
+    no version counter: the cache must take them, and serve repeated grids from memory."""
+    model = _model()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        converted = copy.deepcopy(model).to(torch.bfloat16)
+        assert next(converted.parameters()).is_inference()
+        first = converted(x.to(torch.bfloat16))
+        second = converted(x.to(torch.bfloat16))
+    assert len(resize_calls) == 4
+    torch.testing.assert_close(first, second)
+
+
 def test_cache_is_lru_and_bounded():
     cache = GridCache(max_entries=2)
     source = torch.randn(3)

@@ -6,6 +6,14 @@ code's speed), `channels_last`, `fused` (`timm.utils.reparameterize_model`, mode
 `onnxruntime` (the fused model exported as in deploy/export.py). Peers run `eager`, `channels_last` and `compiled`
 (reparameterized first where timm offers it). Training paths: `train_eager`, `train_cl`, `train_compiled`.
 
+Each path runs at each `--precision` that applies to it: `fp32`; `bf16`, the weights and the input in
+bfloat16 (the way `--precision bf16` runs inference, runtime.in_precision; every path but onnxruntime, and
+for training paths bfloat16 autocast, as `cmtnet train --amp bf16`); `int8`, static post-training
+quantization through torchao's PT2E flow, compiled (deploy/quantize.py; the compiled paths only, as int8
+is fast only once inductor lowers it), calibrated on the run's own random batch (speed does not depend on
+what calibration saw); `int8-bf16`, the same program with its float ops in bfloat16 (torchao's
+int8-mixed-bf16).
+
 Everything compared runs in one process, in turns, one step each per round after untimed warm-up steps
 (the compile time is the warm-up's), so that a change in machine load hits all alike; the median round is
 reported, as images per second, as a ratio to the baseline's images per second, and as achieved GFLOP/s
@@ -45,6 +53,8 @@ __all__ = [
     'practical_peak_gflops', 'run_bench', 'torch_threads', 'add_parser']
 
 CMT_PATHS = ('eager', 'channels_last', 'fused', 'fused_cl', 'fused_compiled', 'onnxruntime')
+PRECISIONS = ('fp32', 'bf16', 'int8', 'int8-bf16')
+COMPILED_PATHS = ('compiled', 'fused_compiled', 'train_compiled')
 PEER_PATHS = ('eager', 'channels_last', 'compiled')
 TRAIN_PATHS = ('train_eager', 'train_cl', 'train_compiled')
 PEERS = ('resnet50', 'convnext_tiny', 'swin_tiny_patch4_window7_224', 'deit_small_patch16_224', 'nextvit_small',
@@ -86,13 +96,14 @@ class BenchOptions:
     paths: List[str] = option(default_factory=lambda: list(dict.fromkeys(CMT_PATHS + PEER_PATHS)),
                               help=f'CMT: {", ".join(CMT_PATHS)}; peers: {", ".join(PEER_PATHS)}; '
                                    f'training: {", ".join(TRAIN_PATHS)}')
-    baseline: str = option('cmt_s:eager', help='MODEL:PATH the ratios are relative to')
+    precision: List[str] = option(default_factory=lambda: ['fp32'], choices=list(PRECISIONS),
+                                  help='precisions each path runs at, where they apply (see the docs)')
+    baseline: str = option('cmt_s:eager', help='MODEL:PATH[:PRECISION] the ratios are relative to (fp32 if left out)')
     batch_size: int = option(16, help='images per step')
     warmup: int = option(1, help='untimed steps first (compiling happens there)')
     rounds: int = option(5, help='timed interleaved rounds (median reported)')
     threads: int = option(0, help='torch (and onnxruntime) threads for the run; 0: as they are')
     device: str = option('cpu', help='cpu or cuda')
-    amp: Optional[str] = option(None, choices=['bf16'], help='bf16 autocast (for CUDA)')
     peak_gflops: Optional[float] = option(  # None: measured (`practical_peak_gflops`)
         None, help='the machine\'s practical peak, for the GFLOP/s share',
         unset='measured first, as the best rate of its fastest GEMM paths')
@@ -105,21 +116,27 @@ class BenchOptions:
         for name in self.models:
             if name not in VARIANT_ARGS and not timm.is_model(name):
                 raise InputError(f'unknown model {name!r}: not a CMT variant nor a timm model')
-        if ':' not in self.baseline:
-            raise InputError(f'--baseline must be MODEL:PATH, got {self.baseline!r}')
+        if not 2 <= len(self.baseline.split(':')) <= 3:
+            raise InputError(f'--baseline must be MODEL:PATH or MODEL:PATH:PRECISION, got {self.baseline!r}')
+        if len(self.baseline.split(':')) == 2:
+            self.baseline += ':fp32'
+        for precision in self.precision:
+            if precision not in PRECISIONS:
+                raise InputError(f'unknown precision {precision!r}; expected some of {", ".join(PRECISIONS)}')
+        if any(p.startswith('int8') for p in self.precision) and self.device != 'cpu':
+            raise InputError(f'int8 runs on the CPU only (inductor\'s x86 lowering), not on --device {self.device}')
         if self.batch_size < 1 or self.rounds < 1 or self.warmup < 0:
             raise InputError(f'--batch-size and --rounds must be positive and --warmup not negative, got '
                              f'{self.batch_size}, {self.rounds}, {self.warmup}')
         if self.device != 'cpu' and 'onnxruntime' in self.paths:
             raise InputError(f'the onnxruntime path runs on the CPU only, not on --device {self.device}')
-        if self.amp not in (None, 'bf16'):
-            raise InputError(f'--amp must be bf16 or left out, got {self.amp!r}')
 
 
 @dataclass
 class Result:
     model: str
     path: str
+    precision: str
     img_size: int
     batch_size: int
     seconds: List[float]
@@ -130,17 +147,24 @@ class Result:
     def images_per_second(self) -> float:
         return self.batch_size / statistics.median(self.seconds)
 
+    @property
+    def key(self) -> str:
+        return f'{self.model}:{self.path}:{self.precision}'
+
 
 def practical_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32, repeats: int = 10) -> float:
-    """The machine's practical peak: the best rate (GFLOP/s) of its fastest GEMM paths, measured now. On a CPU
-    those are a 1x1 conv in channels_last (oneDNN, as the fused CMT runs its projections) and `torch.mm`;
-    on a GPU, `torch.mm`. Best of `repeats` each."""
+    """The machine's practical peak: the best rate (GFLOP/s, or GOP/s for int8) of its fastest GEMM paths,
+    measured now. On a CPU those are a 1x1 conv in channels_last (oneDNN, as the fused CMT runs its
+    projections) and `torch.mm` (`torch._int_mm` for int8); on a GPU, `torch.mm`. Best of `repeats` each."""
     def best(step: Callable[[], object], flop: float) -> float:
         step()
         return flop / min(_seconds(step, device) for _ in range(repeats)) / 1e9
 
     with torch.inference_mode():
         n = 4096 if device.type == 'cuda' else 1024
+        if dtype == torch.int8:
+            a, b = (torch.randint(-128, 127, (n, n), device=device, dtype=dtype) for _ in range(2))
+            return best(lambda: torch._int_mm(a, b), 2 * n ** 3)
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
         rates = [best(lambda: a @ b, 2 * n ** 3)]
         if device.type == 'cpu':
@@ -179,6 +203,16 @@ def _onnx_step(model: nn.Module, x: torch.Tensor, workdir: str, threads: int) ->
     return lambda: session.run(None, {'images': images})
 
 
+def _int8_step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
+    from ..deploy.quantize import compile_quantized, quantize_model
+    program = compile_quantized(quantize_model(model, [x], x.shape[-1], mode), mode)
+
+    def step() -> torch.Tensor:
+        with torch.inference_mode():
+            return program(x)
+    return step
+
+
 def _train_step(model: nn.Module, x: torch.Tensor, autocast_dtype: Optional[torch.dtype]) -> Callable[[], object]:
     optimizer = create_optimizer_v2(model, 'adamw', lr=1e-4, weight_decay=0.05)
     targets = torch.randint(0, 1000, (x.shape[0],), device=x.device)
@@ -192,9 +226,10 @@ def _train_step(model: nn.Module, x: torch.Tensor, autocast_dtype: Optional[torc
     return step
 
 
-def build_step(name: str, path: str, batch_size: int, device: torch.device, amp: Optional[torch.dtype],
-               workdir: str, threads: int) -> Callable[[], object]:
-    """A step running `path` of model `name` on one synthetic batch (built, converted and compiled here)."""
+def build_step(name: str, path: str, precision: str, batch_size: int, device: torch.device, workdir: str,
+               threads: int) -> Callable[[], object]:
+    """A step running `path` of model `name` at `precision` on one synthetic batch (built, converted,
+    quantized and compiled here)."""
     size = img_size_of(name)
     model = build_model(name, path).to(device)
     x = torch.randn(batch_size, 3, size, size, device=device)
@@ -209,14 +244,17 @@ def build_step(name: str, path: str, batch_size: int, device: torch.device, amp:
     if path.startswith('train'):
         if path == 'train_compiled':
             model = torch.compile(model)
-        return _train_step(model, x, amp)
-    compiled = path in ('compiled', 'fused_compiled')
+        return _train_step(model, x, torch.bfloat16 if precision == 'bf16' else None)
+    if precision.startswith('int8'):
+        return _int8_step(model, x, precision)
+    if precision == 'bf16':
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+    compiled = path in COMPILED_PATHS
     if compiled:
         model = torch.compile(model, dynamic=False)
 
     def step() -> torch.Tensor:
-        with _freezing(compiled), torch.inference_mode(), \
-                torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with _freezing(compiled), torch.inference_mode():
             return model(x)
     return step
 
@@ -243,7 +281,11 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _applies(name: str, path: str) -> bool:
+def _applies(name: str, path: str, precision: str) -> bool:
+    if precision.startswith('int8') and path not in ('compiled', 'fused_compiled'):
+        return False
+    if precision == 'bf16' and path == 'onnxruntime':
+        return False
     if path in TRAIN_PATHS:
         return True
     return path in (CMT_PATHS if name in VARIANT_ARGS else PEER_PATHS)
@@ -252,7 +294,6 @@ def _applies(name: str, path: str) -> bool:
 def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> List[Result]:
     """Build every (model, path) that applies, time them interleaved, and return one Result each."""
     device = torch.device(options.device)
-    amp = torch.bfloat16 if options.amp == 'bf16' else None
     steps, sizes, gmacs = {}, {}, {}
     with torch_threads(options.threads), tempfile.TemporaryDirectory() as workdir:
         for name in options.models:
@@ -262,16 +303,16 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> List
                 gmacs[name] = count_macs(timm.create_model(name, **(
                     dict(img_size=size) if name in VARIANT_ARGS else {})).eval(), size) / 1e9
             for path in options.paths:
-                if _applies(name, path):
-                    log(f'building {name} {path}')
-                    steps[(name, path)] = build_step(
-                        name, path, options.batch_size, device, amp, workdir, options.threads)
-                    sizes[(name, path)] = size
+                for precision in options.precision:
+                    if _applies(name, path, precision):
+                        log(f'building {name} {path} {precision}')
+                        steps[(name, path, precision)] = build_step(
+                            name, path, precision, options.batch_size, device, workdir, options.threads)
+                        sizes[name] = size
         log(f'timing {len(steps)} steps: {options.warmup} warm-up + {options.rounds} interleaved rounds')
-        warm, times = interleaved(
-            {f'{n}:{p}': s for (n, p), s in steps.items()}, options.warmup, options.rounds, device)
-    return [Result(n, p, sizes[(n, p)], options.batch_size, times[f'{n}:{p}'], warm[f'{n}:{p}'], gmacs[n])
-            for (n, p) in steps]
+        warm, times = interleaved({':'.join(k): s for k, s in steps.items()}, options.warmup, options.rounds, device)
+    return [Result(n, p, q, sizes[n], options.batch_size, times[f'{n}:{p}:{q}'], warm[f'{n}:{p}:{q}'], gmacs[n])
+            for (n, p, q) in steps]
 
 
 def machine(threads: int = 0) -> str:
@@ -293,9 +334,11 @@ def machine(threads: int = 0) -> str:
             f'timm {timm.__version__}')
 
 
-def bench_table(results: Sequence[Result], options: BenchOptions) -> str:
-    """A markdown table: images/s, ratio to the baseline's images/s, achieved GFLOP/s and its share of peak."""
-    base = next((r for r in results if f'{r.model}:{r.path}' == options.baseline), None)
+def bench_table(results: Sequence[Result], options: BenchOptions, peaks: Optional[Dict[str, float]] = None) -> str:
+    """A markdown table: images/s, ratio to the baseline's images/s, achieved GFLOP/s (GOP/s for int8) and
+    its share of the practical peak at the row's precision (`peaks`; `options.peak_gflops` for fp32)."""
+    base = next((r for r in results if r.key == options.baseline), None)
+    peaks = {**(peaks or {}), **({'fp32': options.peak_gflops} if options.peak_gflops else {})}
 
     def gflops(r: Result) -> float:
         return 2 * r.gmacs * r.images_per_second * (3 if r.path in TRAIN_PATHS else 1)  # fwd + bwd ~ 3x
@@ -306,13 +349,14 @@ def bench_table(results: Sequence[Result], options: BenchOptions) -> str:
     columns = (
         Column('model', lambda r: r.model, right=False),
         Column('path', lambda r: r.path, right=False),
+        Column('precision', lambda r: r.precision, right=False),
         Column('input', lambda r: str(r.img_size)),
         Column('img/s', lambda r: f'{r.images_per_second:.1f}'),
         Column('ms/batch (min-max)',
                lambda r: f'{ms(statistics.median(r.seconds))} ({ms(min(r.seconds))}-{ms(max(r.seconds))})'),
         Column('vs baseline', lambda r: f'{r.images_per_second / base.images_per_second:.2f}x' if base else '-'),
         Column('GFLOP/s', lambda r: f'{gflops(r):.0f}'),
-        Column('of peak', lambda r: f'{gflops(r) / options.peak_gflops:.0%}' if options.peak_gflops else '-'),
+        Column('of peak', lambda r: f'{gflops(r) / peaks[r.precision]:.0%}' if r.precision in peaks else '-'),
         Column('warm-up s', lambda r: f'{r.warmup_seconds:.1f}'),
     )
     return format_table(columns, results, markdown=True)
@@ -323,11 +367,12 @@ def _status_mib(field_name: str) -> float:
     return int(next(line for line in status.splitlines() if line.startswith(field_name)).split()[1]) / 1024
 
 
-def _peak_memory_child(name: str, path: str, batch_size: int, device: str) -> float:
-    """Peak memory (MiB) that building `path` of `name` and running two steps adds to a fresh process."""
+def _peak_memory_child(name: str, path: str, precision: str, batch_size: int, device: str) -> float:
+    """Peak memory (MiB) that building `path` of `name` at `precision` and running two steps adds to a fresh
+    process."""
     idle = _status_mib('VmRSS') if device != 'cuda' else 0.
     with tempfile.TemporaryDirectory() as workdir:
-        step = build_step(name, path, batch_size, torch.device(device), None, workdir, 0)
+        step = build_step(name, path, precision, batch_size, torch.device(device), workdir, 0)
         if device == 'cuda':
             torch.cuda.reset_peak_memory_stats()
         step()
@@ -338,10 +383,10 @@ def _peak_memory_child(name: str, path: str, batch_size: int, device: str) -> fl
     return _status_mib('VmHWM') - idle
 
 
-def peak_memory(name: str, path: str, batch_size: int, device: str = 'cpu') -> float:
-    """Peak memory (MiB) of one model and path, measured in a child process of its own."""
+def peak_memory(name: str, path: str, batch_size: int, device: str = 'cpu', precision: str = 'fp32') -> float:
+    """Peak memory (MiB) of one model, path and precision, measured in a child process of its own."""
     with multiprocessing.get_context('spawn').Pool(1) as pool:
-        return pool.apply(_peak_memory_child, (name, path, batch_size, device))
+        return pool.apply(_peak_memory_child, (name, path, precision, batch_size, device))
 
 
 def plot_chart(results: Sequence[Result], path: Path, threads: int = 0) -> None:
@@ -380,23 +425,27 @@ class BenchCommandOptions(BenchOptions):
 
 def _run(options: BenchCommandOptions) -> int:
     log = (lambda msg: print(msg, flush=True)) if options.verbose else (lambda msg: None)
-    if not options.peak_gflops:
-        options.peak_gflops = practical_peak_gflops(
-            torch.device(options.device), torch.bfloat16 if options.amp == 'bf16' else torch.float32)
+    dtypes = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'int8': torch.int8, 'int8-bf16': torch.int8}
+    with torch_threads(options.threads):
+        peaks = {precision: practical_peak_gflops(torch.device(options.device), dtypes[precision])
+                 for precision in options.precision if not (precision == 'fp32' and options.peak_gflops)}
+    peaks.update({'fp32': options.peak_gflops} if options.peak_gflops else {})
     results = run_bench(options, log)
-    print(f'{options.device}, batch {options.batch_size}, {options.amp or "fp32"}; {machine(options.threads)}; '
-          f'{options.warmup} warm-up + {options.rounds} interleaved rounds, median; baseline {options.baseline}; '
-          f'practical peak {options.peak_gflops:.0f} GFLOP/s')
-    print(bench_table(results, options))
+    print(f'{options.device}, batch {options.batch_size}; {machine(options.threads)}; {options.warmup} warm-up + '
+          f'{options.rounds} interleaved rounds, median; baseline {options.baseline}; practical peak '
+          + ', '.join(f'{p} {g:.0f} G{"OP" if p.startswith("int8") else "FLOP"}/s' for p, g in peaks.items()))
+    print(bench_table(results, options, peaks))
     if options.latency:
         latency = run_bench(dataclasses.replace(
             options, batch_size=1, paths=[p for p in options.paths if p not in TRAIN_PATHS]), log)
         print('\nbatch-1 latency (ms, median):')
-        print('\n'.join(f'| {r.model} | {r.path} | {statistics.median(r.seconds) * 1e3:.1f} |' for r in latency))
+        print('\n'.join(f'| {r.model} | {r.path} | {r.precision} | {statistics.median(r.seconds) * 1e3:.1f} |'
+                        for r in latency))
     if options.memory:
         print('\npeak memory (MiB above an idle process, one process per model and path):')
         for r in results:
-            print(f'| {r.model} | {r.path} | {peak_memory(r.model, r.path, options.batch_size, options.device):.0f} |')
+            mib = peak_memory(r.model, r.path, options.batch_size, options.device, r.precision)
+            print(f'| {r.model} | {r.path} | {r.precision} | {mib:.0f} |')
     if options.chart:
         plot_chart(results, Path(options.chart), options.threads)
         print(f'wrote {options.chart}')

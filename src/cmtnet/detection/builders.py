@@ -16,17 +16,21 @@ metadata (`checkpoint_meta`) names the detector, variant, sizes, anchors, class 
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import safetensors.torch
+import torch
 import torch.nn as nn
+from timm.utils import reparameterize_model
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from ..checkpoints import PathLike, task_checkpoint_meta
 from ..errors import InputError
+from ..runtime import PRECISIONS, InPrecision
 from .backbone import NUM_STAGES, CMTFeaturePyramid, cmt_fpn_backbone
 
 __all__ = ['DETECTORS', 'HAS_BACKGROUND', 'anchor_tuples', 'build_detector', 'checkpoint_meta',
-           'detector_from_checkpoint', 'fasterrcnn_cmt', 'fcos_cmt', 'maskrcnn_cmt', 'retinanet_cmt']
+           'detector_from_checkpoint', 'detector_in_precision', 'fasterrcnn_cmt', 'fcos_cmt', 'maskrcnn_cmt',
+           'retinanet_cmt']
 
 PYRAMID_LEVELS = 5  # P3-P7 for the one-stage detectors, P2-P6 (max pool) for the R-CNNs
 HAS_BACKGROUND = {'retinanet': False, 'fcos': False, 'fasterrcnn': True, 'maskrcnn': True}
@@ -222,3 +226,31 @@ def detector_from_checkpoint(path: PathLike, **overrides: Any) -> Tuple[nn.Modul
     except RuntimeError as e:
         raise InputError(f'cannot load {path} into {meta["detector"]} on {meta["model"]}: {e}') from e
     return model.eval(), meta
+
+
+# the parts of torchvision's detectors that run on feature maps: the backbone and the heads
+_MAP_PARTS = ('backbone', 'head', 'rpn.head', 'roi_heads.box_head', 'roi_heads.box_predictor',
+              'roi_heads.mask_head', 'roi_heads.mask_predictor')
+
+
+def detector_in_precision(model: nn.Module, precision: str) -> nn.Module:
+    """`model` (in eval mode) for inference at `--precision`: itself for fp32; for bf16, a copy with its CMT
+    folded for inference (models/fuse.py) in channels-last memory, and the backbone and every head running
+    their weights in bfloat16 (`runtime.InPrecision`), while the image transform, anchors, box decoding,
+    non-maximum suppression and RoI pooling stay in float32: a bfloat16 box coordinate would be off by up to
+    4 pixels at 1333, and the scores' ranking must not round."""
+    if precision not in PRECISIONS:
+        raise InputError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    if precision == 'fp32':
+        return model
+    model = reparameterize_model(model.eval())
+    model.backbone = model.backbone.to(memory_format=torch.channels_last)
+    for name in _MAP_PARTS:
+        *parents, last = name.split('.')
+        owner = model
+        for parent in parents:
+            owner = getattr(owner, parent, None)
+        part = getattr(owner, last, None)
+        if isinstance(part, nn.Module):
+            setattr(owner, last, InPrecision(part, PRECISIONS[precision]))
+    return model.eval()

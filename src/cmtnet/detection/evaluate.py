@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..checkpoints import atomic_write
 from ..engine.data import eval_loader
 from ..runtime import amp_dtype, autocast, distributed
-from .builders import HAS_BACKGROUND, checkpoint_meta, detector_from_checkpoint
+from .builders import HAS_BACKGROUND, checkpoint_meta, detector_from_checkpoint, detector_in_precision
 from .data import CocoSet, DetectionSamples, collate, data_paths, read_coco
 from .options import DetectEvalOptions
 
@@ -147,6 +147,7 @@ def eval_command(options: DetectEvalOptions) -> Dict[str, float]:
     images, annotations = data_paths(o, splits=('val',))['val']
     val_set = read_coco(annotations, images, strict=o.strict, categories=categories)
     model, meta = detector_from_checkpoint(checkpoint, min_size=o.min_size, max_size=o.max_size)
+    model = detector_in_precision(model, o.precision)
     first_label = 1 if HAS_BACKGROUND[meta['detector']] else 0
     with distributed(o.device) as p:
         samples = DetectionSamples(val_set, strict=o.strict, first_label=first_label)

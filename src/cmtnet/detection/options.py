@@ -11,7 +11,7 @@ into `cmtnet detect train | eval | predict`.
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from ..engine.options import RunOptions, amp_option, device_option, option
+from ..engine.options import RunOptions, amp_option, device_option, option, precision_option
 from ..models.variants import VARIANT_ARGS
 from .backbone import BATCH_NORM_MODES
 from .builders import DETECTORS
@@ -117,6 +117,7 @@ class DetectEvalOptions:
                                    unset="the checkpoint's")
     device: Optional[str] = device_option()
     amp: str = amp_option(_AMP)
+    precision: str = precision_option()
     config: Optional[str] = _config()
 
 
@@ -132,4 +133,5 @@ class DetectPredictOptions:
     output: str = option('runs/detect/predict', metavar='DIR', help='folder for the drawn images and the JSON')
     device: Optional[str] = device_option()
     amp: str = amp_option(_AMP)
+    precision: str = precision_option()
     config: Optional[str] = _config()

@@ -24,7 +24,7 @@ from ..checkpoints import atomic_write
 from ..engine.data import find_images, readable_files
 from ..errors import InputError
 from ..runtime import amp_dtype, autocast, distributed, is_main_process
-from .builders import HAS_BACKGROUND, checkpoint_meta, detector_from_checkpoint
+from .builders import HAS_BACKGROUND, checkpoint_meta, detector_from_checkpoint, detector_in_precision
 from .options import DetectPredictOptions
 
 __all__ = ['draw_detections', 'predict_command', 'predict_files']
@@ -89,6 +89,7 @@ def predict_command(options: DetectPredictOptions) -> List[Dict[str, Any]]:
         raise InputError('give at least one image file or folder of images to predict')
     files = find_images(o.inputs)
     model, meta = detector_from_checkpoint(o.checkpoint, min_size=o.min_size, max_size=o.max_size)
+    model = detector_in_precision(model, o.precision)
     with distributed(o.device) as p:
         if not is_main_process():
             return []

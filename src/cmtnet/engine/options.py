@@ -26,7 +26,7 @@ import yaml
 from ..errors import InputError
 
 __all__ = ['SCHEDULES', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'device_option', 'option',
-           'options_from', 'parse', 'write_config']
+           'options_from', 'parse', 'precision_option', 'write_config']
 
 Options = TypeVar('Options')
 
@@ -73,6 +73,12 @@ def device_option(**kwargs: Any) -> Any:
 def amp_option(help: str = 'mixed precision: auto is bf16 on CUDA and off on CPU', **kwargs: Any) -> Any:
     """`--amp`, as every command that runs a model has it."""
     return option('auto', choices=['auto', 'none', 'bf16', 'fp16'], help=help, **kwargs)
+
+
+def precision_option(**kwargs: Any) -> Any:
+    """`--precision`, as every inference command has it: the weights' own precision (runtime.in_precision)."""
+    return option('fp32', choices=['fp32', 'bf16'], help='inference precision: bf16 folds the model and runs '
+                  'its weights in bfloat16 (an int8 model is a file written by cmtnet quantize)', **kwargs)
 
 
 @dataclass

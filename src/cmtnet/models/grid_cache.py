@@ -21,7 +21,7 @@ from typing import Callable, Hashable, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['GridCache', 'eager_inference']
+__all__ = ['GridCache', 'eager_inference', 'tensor_version']
 
 
 def eager_inference(tensors: Sequence[torch.Tensor]) -> bool:
@@ -33,6 +33,15 @@ def eager_inference(tensors: Sequence[torch.Tensor]) -> bool:
     if torch.onnx.is_in_onnx_export():
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def tensor_version(t: torch.Tensor) -> int:
+    """`t`'s in-place change counter; 0 for an inference tensor (one made under `torch.inference_mode`, such as
+    the weights of a model converted there), which keeps none."""
+    try:
+        return t._version
+    except RuntimeError:
+        return 0
 
 
 class GridCache:
@@ -68,7 +77,7 @@ class GridCache:
         if not eager_inference(sources):
             return compute()
         full_key = (key, torch.is_inference_mode_enabled()) + tuple(
-            (id(t), t.data_ptr(), tuple(t.shape), t._version, t.device, t.dtype) for t in sources)
+            (id(t), t.data_ptr(), tuple(t.shape), tensor_version(t), t.device, t.dtype) for t in sources)
         with self._lock:
             value = self._lookup(full_key, sources)
         if value is None:

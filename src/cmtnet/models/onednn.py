@@ -8,9 +8,14 @@ PyTorch exposes this as `torch.ops.mkldnn._convolution_pointwise` (what inductor
 and with weights re-laid once for oneDNN (`_reorder_convolution_weight`) the 1x1 convs also skip a per-call
 weight reorder. The results equal the plain ops up to float rounding.
 
-The fast call is taken only where it is exact and safe: CPU, float32, channels_last input, no gradient
-needed, and not while scripting, tracing, compiling or exporting (those graphs keep the plain ops, which
-their own backends fuse). Everywhere else the same module runs the plain conv, GELU and add.
+The fast call is taken only where it is exact and safe: CPU, float32 or bfloat16, channels_last input, no
+gradient needed, and not while scripting, tracing, compiling or exporting (those graphs keep the plain ops,
+which their own backends fuse). Everywhere else the same module runs the plain conv, GELU and add.
+
+bfloat16 runs on the same calls, whichever way it is asked for: a model whose weights are bfloat16
+(`model.to(torch.bfloat16)`, runtime.in_precision), or a float32 model under CPU autocast to bfloat16. Under
+autocast the module computes as autocast would (the input and weight in bfloat16, a bfloat16 result), with
+the bfloat16 weight and bias cast once and packed beside the float32 ones instead of on every call.
 
 The ops are private to PyTorch: they may be missing from a build or change their signature in a release.
 So on first use they are probed once on tiny tensors against the plain ops (`fast_path_available`); any
@@ -25,22 +30,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .grid_cache import eager_inference
+from .grid_cache import eager_inference, tensor_version
 
-__all__ = ['OneDNNConv', 'fast_path_available', 'onednn_applies']
+__all__ = ['FAST_DTYPES', 'OneDNNConv', 'compute_dtype', 'fast_path_available', 'onednn_applies']
 
 
-def _pack(conv: nn.Conv2d, shape: Tuple[int, ...]) -> torch.Tensor:
-    """`conv`'s weight re-laid for oneDNN, for inputs of `shape`."""
+def _pack(conv: nn.Conv2d, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """`conv`'s weight (cast to `dtype` if given) re-laid for oneDNN, for inputs of `shape`."""
+    weight = conv.weight.detach()
     return torch.ops.mkldnn._reorder_convolution_weight(
-        conv.weight.detach(), list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, list(shape))
+        weight if dtype is None else weight.to(dtype), list(conv.padding), list(conv.stride), list(conv.dilation),
+        conv.groups, list(shape))
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, gelu: bool,
-          residual: Optional[torch.Tensor]) -> torch.Tensor:
-    """The one oneDNN call: conv of `x` with the packed `weight`, then GELU, or summed into `residual`."""
+          residual: Optional[torch.Tensor], bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The one oneDNN call: conv of `x` with the packed `weight` and `bias` (default: the conv's), then GELU,
+    or summed into `residual`."""
     geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
-    bias = None if conv.bias is None else conv.bias.detach()
+    if bias is None and conv.bias is not None:
+        bias = conv.bias.detach()
     if residual is not None:
         return torch.ops.mkldnn._convolution_pointwise_.binary(
             residual, x, weight, bias, *geometry, 'add', 1.0, None, [], None)
@@ -87,24 +96,32 @@ def fast_path_available() -> bool:
     return _fast_path
 
 
+FAST_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a conv of `x` by `weight` computes in here: bfloat16 under CPU autocast to bfloat16 (for
+    float32 and bfloat16 tensors, as autocast casts a conv's inputs), else the input's own."""
+    if (x.device.type == 'cpu' and torch.is_autocast_enabled('cpu')
+            and torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in FAST_DTYPES
+            and weight.dtype in FAST_DTYPES):
+        return torch.bfloat16
+    return x.dtype
+
+
 def onednn_applies(x: torch.Tensor, weight: torch.Tensor, residual: Optional[torch.Tensor] = None) -> bool:
     """Whether the oneDNN call serves this input: see the module's docstring."""
     if not eager_inference([x, weight] if residual is None else [x, weight, residual]):
         return False
-    if x.device.type != 'cpu' or x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 4:
+    if x.device.type != 'cpu' or x.dim() != 4 or compute_dtype(x, weight) not in FAST_DTYPES:
+        return False
+    if compute_dtype(x, weight) != torch.bfloat16 and weight.dtype != x.dtype:
         return False
     if not x.is_contiguous(memory_format=torch.channels_last):
         return False
     if residual is not None and not residual.is_contiguous(memory_format=torch.channels_last):
         return False
     return fast_path_available()
-
-
-def _version(t: torch.Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor keeps no version counter (and cannot be changed in place)
-        return 0
 
 
 class OneDNNConv(nn.Module):
@@ -119,11 +136,12 @@ class OneDNNConv(nn.Module):
         super().__init__()
         self.conv = conv
         self.gelu = gelu
-        # the weight re-laid for oneDNN, per input shape (the layout oneDNN picks depends on it: a weight
-        # packed for one shape and used at another is re-laid on every call, 13x slower for a 1x1 conv at
-        # batch 1); the last two shapes are kept (a micro-batched stage sees two), dropped when the weight
-        # changes
+        # the weight re-laid for oneDNN, per input shape and dtype (the layout oneDNN picks depends on the
+        # shape: a weight packed for one shape and used at another is re-laid on every call, 13x slower for a
+        # 1x1 conv at batch 1); the last two are kept (a micro-batched stage sees two shapes), dropped when the
+        # weight changes; with them, the bias cast to each dtype the weight is packed in
         self._packed: Dict[Tuple[int, ...], torch.Tensor] = {}
+        self._biases: Dict[torch.dtype, torch.Tensor] = {}
         self._packed_version = (0, -1)
         self._lock = threading.Lock()  # one model may serve several threads
 
@@ -141,29 +159,49 @@ class OneDNNConv(nn.Module):
         return y
 
     @torch.jit.unused
-    def packed_weight(self, shape: Tuple[int, ...]) -> torch.Tensor:
+    def packed_weight(self, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The weight in `dtype` (default: its own) packed for inputs of `shape`."""
         weight = self.conv.weight
-        version = (weight.data_ptr(), _version(weight))
+        dtype = dtype or weight.dtype
+        version = (weight.data_ptr(), tensor_version(weight))
+        key = (*shape, dtype)
         with self._lock:
             if version != self._packed_version:
-                self._packed, self._packed_version = {}, version
-            packed = self._packed.pop(shape, None)
+                self._packed, self._biases, self._packed_version = {}, {}, version
+            packed = self._packed.pop(key, None)
             if packed is None:
-                packed = _pack(self.conv, shape)
+                packed = _pack(self.conv, shape, None if dtype == weight.dtype else dtype)
                 while len(self._packed) >= self.shapes_kept:
                     self._packed.pop(next(iter(self._packed)))
-            self._packed[shape] = packed  # the most recent last
+            self._packed[key] = packed  # the most recent last
         return packed
 
     @torch.jit.unused
+    def _bias(self, dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """The bias in `dtype`: the conv's own, or a copy cast once (kept with the packed weights)."""
+        bias = self.conv.bias
+        if bias is None or bias.dtype == dtype:
+            return None if bias is None else bias.detach()
+        with self._lock:
+            cast = self._biases.get(dtype)
+            if cast is None:
+                cast = self._biases[dtype] = bias.detach().to(dtype)
+        return cast
+
+    @torch.jit.unused
     def _onednn(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
-        return _conv(self.conv, x, self.packed_weight(tuple(x.shape)), self.gelu, residual)
+        dtype = compute_dtype(x, self.conv.weight)
+        x = x.to(dtype)
+        if residual is not None and residual.dtype != dtype:  # autocast: the sum is a new bfloat16 map
+            residual = residual.to(dtype)
+        weight = self.packed_weight(tuple(x.shape), dtype)  # packed before the bias: a new weight clears both
+        return _conv(self.conv, x, weight, self.gelu, residual, self._bias(dtype))
 
     def __getstate__(self):
         # the packed weight is an opaque oneDNN tensor: not copied or pickled, rebuilt on the next call; a
         # lock is neither copied nor pickled: each copy gets its own
         state = self.__dict__.copy()
-        state['_packed'], state['_packed_version'] = {}, (0, -1)
+        state['_packed'], state['_biases'], state['_packed_version'] = {}, {}, (0, -1)
         del state['_lock']
         return state
 
