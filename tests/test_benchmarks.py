@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 from PIL import Image
 
+import cmtnet  # noqa: F401  (registers the models)
+from cmtnet.checkpoints import export_weights
 from cmtnet.segmentation.data import class_names, read_mask_set
 from image_folders import make_image_folder
 
@@ -25,7 +28,7 @@ FIXTURE = ROOT / 'tests' / 'data' / 'cmt_ti_160.json'
 TINY = {
     'bench_inference.py': (['--models', 'cmt_ti', '--paths', 'eager', 'fused_cl', '--baseline', 'cmt_ti:eager',
                             '--batch-size', '1', '--warmup', '0', '--rounds', '1', '--peak-gflops', '100'],
-                           '| cmt_ti | fused_cl |'),
+                           '| cmt_ti | fused_cl | fp32 |'),
     'forward_cpu.py': (['--models', 'cmt_ti', '--img-size', '64', '--batch-size', '1', '--warmup', '0',
                         '--rounds', '1'], 'cmt_ti'),
     'train_throughput.py': (['--model', 'cmt_ti', '--img-size', '32', '--batch-size', '2', '--variants', 'eager',
@@ -40,6 +43,12 @@ TINY = {
     'gpu_segmentation_check.py': (['--device', 'cpu', '--model', 'cmt_ti', '--size', '64', '--batch-size', '2',
                                    '--amp', 'none', '--warmup', '1', '--rounds', '1',
                                    '--json', '{tmp}/segmentation.json'], '| upernet |'),
+    'detection_precision.py': (['--model', 'cmt_ti', '--size', '96', '128', '--warmup', '0', '--rounds', '1'],
+                               '| bf16 |'),
+    'photo_classification_set.py': (['{tmp}/photo_cls_set', '--train', '10', '--val', '10', '--size', '64'],
+                                     'val: 10 images of 10 classes'),
+    'precision_accuracy.py': (['--eval', '{tmp}/model.safetensors', '--precisions', 'fp32', 'bf16', 'int8',
+                               '--reference-ops', '--calibration', '8', '--batch-size', '64'], '| bf16 |'),
     'photo_detection_set.py': (['{tmp}/photo_set', '--train', '3', '--val', '2'], 'val: 2 images'),
     'photo_segmentation_set.py': (['{tmp}/photo_seg_set', '--train', '4', '--val', '2'], 'val: 2 images'),
     'gpu_train_check.sh': (['{tmp}/out', '--data', '{tmp}/data', '--batch-size', '4'],
@@ -65,6 +74,10 @@ def test_script_runs_on_a_tiny_configuration(script, tmp_path):
         env.update(DRY_RUN='1', BIN=str(Path(sys.executable).parent))
     else:
         command = [sys.executable, str(BENCHMARKS / script), *args]
+    if script == 'precision_accuracy.py':  # an untrained digits classifier to measure
+        model = timm.create_model('cmt_ti', img_size=32, num_classes=10)
+        export_weights(tmp_path / 'model.safetensors', model.state_dict(),
+                       dict(model='cmt_ti', img_size=32, class_names=[str(c) for c in range(10)]))
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
     assert expected in result.stdout, result.stdout[-3000:]

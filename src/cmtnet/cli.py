@@ -16,12 +16,13 @@ from .errors import CommandError
 
 
 def _command_modules() -> List[Any]:
-    from .deploy import export
     from .analysis import ablation, complexity, info, scaling, speed
+    from .deploy import export, quantize
     from .classification import commands as classification
     from .detection import commands as detection
     from .segmentation import commands as segmentation
-    return [classification, info, complexity, scaling, ablation, detection, segmentation, export, speed]
+    return [classification, info, complexity, scaling, ablation, detection, segmentation, export, quantize,
+            speed]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,13 +20,14 @@ from cmtnet.detection.options import DetectEvalOptions, DetectOptions, DetectPre
 from cmtnet.engine.options import add_options, option, options_from, parse
 from cmtnet.errors import InputError
 from cmtnet.deploy.export import ExportOptions
+from cmtnet.deploy.quantize import QuantizeOptions
 
 COMMANDS = {
     ('train',): TrainOptions, ('eval',): EvalOptions, ('predict',): PredictOptions,
     ('detect', 'train'): DetectOptions, ('detect', 'eval'): DetectEvalOptions,
     ('detect', 'predict'): DetectPredictOptions, ('export',): ExportOptions, ('bench',): BenchCommandOptions,
     ('ablate',): AblateCommandOptions, ('info',): InfoOptions, ('complexity',): ComplexityOptions,
-    ('scaling',): ScalingOptions,
+    ('scaling',): ScalingOptions, ('quantize',): QuantizeOptions,
 }
 
 

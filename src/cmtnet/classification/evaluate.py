@@ -4,7 +4,9 @@
     cmtnet eval --checkpoint cmt_small.pth --model cmt_s --data /path/imagenet
 
 Our exported weights carry the model name, input size and class names; a released checkpoint needs
-`--model`. Under torchrun each process evaluates a shard and the counts are summed.
+`--model`. An int8 program written by `cmtnet quantize` loads as `--checkpoint` too (its metadata says the
+rest); `--precision bf16` runs a float checkpoint folded, with its weights in bfloat16. Under torchrun each
+process evaluates a shard and the counts are summed.
 """
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -14,11 +16,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from timm.utils import accuracy
 
-from ..checkpoints import checkpoint_info, create_model
+from ..checkpoints import checkpoint_info, create_model, is_quantized_file, load_quantized
 from ..engine.data import ReadableImages, eval_loader, own_images
 from ..errors import InputError
 from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size
-from ..runtime import all_reduce, amp_dtype, autocast, distributed, prepare_model, to_device
+from ..runtime import all_reduce, amp_dtype, autocast, distributed, in_precision, prepare_model, to_device
 from .data import build_dataset, default_eval_split, eval_transform
 from .options import EvalOptions, ModelOptions
 
@@ -89,11 +91,40 @@ def format_confusion(confusion: torch.Tensor, class_names: Sequence[str]) -> str
     return '\n'.join(lines)
 
 
+def _load_quantized_for_inference(options: ModelOptions, device: torch.device) -> Dict[str, Any]:
+    """`load_for_inference` of an int8 program: what the model is comes from the program's metadata, and
+    what is fixed in it (model, input size, precision, device) cannot be asked otherwise."""
+    path = options.checkpoint
+    if options.precision != 'fp32':
+        raise InputError(f'--precision {options.precision} does not apply to {path}: an int8 program runs at the '
+                         f'precision it was quantized for (cmtnet quantize --mode int8-bf16 for bfloat16)')
+    if device.type != 'cpu':
+        raise InputError(f'{path} is an int8 program for the CPU (x86 kernels); pass --device cpu')
+    model, meta = load_quantized(path, options.compile)
+    for flag, asked, fixed in (('--model', options.model, meta['model']),
+                               ('--img-size', options.img_size, meta['img_size'])):
+        if asked is not None and asked != fixed:
+            raise InputError(f'{flag} {asked}: {path} is {meta["model"]} at {meta["img_size"]}px, fixed when '
+                             f'it was quantized')
+    return dict(
+        model=model,
+        name=meta['model'],
+        num_classes=meta['num_classes'],
+        img_size=meta['img_size'],
+        crop_pct=options.crop_pct or meta['crop_pct'],
+        interpolation=options.interpolation or meta['interpolation'],
+        class_names=meta['class_names'],
+    )
+
+
 def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str, Any]:
-    """The model of `--checkpoint` on `device`, with its name, input size, crop, interpolation and class
-    names: the options first, then the checkpoint's metadata, then the model's native defaults."""
+    """The model of `--checkpoint` on `device` at `--precision`, with its name, input size, crop,
+    interpolation and class names: the options first, then the checkpoint's metadata, then the model's
+    native defaults. An int8 program (`cmtnet quantize`) comes as it was quantized."""
     if not options.checkpoint:
         raise InputError('--checkpoint is required (on the command line or in the --config file)')
+    if is_quantized_file(options.checkpoint):
+        return _load_quantized_for_inference(options, device)
     num_classes, meta = checkpoint_info(options.checkpoint)
     name = options.model or meta.get('model')
     if name is None:
@@ -105,7 +136,7 @@ def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str,
     check_img_size(img_size, '--img-size')
     model = create_model(name, options.checkpoint, num_classes=num_classes, img_size=img_size)
     return dict(
-        model=prepare_model(model, device, options.channels_last),
+        model=prepare_model(in_precision(model, options.precision), device, options.channels_last),
         name=name,
         num_classes=num_classes,
         img_size=img_size,

@@ -12,7 +12,7 @@ build them directly:
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..engine.options import RunOptions, amp_option, device_option, option
+from ..engine.options import RunOptions, amp_option, device_option, option, precision_option
 from ..models.variants import VARIANT_ARGS
 from .recipes import RECIPES
 
@@ -71,7 +71,8 @@ class TrainOptions(RunOptions):
 class ModelOptions:
     """Which weights, at which size, on which device: shared by `cmtnet eval` and `cmtnet predict`."""
     checkpoint: Optional[str] = option(
-        None, metavar='PATH', help='weights (required): our .safetensors / .pth, or a released checkpoint (with --model)')
+        None, metavar='PATH', help='weights (required): our .safetensors / .pth, a released checkpoint (with '
+                                   '--model), or an int8 program written by cmtnet quantize (.pt2)')
     model: Optional[str] = option(None, choices=list(VARIANT_ARGS), help='CMT variant',
                                   unset='the one named in the checkpoint')
     img_size: Optional[int] = option(None, metavar='N', help='input side, a multiple of 32',
@@ -83,6 +84,10 @@ class ModelOptions:
     device: Optional[str] = device_option()
     amp: str = amp_option()
     channels_last: bool = option(False, help='channels-last memory format')
+    precision: str = precision_option()
+    compile: bool = option(True, help='compile an int8 program (cmtnet quantize) to its int8 kernels; '
+                                      '--no-compile runs its reference float ops instead, slowly but without '
+                                      'the minutes compiling takes')
     config: Optional[str] = option(None, metavar='YAML', help='YAML file of options (the command line wins)')
 
 

@@ -2,6 +2,7 @@
 
     cmtnet predict --checkpoint runs/demo/model.safetensors digit.png more_digits/
     cmtnet predict --checkpoint cmt_small.pth --model cmt_s cat.jpg
+    cmtnet predict --checkpoint cmt_s_int8.pt2 cat.jpg                 # an int8 program (cmtnet quantize)
 
 Labels are the class names stored with our weights (the dataset's folders), the ImageNet class names for
 a 1000-class model without stored names, and class indices otherwise.

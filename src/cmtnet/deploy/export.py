@@ -1,4 +1,4 @@
-"""Export a CMT for deployment: ONNX (checked against onnxruntime) or TorchScript, from the fused model.
+"""Export a CMT for deployment: ONNX (float32 or int8, checked with onnxruntime) or TorchScript, fused.
 
 The exported graph is the inference-folded model (`timm.utils.reparameterize_model`, models/fuse.py) built
 with `dynamic_img_size`, so one file serves any batch and any input side that is a multiple of 32: the
@@ -9,25 +9,55 @@ keeps the Python control flow. Every export is run back (onnxruntime, or the loa
 the model's own size and another, and compared with the unfused eager model.
 
     cmtnet export cmt_s --checkpoint run/best.safetensors --format onnx --output cmt_s.onnx
+
+`--quantize int8` writes instead the int8 form of that ONNX file: onnxruntime's static post-training
+quantization in the QDQ format (QuantizeLinear / DequantizeLinear pairs on the inputs of every Conv and
+MatMul, which onnxruntime's CPU provider runs as integer kernels; the classifier stays float), weights int8
+per output channel (a fused conv's
+channels carry their folded BatchNorm scales, which differ widely), activations uint8 with ranges measured
+(min-max) on real images: `--calibration-images DIR`, the train/ split of `--data ROOT`, or the embedded
+digits' train split, `--calibration-size` of them. The file is checked by running it on the next images of
+the same source, held out from the calibration, against the eager model: an int8 model does not reproduce
+the float logits, so the check is the top-1 agreement (`--min-agreement`) and the largest relative logit
+error is reported beside it.
+
+The int8 graph is fixed in height and width (the batch stays free), at the checkpoint's input size (the
+variant's own without one). onnxruntime's pre-processing (symbolic shape inference, then constant folding)
+fails on the graph with free height and width, and the activation ranges are measured at one size only; the
+fixed graph also drops the position-bias resize.
+
+    cmtnet export cmt_s --checkpoint run/best.safetensors --quantize int8 --data /path/imagenet -o cmt_s_int8.onnx
 """
 import argparse
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 from timm.utils import reparameterize_model
 
-from ..checkpoints import create_model
+from ..checkpoints import atomic_write, checkpoint_info, create_model
 from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
 from ..models import NET_STRIDE, check_img_size, native_img_size
+from .quantize import calibration_batches
 
-__all__ = ['ExportOptions', 'export_model', 'export_onnx', 'export_torchscript', 'parity', 'add_parser']
+__all__ = ['ExportOptions', 'Int8Check', 'agreement', 'export_int8', 'export_model', 'export_onnx',
+           'export_torchscript', 'parity', 'quantize_onnx', 'add_parser']
 
 FORMATS = ('onnx', 'torchscript')
+QUANTIZATIONS = ('int8',)
+# the ops whose inputs are quantized: the convolutions and the attention's products, which onnxruntime's CPU
+# provider runs as integer kernels. Around the others (LayerNorm, Softmax, GELU, the adds) a QDQ pair would only
+# round a float tensor on its way through; the classifier (Gemm) is a negligible share of the work, and its
+# rounding goes straight into the logits
+QUANTIZED_OPS = ('Conv', 'MatMul')
+# images, after the calibration ones, that an int8 file is checked on
+CHECK_IMAGES = 128
 
 
 @dataclass
@@ -41,18 +71,50 @@ class ExportOptions:
     opset: int = option(18, help='ONNX opset (17 or more)')
     check_sizes: List[int] = option(default_factory=list, help='input sides to check the export at',
                                     unset='the model\'s own and 32 less')
-    batch_size: int = option(2, help='batch of the parity check')
-    tolerance: float = option(1e-4, help='largest relative error accepted')
+    batch_size: int = option(2, help='batch of the parity check of a float export')
+    tolerance: float = option(1e-4, help='largest relative error of a float export accepted')
+    quantize: Optional[str] = option(None, choices=QUANTIZATIONS, group='int8',
+                                     help='quantize the ONNX file: int8 is onnxruntime\'s static QDQ quantization',
+                                     unset='none, a float32 file')
+    calibration_images: Optional[Path] = option(None, metavar='DIR', group='int8',
+                                                help='images to calibrate on: any folder tree of images',
+                                                unset='the digits\' train split')
+    data: Optional[Path] = option(None, metavar='ROOT', group='int8',
+                                  help='images to calibrate on: the train/ split of this ImageFolder root')
+    calibration_size: int = option(256, metavar='N', group='int8', help='images to calibrate on')
+    min_agreement: float = option(0.9, metavar='F', group='int8',
+                                  help='smallest top-1 agreement of the int8 file with the eager model accepted')
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise InputError(f'--format must be one of {", ".join(FORMATS)}, got {self.format!r}')
+        if self.quantize is not None:
+            self._check_quantization()
+        elif self.calibration_images is not None or self.data is not None:
+            raise InputError('--calibration-images and --data are the calibration images of --quantize int8, '
+                             'which is not given')
         if self.opset < 17:
             raise InputError(f'--opset must be 17 or more (LayerNormalization), got {self.opset}')
         for size in self.check_sizes:
             check_img_size(size, 'a --check-sizes entry')
         if self.batch_size < 1:
             raise InputError(f'--batch-size must be positive, got {self.batch_size}')
+
+    def _check_quantization(self) -> None:
+        if self.quantize not in QUANTIZATIONS:
+            raise InputError(f'--quantize must be one of {", ".join(QUANTIZATIONS)}, got {self.quantize!r}')
+        if self.format != 'onnx':
+            raise InputError(f'--quantize {self.quantize} writes an onnxruntime QDQ model and needs --format onnx, '
+                             f'not --format {self.format}')
+        if self.check_sizes:
+            raise InputError('--check-sizes does not apply to --quantize int8: its graph takes one input size, '
+                             'at which it is checked')
+        if self.calibration_images is not None and self.data is not None:
+            raise InputError('give the calibration images as --calibration-images DIR or as --data ROOT, not both')
+        if self.calibration_size < 1:
+            raise InputError(f'--calibration-size must be positive, got {self.calibration_size}')
+        if not 0 <= self.min_agreement <= 1:
+            raise InputError(f'--min-agreement must be between 0 and 1, got {self.min_agreement}')
 
 
 def _other_size(size: int) -> int:
@@ -104,6 +166,89 @@ def parity(path: Path, fmt: str, reference: nn.Module, sizes: Sequence[int], bat
     return errors
 
 
+class _Batches:
+    """onnxruntime's calibration data reader (its `get_next` protocol; onnxruntime is imported only where a
+    file is quantized) over a sequence of image batches."""
+
+    def __init__(self, batches: Sequence[torch.Tensor]):
+        self._batches = iter(batches)
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        batch = next(self._batches, None)
+        return None if batch is None else {'images': batch.numpy()}
+
+
+def quantize_onnx(fp32: Path, path: Path, batches: Sequence[torch.Tensor]) -> None:
+    """Write the int8 QDQ form of the ONNX file `fp32` (fixed height and width) to `path`, its activation
+    ranges calibrated on `batches` (images as the model takes them)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    with tempfile.TemporaryDirectory(prefix='cmtnet-int8-') as tmp:
+        prepared, quantized = Path(tmp) / 'prepared.onnx', Path(tmp) / 'int8.onnx'
+        quant_pre_process(str(fp32), str(prepared))  # shapes for every tensor, constants folded
+        quantize_static(
+            str(prepared), str(quantized), _Batches(batches), quant_format=QuantFormat.QDQ,
+            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        data = quantized.read_bytes()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def agreement(path: Path, reference: nn.Module, images: torch.Tensor, batch_size: int = 32) -> Tuple[float, float]:
+    """(share of `images` whose top-1 class the ONNX file at `path` and `reference` agree on,
+    max |exported - reference| / max |reference| of the logits)."""
+    run = _runner(path, 'onnx')
+    got, expected = [], []
+    for batch in images.split(batch_size):
+        with torch.no_grad():
+            expected.append(reference(batch))
+        got.append(run(batch))
+    got, expected = torch.cat(got), torch.cat(expected)
+    same = (got.argmax(dim=1) == expected.argmax(dim=1)).float().mean().item()
+    return same, ((got - expected).abs().max() / expected.abs().max()).item()
+
+
+@dataclass
+class Int8Check:
+    """How an int8 file compares with the eager model, on images it was not calibrated on where there were
+    more than the calibration took."""
+    img_size: int
+    images: int
+    held_out: bool
+    agreement: float
+    rel_err: float
+
+
+def _input_setup(options: ExportOptions) -> Tuple[int, float, str]:
+    """(input side, crop_pct, interpolation) of the checkpoint's training, or the variant's defaults."""
+    meta = checkpoint_info(options.checkpoint)[1] if options.checkpoint is not None else {}
+    size = meta.get('img_size', native_img_size(options.model))
+    return size, meta.get('crop_pct', 0.875), meta.get('interpolation', 'bicubic')
+
+
+def export_int8(options: ExportOptions) -> Tuple[Int8Check, nn.Module]:
+    """Export the model (fused) as fp32 ONNX at one input size, quantize it to int8 on calibration images and
+    check it on the images that follow them: (the check, the model)."""
+    size, crop_pct, interpolation = _input_setup(options)
+    check_img_size(size, f'the input size of {options.checkpoint}')
+    batches = list(calibration_batches(size, crop_pct, interpolation, options.calibration_images, options.data,
+                                       limit=options.calibration_size + CHECK_IMAGES))
+    if not batches:
+        raise InputError(f'no readable calibration image in {options.calibration_images or options.data}')
+    images = torch.cat(batches)
+    calibration, held_out = images[:options.calibration_size], images[options.calibration_size:]
+    reference = create_model(options.model, options.checkpoint, img_size=size, dynamic_img_size=True).eval()
+    model = reparameterize_model(reference) if options.fuse else reference
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix='cmtnet-export-') as tmp:
+        fp32 = Path(tmp) / 'fp32.onnx'
+        export_onnx(model, fp32, size, options.opset, dynamic=False)
+        quantize_onnx(fp32, options.output, calibration.split(32))
+    checked = held_out if len(held_out) else calibration  # a folder too small to hold any out
+    same, err = agreement(options.output, reference, checked)
+    return Int8Check(size, len(checked), bool(len(held_out)), same, err), model
+
+
 def export_model(options: ExportOptions) -> Tuple[Dict[int, float], nn.Module]:
     """Build (and fuse) the model, export it and check it: (relative error per checked size, the model)."""
     size = native_img_size(options.model)
@@ -118,7 +263,21 @@ def export_model(options: ExportOptions) -> Tuple[Dict[int, float], nn.Module]:
     return parity(options.output, options.format, reference, sizes, options.batch_size), model
 
 
+def _run_int8(options: ExportOptions) -> int:
+    check, _ = export_int8(options)
+    images = f'{check.images} {"held-out" if check.held_out else "calibration"} images'
+    print(f'int8 check at {check.img_size}x{check.img_size} on {images}: top-1 agreement with the eager model '
+          f'{check.agreement:.1%}, max |diff| / max |logit| = {check.rel_err:.2e}')
+    if not check.agreement >= options.min_agreement:
+        raise CommandError(f'{options.output} agrees with the eager model on {check.agreement:.1%} of the images, '
+                           f'less than --min-agreement {options.min_agreement:g}')
+    print(f'wrote {options.output}')
+    return 0
+
+
 def _run(options: ExportOptions) -> int:
+    if options.quantize is not None:
+        return _run_int8(options)
     errors, _ = export_model(options)
     for size, err in errors.items():
         print(f'{options.format} parity at {size}x{size}: max |diff| / max |logit| = {err:.2e}')
@@ -133,4 +292,4 @@ def _run(options: ExportOptions) -> int:
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return add_command(
         subparsers, 'export', ExportOptions, _run, description=__doc__.split('\n\n')[0],
-        help='export a CMT (fused for inference) to ONNX or TorchScript, checked against eager')
+        help='export a CMT (fused for inference) to ONNX, int8 ONNX or TorchScript, checked against eager')

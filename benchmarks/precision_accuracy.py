@@ -1,0 +1,153 @@
+"""Top-1 accuracy of trained CMT classifiers at each inference precision, and how far it falls from fp32.
+
+For each checkpoint, on its held-out split (the digits test split, or the val/ split of `--eval`'s ImageFolder
+root), the model runs as `cmtnet eval` runs it (fp32), with its weights in bfloat16 after folding for
+inference (`cmtnet.runtime.in_precision(model, 'bf16')`, as `--precision bf16`), and int8-quantized
+(`cmtnet.deploy.quantize`, calibrated on the first images of the train split, `int8` and `int8-bf16`).
+Per precision it prints the top-1, its drop from fp32 in points (positive: worse) and the share of images
+whose top-1 class is the one fp32 gives, and whether the drop and agreement meet the targets:
+
+    bf16: drop <= 0.2 point, agreement >= 99.5%      int8, int8-bf16: drop <= 1.0 point, agreement >= 98%
+
+    python benchmarks/precision_accuracy.py                                     # runs/demo on the digits
+    python benchmarks/precision_accuracy.py --eval runs/demo/model_ema.safetensors \
+        --eval runs/photo_cls/best.safetensors runs/photo_cls_set                # and a photo model
+
+The int8 programs compile first, which takes minutes a program on a small CPU; `--reference-ops` runs them
+through the converted graph's reference ops instead, the numbers the int8 kernels compute, without compiling
+(as `cmtnet quantize` checks its accuracy). The photo set and its model: the commands in
+`photo_classification_set.py`'s docstring.
+"""
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from cmtnet.classification.data import build_dataset, default_eval_split, eval_transform
+from cmtnet.classification.evaluate import load_for_inference
+from cmtnet.classification.options import ModelOptions
+from cmtnet.engine.data import ReadableImages, eval_loader, own_images
+from cmtnet.errors import InputError
+from cmtnet.runtime import in_precision
+
+PRECISIONS = ('fp32', 'bf16', 'int8', 'int8-bf16')
+# precision -> (largest drop from fp32 in points, smallest agreement with fp32 in %)
+TARGETS = {'bf16': (0.2, 99.5), 'int8': (1.0, 98.0), 'int8-bf16': (1.0, 98.0)}
+DEFAULT_CHECKPOINT = 'runs/demo/model_ema.safetensors'
+
+
+@dataclass
+class Row:
+    """The measures of one precision of one checkpoint."""
+    precision: str
+    top1: float
+    drop: float  # points below fp32
+    agreement: float  # % of images with fp32's top-1 class
+    count: int
+
+
+@torch.inference_mode()
+def predictions(model: Callable, loader) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(top-1 class, target) of every readable image of `loader`, in order."""
+    classes, targets = [], []
+    for batch in loader:
+        images, labels, _ = own_images(batch)
+        if len(images):
+            classes.append(model(images).float().argmax(1))
+            targets.append(labels)
+    if not classes:
+        raise InputError('no readable image to evaluate')
+    return torch.cat(classes), torch.cat(targets)
+
+
+def quantized(model: torch.nn.Module, mode: str, setup: Dict, data: Optional[str], calibration: int,
+              reference_ops: bool = False) -> Callable:
+    """`model` int8-quantized in `mode`, calibrated on the first `calibration` images of the train split:
+    compiled to int8 kernels, or with `reference_ops` the program's reference ops, which compute the same
+    numbers in float without the minutes inductor takes to compile on a small CPU."""
+    from cmtnet.checkpoints import QuantizedProgram
+    from cmtnet.deploy.quantize import calibration_batches, compile_quantized, quantize_model
+    batches = calibration_batches(setup['img_size'], setup['crop_pct'], setup['interpolation'], data=data,
+                                  limit=calibration)
+    program = quantize_model(model, batches, setup['img_size'], mode=mode)
+    return QuantizedProgram(program, mode, compile=False) if reference_ops else compile_quantized(program, mode)
+
+
+def measure(checkpoint: str, data: Optional[str] = None, precisions: Sequence[str] = PRECISIONS,
+            batch_size: int = 32, calibration: int = 256, reference_ops: bool = False) -> List[Row]:
+    """A `Row` per precision of `checkpoint` on the held-out split of `data` (None: the digits)."""
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise InputError(f'unknown precisions {unknown}; expected some of {", ".join(PRECISIONS)}')
+    setup = load_for_inference(ModelOptions(checkpoint=checkpoint), torch.device('cpu'))
+    model = setup['model'].eval()
+    dataset = build_dataset(data, default_eval_split(data), setup['img_size'])
+    if setup['class_names'] is not None and list(setup['class_names']) != list(dataset.classes):
+        raise InputError(f'the classes of {checkpoint} ({setup["class_names"][:5]}...) are not those of '
+                         f'{data or "the digits"} ({list(dataset.classes)[:5]}...)')
+    images = ReadableImages(dataset, eval_transform(setup['img_size'], setup['crop_pct'], setup['interpolation']))
+    loader = eval_loader(images, batch_size, workers=0)
+    reference, targets = predictions(model, loader)
+    fp32_top1 = 100 * (reference == targets).double().mean().item()
+    rows = []
+    for precision in precisions:
+        if precision == 'fp32':
+            classes = reference
+        else:
+            runner = in_precision(model, precision) if precision == 'bf16' else quantized(
+                model, precision, setup, data, calibration, reference_ops)
+            classes, _ = predictions(runner, loader)
+        top1 = 100 * (classes == targets).double().mean().item()
+        rows.append(Row(precision, top1, fp32_top1 - top1, 100 * (classes == reference).double().mean().item(),
+                        len(targets)))
+        # the int8 rows compile first, which takes minutes on a CPU: show each row as it comes
+        print(f'{checkpoint} {precision}: top-1 {top1:.2f}%', file=sys.stderr, flush=True)
+    return rows
+
+
+def meets_target(row: Row) -> str:
+    """'yes' or 'no' for a precision with a target (`TARGETS`), '' for fp32."""
+    if row.precision not in TARGETS:
+        return ''
+    drop, agreement = TARGETS[row.precision]
+    return 'yes' if row.drop <= drop and row.agreement >= agreement else 'no'
+
+
+def table(results: Sequence[Tuple[str, str, List[Row]]]) -> str:
+    """A markdown table of the (checkpoint, data, rows) measured."""
+    lines = ['| checkpoint | data (images) | precision | top-1 (%) | drop vs fp32 (points) | '
+             'agreement with fp32 (%) | meets target |', '|---|---|---|---:|---:|---:|---|']
+    for checkpoint, data, rows in results:
+        for row in rows:
+            lines.append(f'| {checkpoint} | {data} ({row.count}) | {row.precision} | {row.top1:.2f} | '
+                         f'{row.drop:+.2f} | {row.agreement:.2f} | {meets_target(row)} |')
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--eval', nargs='+', action='append', metavar=('CHECKPOINT', 'DATA'),
+                        help='a classification checkpoint and, for an ImageFolder model, its root (repeatable; '
+                             f'default: {DEFAULT_CHECKPOINT} on the digits)')
+    parser.add_argument('--precisions', nargs='+', default=list(PRECISIONS), choices=PRECISIONS)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--calibration', type=int, default=256, help='int8 calibration images (train split)')
+    parser.add_argument('--reference-ops', action='store_true',
+                        help='run the int8 programs through their reference ops instead of compiling them')
+    args = parser.parse_args(argv)
+    results = []
+    for entry in args.eval or [[DEFAULT_CHECKPOINT]]:
+        if len(entry) > 2:
+            parser.error(f'--eval takes a checkpoint and at most one data root, got {entry}')
+        checkpoint, data = entry[0], (entry[1] if len(entry) == 2 else None)
+        rows = measure(checkpoint, data, args.precisions, args.batch_size, args.calibration, args.reference_ops)
+        source = f'{data}/{default_eval_split(data)}' if data else 'digits test'
+        results.append((checkpoint, source, rows))
+    print(table(results))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""Int8 static post-training quantization of a CMT classifier (torchao PT2E), and `cmtnet quantize`.
+
+    cmtnet quantize --checkpoint run/model.safetensors --output cmt_int8.pt2              # the digits
+    cmtnet quantize --checkpoint run/best.safetensors --data /path/imagenet --output cmt_s_int8.pt2
+    cmtnet eval --checkpoint cmt_s_int8.pt2 --data /path/imagenet                        # as any checkpoint
+
+The flow is torchao's PT2E one for x86: the model is captured with `torch.export` (batch dimension
+dynamic, input side fixed at the model's), `X86InductorQuantizer` annotates it (int8 activations per
+tensor, weights per output channel, static scales), calibration images run through the observers, and
+`convert_pt2e` leaves a graph of quantize / dequantize pairs around the float ops, which inductor lowers
+to int8 oneDNN kernels when the graph is compiled with freezing (`compile_quantized`). Mode `int8-bf16`
+(torchao's int8-mixed-bf16) is the same graph run under bfloat16 autocast: the ops left in float
+(LayerNorm, GELU, softmax, the attention matmuls) run in bfloat16 instead of float32.
+
+What is quantized is the inference-folded model (`timm.utils.reparameterize_model`, models/fuse.py), not
+the unfused one. Captured by `torch.export` the folded model takes its plain-op graphs, and those suit
+the quantizer better: CMT puts its BatchNorms after its GELUs, and the quantizer folds a BatchNorm only
+into a conv before it, so in the unfused graph each stays a float pass between int8 ops, where the folded
+graph has them inside the convs already; the unfused attention is one `scaled_dot_product_attention`, a
+float op the quantizer cannot enter, where the folded one is explicit matmuls and a softmax. The folded
+graph's border corrections (models/fuse.py) stay float elementwise ops, which inductor fuses.
+
+The attention matmuls are left in float (`QUANTIZE_ATTENTION`; the quantizer takes them through
+`set_function_type_qconfig(torch.matmul, ...)`): each would need its softmax output and its keys and values
+requantized, and the softmax's probabilities, mostly near zero, are what per-tensor int8 represents worst.
+
+The file `save_quantized` writes (`.pt2`) is the `torch.export` archive of the converted program, with
+our metadata (model, classes, input size and transform, mode, torch and torchao versions) as an extra
+file; `checkpoints.load_quantized` reads it back (refusing other versions' files and any pickled
+object), so that `cmtnet eval` and `cmtnet predict` take it as `--checkpoint`.
+"""
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.utils import reparameterize_model
+from torch.utils.data import Dataset
+
+from ..checkpoints import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, atomic_write,
+                           is_quantized_file, quantized_versions)
+from ..classification.data import build_dataset, eval_transform
+from ..classification.evaluate import load_for_inference
+from ..classification.options import ModelOptions
+from ..engine.data import ImageFiles, ReadableImages, eval_loader, find_images, own_images
+from ..engine.options import add_command, option
+from ..errors import CommandError, InputError
+from ..models.variants import VARIANT_ARGS
+
+__all__ = ['MODES', 'QuantizeOptions', 'add_parser', 'calibration_batches', 'compare', 'compile_quantized',
+           'quantize_command', 'quantize_model', 'save_quantized']
+
+PathLike = Union[str, Path]
+
+MODES = ('int8', 'int8-bf16')
+
+# whether the attention's two matmuls are quantized too (see the module docstring)
+QUANTIZE_ATTENTION = False
+
+# the largest batch the exported program accepts (torch.export needs a bound on a dynamic dimension)
+MAX_BATCH = 4096
+
+# what the metadata of a quantized program must say, besides its format, mode and versions
+_META_KEYS = ('model', 'num_classes', 'img_size', 'crop_pct', 'interpolation', 'class_names')
+
+
+def calibration_batches(
+        img_size: int,
+        crop_pct: float = 0.875,
+        interpolation: str = 'bicubic',
+        images: Optional[PathLike] = None,
+        data: Optional[PathLike] = None,
+        limit: int = 256,
+        batch_size: int = 32,
+) -> Iterator[torch.Tensor]:
+    """Float batches, eval-transformed as the model sees them, of at most `limit` calibration images.
+
+    From `images` (any folder tree of images), or `data` (an ImageFolder root: its train/ split), or, with
+    neither, the embedded digits' train split; unreadable images are skipped with a warning. The first
+    `limit` images in order are taken: the calibration is the same on every run.
+    """
+    if images is not None and data is not None:
+        raise InputError('give calibration images either as a folder of images or as an ImageFolder root, not both')
+    if limit < 1 or batch_size < 1:
+        raise InputError(f'the calibration size and batch must be positive, got {limit} and {batch_size}')
+    dataset = ImageFiles(find_images([images])) if images is not None else build_dataset(data, 'train', img_size)
+    readable = ReadableImages(dataset, eval_transform(img_size, crop_pct, interpolation))
+    left = limit
+    for batch in eval_loader(readable, min(batch_size, limit), workers=0):
+        own = own_images(batch)[0][:left]
+        if len(own):
+            left -= len(own)
+            yield own
+        if left <= 0:
+            return
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise InputError(f'quantization mode must be one of {", ".join(MODES)}, got {mode!r}')
+
+
+def _export(model: nn.Module, img_size: int) -> torch.export.ExportedProgram:
+    """`model` captured for inputs of any batch at `img_size` squares."""
+    example = torch.randn(2, 3, img_size, img_size)
+    batch = torch.export.Dim('batch', min=1, max=MAX_BATCH)
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, batches: Iterable[torch.Tensor], img_size: int,
+                   mode: str = 'int8') -> torch.fx.GraphModule:
+    """The int8 program (converted PT2E graph, not compiled) of the float `model`, its activation scales
+    calibrated on `batches`; `mode` only says how it will run (`compile_quantized`), the graph is the same."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    _check_mode(mode)
+    folded = reparameterize_model(model.eval())
+    config = x86.get_default_x86_inductor_quantization_config()
+    quantizer = x86.X86InductorQuantizer().set_global(config)
+    if QUANTIZE_ATTENTION:
+        quantizer.set_function_type_qconfig(torch.matmul, config)
+    prepared = prepare_pt2e(_export(folded, img_size).module(), quantizer)
+    seen = 0
+    for batch in batches:
+        prepared(batch)
+        seen += len(batch)
+    if not seen:
+        raise InputError('no calibration image could be read')
+    return convert_pt2e(prepared)
+
+
+def compile_quantized(program: nn.Module, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The fast runnable of a quantized program: compiled by inductor, with freezing around each call only,
+    under bfloat16 autocast for `int8-bf16`; float32 logits out. The first call (and the first at a new
+    batch size) compiles."""
+    _check_mode(mode)
+    return QuantizedProgram(program, mode)
+
+
+def save_quantized(path: PathLike, program: nn.Module, meta: Dict[str, Any]) -> None:
+    """Write the quantized `program` (`quantize_model`) as a `torch.export` archive, atomically, with `meta`
+    (model, num_classes, img_size, crop_pct, interpolation, class_names, mode) and the format and the
+    torch and torchao versions in its extra file."""
+    missing = [k for k in (*_META_KEYS, 'mode') if k not in meta]
+    if missing:
+        raise ValueError(f'the metadata of a quantized program lacks {", ".join(missing)}')
+    _check_mode(meta['mode'])
+    extra = {QUANTIZED_META_FILE: json.dumps({**meta, 'format': QUANTIZED_FORMAT, **quantized_versions()})}
+    exported = _export(program, meta['img_size'])
+    atomic_write(path, lambda f: torch.export.save(exported, f, extra_files=extra))
+
+
+@dataclass
+class QuantizeOptions:
+    """What `cmtnet quantize` does: which weights, calibrated on which images, checked on which, written where."""
+    checkpoint: str = option(metavar='PATH',
+                             help='float weights: our .safetensors / .pth, or a released checkpoint (with --model)')
+    output: Path = option(flags=('--output', '-o'), metavar='PATH', help='quantized program to write (.pt2)')
+    model: Optional[str] = option(None, choices=list(VARIANT_ARGS), help='CMT variant',
+                                  unset='the one named in the checkpoint')
+    img_size: Optional[int] = option(None, metavar='N', help='input side, a multiple of 32 (fixed in the program)',
+                                     unset='the checkpoint\'s, else the native size')
+    mode: str = option('int8', choices=list(MODES),
+                       help='int8, or int8-bf16: int8 kernels with the float ops in bfloat16')
+    calibration_images: Optional[str] = option(None, metavar='DIR', help='calibration images (any folder tree)',
+                                               unset='--data ROOT/train, else the digits train split')
+    data: Optional[str] = option(None, metavar='ROOT',
+                                 help='ImageFolder root: calibrate on ROOT/train, check the accuracy on ROOT/val')
+    val_images: Optional[str] = option(
+        None, metavar='DIR', help='labelled images to check the accuracy on (an ImageFolder of class folders)',
+        unset='ROOT/val of --data; the digits test split without --data and --calibration-images')
+    calibration_size: int = option(256, metavar='N', help='calibration images')
+    max_drop: float = option(1.0, metavar='POINTS',
+                             help='refuse to write the program if its top-1 is lower than the float model\'s '
+                                  'by more than this (percentage points)')
+    batch_size: int = option(32, metavar='N', help='images per batch')
+    workers: int = option(2, metavar='N', help='data loading processes of the accuracy check')
+
+    def __post_init__(self) -> None:
+        if self.calibration_images is not None and self.data is not None:
+            raise InputError('give --calibration-images or --data, not both')
+        if self.calibration_size < 1:
+            raise InputError(f'--calibration-size must be positive, got {self.calibration_size}')
+        if self.batch_size < 1:
+            raise InputError(f'--batch-size must be positive, got {self.batch_size}')
+        if self.max_drop < 0:
+            raise InputError(f'--max-drop must not be negative, got {self.max_drop}')
+
+
+def _val_set(options: QuantizeOptions, img_size: int) -> Tuple[Optional[Dataset], str]:
+    """(the labelled images to check the accuracy on or None, what they are)."""
+    if options.val_images is not None:
+        folder = Path(options.val_images).resolve()
+        return build_dataset(folder.parent, folder.name, img_size), str(options.val_images)
+    if options.data is not None:
+        return build_dataset(options.data, 'val', img_size), f'{options.data}/val'
+    if options.calibration_images is None:
+        return build_dataset(None, 'test', img_size), 'the digits test split'
+    return None, ''
+
+
+@torch.no_grad()
+def compare(reference: nn.Module, quantized: nn.Module, loader: Iterable) -> Dict[str, float]:
+    """Top-1 (in %) of the float `reference` and of `quantized` (or any other model of it), and how often
+    their top-1 agree (in %), on the batches of a `ReadableImages` loader; both models are put in eval mode."""
+    reference.eval(), quantized.eval()
+    counts = torch.zeros(4, dtype=torch.int64)  # images, reference right, quantized right, agreeing
+    for batch in loader:
+        images, targets, _ = own_images(batch)
+        if not len(images):
+            continue
+        a, b = reference(images).argmax(1), quantized(images).argmax(1)
+        counts += torch.stack([torch.tensor(len(images)), (a == targets).sum(), (b == targets).sum(), (a == b).sum()])
+    n = max(int(counts[0]), 1)
+    return dict(count=int(counts[0]), reference=100 * int(counts[1]) / n, quantized=100 * int(counts[2]) / n,
+                agreement=100 * int(counts[3]) / n)
+
+
+def quantize_command(options: QuantizeOptions) -> Dict[str, Any]:
+    """`cmtnet quantize`: quantize, check the accuracy where labelled images are given, write the program.
+    Returns the program (`program`) and, where measured, the top-1 of both models and their agreement."""
+    if is_quantized_file(options.checkpoint):
+        raise InputError(f'--checkpoint {options.checkpoint} is quantized already; give the float weights')
+    setup = load_for_inference(ModelOptions(checkpoint=options.checkpoint, model=options.model,
+                                            img_size=options.img_size), torch.device('cpu'))
+    model, size = setup['model'].eval(), setup['img_size']
+    val, source = _val_set(options, size)
+    if val is not None and len(val.classes) != setup['num_classes']:
+        raise InputError(f'{options.checkpoint} classifies {setup["num_classes"]} classes, {source} has '
+                         f'{len(val.classes)}')
+    batches = calibration_batches(size, setup['crop_pct'], setup['interpolation'], options.calibration_images,
+                                  options.data, options.calibration_size, options.batch_size)
+    program = quantize_model(model, batches, size, options.mode)
+    result: Dict[str, Any] = dict(program=program)
+    if val is None:
+        print('accuracy not measured: no labelled images (give --val-images or --data)')
+    else:
+        transform = eval_transform(size, setup['crop_pct'], setup['interpolation'])
+        loader = eval_loader(ReadableImages(val, transform), options.batch_size, workers=options.workers)
+        # the reference ops of the program: the numbers its compiled int8 kernels compute, without compiling
+        result.update(compare(model, QuantizedProgram(program, options.mode, compile=False), loader))
+        drop = result['reference'] - result['quantized']
+        print(f'on {source} ({result["count"]} images): top-1 fp32 {result["reference"]:.2f}%, '
+              f'{options.mode} {result["quantized"]:.2f}% (drop {drop:.2f} points); '
+              f'top-1 agreement {result["agreement"]:.2f}%')
+        if drop > options.max_drop:
+            raise CommandError(f'not written: the {options.mode} top-1 is {drop:.2f} points below fp32, more than '
+                               f'--max-drop {options.max_drop:g}')
+    meta = {k: setup[k] for k in ('num_classes', 'img_size', 'crop_pct', 'interpolation', 'class_names')}
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    save_quantized(options.output, program, dict(meta, model=setup['name'], mode=options.mode))
+    print(f'wrote {options.output} ({setup["name"]} at {size}px, {options.mode})')
+    return result
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return add_command(
+        subparsers, 'quantize', QuantizeOptions, quantize_command,
+        help='int8 post-training quantization of a classifier (torchao PT2E, x86)',
+        description='Quantize a classifier to int8 (static, per-channel weights), calibrated on images, checked '
+                    'against the float model on labelled images, and written as a program that cmtnet eval and '
+                    'cmtnet predict take as --checkpoint.')

@@ -1,0 +1,167 @@
+"""Int8 quantization (torchao PT2E): `cmtnet quantize`, its file, and eval / predict taking that file.
+
+One quantization of a tiny cmt_ti (64 px, 10 classes, random weights) serves every test: quantizing and
+checking it takes most of this file's time. Compiling the program to int8 kernels takes minutes even for a
+tiny model, so the tests run the program's reference ops (`--no-compile`), which compute the same numbers.
+"""
+import argparse
+import json
+import re
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cmtnet  # noqa: F401  (registers the models)
+from cmtnet.checkpoints import (QUANTIZED_META_FILE, create_model, export_weights, is_quantized_file, load_quantized,
+                                quantized_versions)
+from cmtnet.classification.data import build_dataset, eval_transform
+from cmtnet.classification.evaluate import eval_command, load_for_inference
+from cmtnet.classification.options import EvalOptions, ModelOptions, PredictOptions
+from cmtnet.classification.predict import predict_command
+from cmtnet.cli import run_reporting_errors
+from cmtnet.deploy import quantize
+from cmtnet.deploy.quantize import calibration_batches, compare
+from cmtnet.engine.data import ReadableImages, digits_split, eval_loader
+from cmtnet.errors import InputError
+from released import make_state, released_keys
+
+SIZE = 64
+CLASSES = [str(c) for c in range(10)]
+
+
+def _quantize_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='cmtnet')
+    quantize.add_parser(parser.add_subparsers(dest='command', required=True))
+    return parser
+
+
+def _digits_folder(root, per_class=2):
+    """ROOT/val/<digit>/<n>.png: a few of the digits' held-out images, as an ImageFolder tree."""
+    digits = digits_split()
+    counts = dict.fromkeys(CLASSES, 0)
+    for i in digits.test:
+        label = str(digits.targets[i])
+        if counts[label] < per_class:
+            (root / 'val' / label).mkdir(parents=True, exist_ok=True)
+            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)
+            Image.fromarray(pixels).resize((SIZE, SIZE)).convert('RGB').save(root / 'val' / label / f'{i}.png')
+            counts[label] += 1
+    return root
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """The command line `cmtnet quantize` on our tiny checkpoint: (folder, checkpoint, program file, result)."""
+    root = tmp_path_factory.mktemp('quantize')
+    # weights in the released format, drawn at the scales of trained ones: a random init's logits nearly tie
+    released = root / 'released.pth'
+    torch.save({'model': make_state(released_keys('cmt_ti', SIZE, num_classes=10), seed=0)}, released)
+    model = create_model('cmt_ti', released, num_classes=10, img_size=SIZE)
+    checkpoint = root / 'model.safetensors'
+    export_weights(checkpoint, model.state_dict(), dict(model='cmt_ti', img_size=SIZE, class_names=CLASSES))
+    data = _digits_folder(root / 'digits')
+    output = root / 'cmt_ti_int8.pt2'
+    args = _quantize_parser().parse_args([
+        'quantize', '--checkpoint', str(checkpoint), '--val-images', str(data / 'val'), '--calibration-size', '8',
+        '--batch-size', '4', '--workers', '0', '--max-drop', '100', '--output', str(output)])
+    return root, checkpoint, output, args.func(args)
+
+
+def test_calibration_batches_are_eval_transformed_and_limited(tmp_path):
+    batches = list(calibration_batches(SIZE, limit=5, batch_size=2))
+    assert [tuple(b.shape) for b in batches] == [(2, 3, SIZE, SIZE)] * 2 + [(1, 3, SIZE, SIZE)]
+    first = eval_transform(SIZE)(build_dataset(None, 'train', SIZE)[0][0])
+    assert torch.equal(batches[0][0], first)
+
+
+def test_the_file_round_trips_with_its_metadata(run):
+    _, _, output, result = run
+    assert is_quantized_file(output)
+    model, meta = load_quantized(output, compile=False)
+    assert {k: meta[k] for k in ('model', 'num_classes', 'img_size', 'class_names', 'mode')} == dict(
+        model='cmt_ti', num_classes=10, img_size=SIZE, class_names=CLASSES, mode='int8')
+    assert {k: meta[k] for k in ('torch', 'torchao')} == quantized_versions()
+    x = torch.randn(3, 3, SIZE, SIZE)  # another batch than the export's: the batch is dynamic
+    with torch.no_grad():
+        assert torch.equal(model(x), result['program'](x))
+
+
+def test_quantized_program_stays_close_to_the_float_model(run):
+    root, checkpoint, _, result = run
+    # 20 images of a random network: the accuracies are noise, the agreement is not
+    assert result['count'] == 20 and result['agreement'] >= 70
+    reference = load_for_inference(ModelOptions(checkpoint=str(checkpoint)), torch.device('cpu'))['model'].eval()
+    x = next(calibration_batches(SIZE, limit=4))
+    with torch.no_grad():
+        expected, got = reference(x), result['program'](x)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() < 0.2
+
+
+def _doctored(source, target, **changes):
+    """A copy of the zip `source` whose metadata entry has `changes`."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, 'w') as new:
+        for item in old.infolist():
+            data = old.read(item)
+            if item.filename.endswith('extra/' + QUANTIZED_META_FILE):
+                data = json.dumps({**json.loads(data), **changes}).encode()
+            new.writestr(item, data)
+    return target
+
+
+def test_loading_refuses_other_versions_and_other_files(run, tmp_path):
+    root, checkpoint, output, _ = run
+    old = _doctored(output, tmp_path / 'old.pt2', torch='2.0.0')
+    with pytest.raises(InputError, match=rf'torch 2\.0\.0 and torchao .*this is torch {re.escape(torch.__version__)}'):
+        load_quantized(old)
+    for other in (checkpoint, _doctored(output, tmp_path / 'other.pt2', format='something-else')):
+        assert not is_quantized_file(other)
+        with pytest.raises(InputError, match='is not a quantized program'):
+            load_quantized(other)
+
+
+def test_a_drop_beyond_max_drop_writes_nothing(run, tmp_path, monkeypatch, capsys):
+    root, checkpoint, _, result = run
+    # the quantization is the fixture's; the check reports a drop of 2 points
+    monkeypatch.setattr(quantize, 'quantize_model', lambda *args: result['program'])
+    monkeypatch.setattr(quantize, 'compare', lambda *args: dict(count=20, reference=60., quantized=58., agreement=90.))
+    output = tmp_path / 'refused.pt2'
+    args = _quantize_parser().parse_args([
+        'quantize', '--checkpoint', str(checkpoint), '--val-images', str(root / 'digits' / 'val'),
+        '--calibration-size', '4', '--max-drop', '1.5', '--workers', '0', '--output', str(output)])
+    assert run_reporting_errors('quantize', lambda: args.func(args)) == 1
+    assert not output.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['cmtnet quantize: error: not written: the int8 top-1 is 2.00 points below fp32, more than '
+                   '--max-drop 1.5']
+
+
+def test_eval_and_predict_take_the_program_as_checkpoint(run, capsys):
+    root, checkpoint, output, result = run
+    data = root / 'digits'
+    evaluated = eval_command(EvalOptions(checkpoint=str(output), compile=False, data=str(data), workers=0))
+    assert evaluated['count'] == 20 and evaluated['top1'] == pytest.approx(result['quantized'])
+    assert 'cmt_ti at 64px' in capsys.readouterr().out
+    images = sorted((data / 'val').rglob('*.png'))[:3]
+    predicted = predict_command(PredictOptions(checkpoint=str(output), compile=False, inputs=[str(p) for p in images],
+                                               top_k=2))
+    assert [p for p, _ in predicted] == images and all(label in CLASSES for _, top in predicted for label, _ in top)
+    with pytest.raises(InputError, match='--precision bf16 does not apply'):
+        eval_command(EvalOptions(checkpoint=str(output), precision='bf16', data=str(data)))
+
+
+def test_eval_in_bf16_agrees_with_fp32(run):
+    root, checkpoint, _, _ = run
+    released = root / 'released.pth'
+    loader = eval_loader(ReadableImages(build_dataset(root / 'digits', 'val', SIZE), eval_transform(SIZE)), 10,
+                         workers=0)
+    for path in (checkpoint, released):
+        options = ModelOptions(checkpoint=str(path), model='cmt_ti', img_size=SIZE)
+        fp32 = load_for_inference(options, torch.device('cpu'))['model']
+        bf16 = load_for_inference(options.__class__(**{**vars(options), 'precision': 'bf16'}), torch.device('cpu'))
+        assert compare(fp32, bf16['model'], loader)['agreement'] >= 90
+    evaluated = eval_command(EvalOptions(checkpoint=str(released), model='cmt_ti', img_size=SIZE, precision='bf16',
+                                         data=str(root / 'digits'), workers=0))
+    assert evaluated['count'] == 20
