@@ -21,7 +21,8 @@ from .errors import InputError
 
 __all__ = [
     'PRECISIONS', 'InPrecision', 'Processes', 'all_reduce', 'amp_dtype', 'autocast', 'default_device',
-    'distributed', 'in_precision', 'is_main_process', 'prepare_model', 'random_seed', 'to_device',
+    'distributed', 'in_precision', 'is_main_process', 'precision_dtype', 'prepare_model', 'random_seed',
+    'to_device',
 ]
 
 # what `--precision` takes for a float model (an int8 model is a file of its own, written by `cmtnet quantize`)
@@ -68,16 +69,22 @@ class InPrecision(nn.Module):
         return tree_map(cast(torch.float32), self.module(*args, **kwargs))
 
 
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype of `--precision`; InputError for a precision there is none of."""
+    if precision not in PRECISIONS:
+        raise InputError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
+    return PRECISIONS[precision]
+
+
 def in_precision(model: nn.Module, precision: str) -> nn.Module:
     """`model` for inference at `--precision`: itself for fp32; for bf16, folded for inference first
     (`timm.utils.reparameterize_model`, models/fuse.py), in channels-last memory, weights in bfloat16."""
-    if precision not in PRECISIONS:
-        raise InputError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
-    if precision == 'fp32':
+    dtype = precision_dtype(precision)
+    if dtype == torch.float32:
         return model
     from timm.utils import reparameterize_model
     model = reparameterize_model(model.eval()).to(memory_format=torch.channels_last)
-    return InPrecision(model, PRECISIONS[precision]).eval()
+    return InPrecision(model, dtype).eval()
 
 
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:

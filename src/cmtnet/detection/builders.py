@@ -25,7 +25,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from ..checkpoints import PathLike, task_checkpoint_meta
 from ..errors import InputError
-from ..runtime import PRECISIONS, InPrecision
+from ..runtime import InPrecision, precision_dtype
 from .backbone import NUM_STAGES, CMTFeaturePyramid, cmt_fpn_backbone
 
 __all__ = ['DETECTORS', 'HAS_BACKGROUND', 'anchor_tuples', 'build_detector', 'checkpoint_meta',
@@ -239,9 +239,8 @@ def detector_in_precision(model: nn.Module, precision: str) -> nn.Module:
     their weights in bfloat16 (`runtime.InPrecision`), while the image transform, anchors, box decoding,
     non-maximum suppression and RoI pooling stay in float32: a bfloat16 box coordinate would be off by up to
     4 pixels at 1333, and the scores' ranking must not round."""
-    if precision not in PRECISIONS:
-        raise InputError(f'--precision must be one of {", ".join(PRECISIONS)}, got {precision!r}')
-    if precision == 'fp32':
+    dtype = precision_dtype(precision)
+    if dtype == torch.float32:
         return model
     model = reparameterize_model(model.eval())
     model.backbone = model.backbone.to(memory_format=torch.channels_last)
@@ -252,5 +251,5 @@ def detector_in_precision(model: nn.Module, precision: str) -> nn.Module:
             owner = getattr(owner, parent, None)
         part = getattr(owner, last, None)
         if isinstance(part, nn.Module):
-            setattr(owner, last, InPrecision(part, PRECISIONS[precision]))
+            setattr(owner, last, InPrecision(part, dtype))
     return model.eval()
