@@ -147,6 +147,23 @@ def test_geometry_moves_image_and_mask_together():
         assert torch.equal(torch.where(inside == 255, 250, inside * 40).to(torch.uint8), red)
 
 
+@pytest.mark.parametrize('hflip', [0.0, 0.5])
+def test_training_flips_as_often_as_asked(hflip):
+    """With the rescale and the crop at the image's own size, only the flip moves the mask: never at 0, about
+    half of the time at 0.5."""
+    mask = torch.zeros(32, 32, dtype=torch.uint8)
+    mask[:, 16:] = 1
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    transform = train_transform(32, (32, 32), ratio_range=(1.0, 1.0), hflip=hflip)
+    torch.manual_seed(0)
+    flipped = 0
+    for _ in range(40):
+        _, labels = transform(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        assert labels.shape == (32, 32)
+        flipped += int(labels[0, 0] == 1)
+    assert flipped == 0 if hflip == 0 else 10 <= flipped <= 30
+
+
 def test_crop_avoids_a_class_that_fills_it():
     labels = torch.zeros(64, 64, dtype=torch.int64)
     labels[:, 40:] = 1  # about half of the 32x32 crops are more than 75% class 0

@@ -117,6 +117,21 @@ def test_eval_reproduces_the_logged_miou_from_the_checkpoint_alone(whole, data, 
     assert 'fpn on cmt_ti' in out[0]
 
 
+def test_eval_takes_the_training_class_flags_and_checks_them(whole, data, tmp_path, capsys):
+    """The data flags as training took them, --classes included, evaluate; class flags that do not describe
+    the checkpoint's classes are one line naming both."""
+    evaluate = ['segment', 'eval', '--checkpoint', str(whole / 'model.safetensors'), *data[4:8], '--workers', '0']
+    assert data[8] == '--classes'
+    assert main([*evaluate, *data[8:10]]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith('mIoU ')
+    (tmp_path / 'other.txt').write_text('background\nred\ngreen\n')
+    for flags, names in ((['--num-classes', '2'], 'not the 2 of the class flags (0, 1)'),
+                         (['--classes', str(tmp_path / 'other.txt')], '(background, red, green)')):
+        assert main([*evaluate, *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and 'trained on 3 classes (background, red, blue)' in err[0] and names in err[0]
+
+
 def test_predict_writes_an_overlay_and_a_label_mask_per_image_with_distinct_names(whole, tmp_path, capsys, caplog):
     for folder in ('a', 'b'):
         _write_pair(tmp_path / 'in' / folder, tmp_path / 'unused', 'x', seed=7)
@@ -152,6 +167,8 @@ def test_a_malformed_mask_set_is_one_line_or_a_named_skip(data, tmp_path, capsys
     assert '--classes FILE' in capsys.readouterr().err
     assert main(['segment', 'eval', '--val-images', args[5], '--val-masks', args[7]]) == 2
     assert '--checkpoint is required' in capsys.readouterr().err
+    assert main(['segment', 'train', *args, '--hflip', '1.5', '--output', str(tmp_path / 'r')]) == 2
+    assert '--hflip must be a probability in [0, 1], got 1.5' in capsys.readouterr().err
     assert main(['segment', 'train', '--data', str(tmp_path / 'none'), '--output', str(tmp_path / 'r')]) == 2
     assert "expected ADE20K's release layout" in capsys.readouterr().err
     one_image = ['--batch-size', '1', '--head', 'upernet']  # the last of a repeated flag wins

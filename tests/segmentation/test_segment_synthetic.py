@@ -40,3 +40,4 @@ def test_no_data_flags_mean_the_embedded_set(tmp_path, monkeypatch):
     source = data_paths(Options())
     assert source.splits == {s: (root / s / 'images', root / s / 'masks') for s in ('train', 'val')}
     assert source.class_names == list(CLASS_NAMES) and not source.reduce_zero_label
+    assert source.hflip == 0  # a mirrored digit is another shape: the embedded set trains without flips

@@ -105,11 +105,13 @@ def ade20k_layout(root: PathLike) -> Dict[str, Tuple[Path, Path]]:
 
 
 class DataSource(NamedTuple):
-    """Where a run's data is: {split: (images, masks)}, the class names if the layout fixes them, and
-    whether mask value 0 means unlabelled (ADE20K)."""
+    """Where a run's data is: {split: (images, masks)}, the class names if the layout fixes them, whether
+    mask value 0 means unlabelled (ADE20K), and the horizontal flip probability that suits its content
+    (0 for the embedded digits, which mirrored are other shapes; mmseg's 0.5 otherwise)."""
     splits: Dict[str, Tuple[Path, Path]]
     class_names: Optional[List[str]] = None
     reduce_zero_label: bool = False
+    hflip: float = 0.5
 
 
 def data_paths(o: Any, splits: Sequence[str] = ('train', 'val')) -> DataSource:
@@ -127,7 +129,7 @@ def data_paths(o: Any, splits: Sequence[str] = ('train', 'val')) -> DataSource:
         from .synthetic import write_synthetic_masks
         root = write_synthetic_masks()
         names = (root / 'classes.txt').read_text().splitlines()
-        return DataSource({s: (root / s / 'images', root / s / 'masks') for s in splits}, names)
+        return DataSource({s: (root / s / 'images', root / s / 'masks') for s in splits}, names, hflip=0.0)
     for split, (images, masks) in given.items():
         if images is None or masks is None:
             raise InputError(f'--{split}-images and --{split}-masks go together (or give --data ROOT)')
@@ -339,12 +341,13 @@ def photometric_distortion() -> v2.Transform:
 
 
 def train_transform(crop_size: int = CROP_SIZE, scale: Tuple[int, int] = BASE_SCALE,
-                    ratio_range: Tuple[float, float] = (0.5, 2.0)) -> v2.Transform:
-    """mmseg's ADE20K training pipeline on (image, mask): -> (float image 0..1, int64 labels), crop_size^2."""
+                    ratio_range: Tuple[float, float] = (0.5, 2.0), hflip: float = 0.5) -> v2.Transform:
+    """mmseg's ADE20K training pipeline on (image, mask): -> (float image 0..1, int64 labels), crop_size^2;
+    `hflip` is the probability of the horizontal flip (mmseg's 0.5)."""
     return v2.Compose([
         RandomRescale(scale, ratio_range),
         BalancedRandomCrop(crop_size),
-        v2.RandomHorizontalFlip(0.5),
+        *([v2.RandomHorizontalFlip(hflip)] if hflip > 0 else []),
         photometric_distortion(),
         PadTo(crop_size),
         v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64}, scale=True),

@@ -19,7 +19,8 @@ from ..engine.data import eval_loader
 from ..errors import InputError
 from ..runtime import all_reduce, amp_dtype, autocast, distributed
 from .checkpoint import checkpoint_meta, segmenter_from_checkpoint
-from .data import MaskSet, SegmentationSamples, collate, data_paths, eval_transform, read_mask_set
+from .data import (
+    MaskSet, SegmentationSamples, class_names as flag_class_names, collate, data_paths, eval_transform, read_mask_set)
 from .inference import segment
 from .metrics import ConfusionMatrix
 from .options import SegmentEvalOptions
@@ -85,10 +86,21 @@ def evaluate_segmenter(model: nn.Module, loader: Iterable, num_classes: int, pro
     return confusion
 
 
+def _listed(names: Sequence[str], most: int = 12) -> str:
+    return ', '.join(names) if len(names) <= most else ', '.join(names[:most]) + ', ...'
+
+
 def read_val_set(o: Any, class_names: Sequence[str]) -> MaskSet:
     """The checked val split of `o`'s data flags (`--data`, `--val-images/--val-masks`, or the embedded
-    set), read with the classes a checkpoint was trained on."""
+    set), read with the classes a checkpoint was trained on (`--classes` / `--num-classes`, where given,
+    must describe them)."""
     source = data_paths(o, splits=('val',))
+    given = getattr(o, 'classes', None), getattr(o, 'num_classes', None)
+    if given != (None, None):  # the training run's class flags, which must describe the checkpoint's classes
+        names = flag_class_names(*given)
+        if len(names) != len(class_names) or (given[0] is not None and names != list(class_names)):
+            raise InputError(f'the checkpoint was trained on {len(class_names)} classes '
+                             f'({_listed(class_names)}), not the {len(names)} of the class flags ({_listed(names)})')
     if source.class_names is not None and len(source.class_names) != len(class_names):
         raise InputError(f'the checkpoint scores {len(class_names)} classes, the val data has '
                          f'{len(source.class_names)}')

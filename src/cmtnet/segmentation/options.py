@@ -39,6 +39,15 @@ def _masks(split: str) -> Any:
                        f'index, 255 = not labelled')
 
 
+def _classes(unset: str = "the layout's (ADE20K, the embedded set), else --num-classes") -> Any:
+    return option(None, metavar='FILE', group='data', help='class names, one per line, label i the i-th',
+                  unset=unset)
+
+
+def _num_classes() -> Any:
+    return option(None, metavar='N', group='data', help='number of classes of mask folders without --classes')
+
+
 def _strict() -> Any:
     return option(False, group='data', help='stop at an unusable pair (image without mask, mask of another size, '
                                             'value outside the classes) instead of skipping it with a warning')
@@ -83,17 +92,18 @@ class SegmentOptions(RunOptions):
     train_masks: Optional[str] = _masks('train')
     val_images: Optional[str] = _images('val')
     val_masks: Optional[str] = _masks('val')
-    classes: Optional[str] = option(None, metavar='FILE', group='data',
-                                    help='class names, one per line, label i the i-th',
-                                    unset="the layout's (ADE20K, the embedded set), else --num-classes")
-    num_classes: Optional[int] = option(None, metavar='N', group='data',
-                                        help='number of classes of mask folders without --classes')
+    classes: Optional[str] = _classes()
+    num_classes: Optional[int] = _num_classes()
     strict: bool = _strict()
     crop_size: int = option(512, metavar='PX', group='data',
                             help='side of the random training crops, and of the sliding windows')
     scale: List[int] = option(default_factory=lambda: [2048, 512], nargs=2, metavar=('LONG', 'SHORT'), group='data',
                               help='base scale: images are rescaled to fit LONG x SHORT (aspect kept), times '
                                    '0.5-2.0 for training, once for evaluation')
+    hflip: Optional[float] = option(None, metavar='P', group='data',
+                                    help='horizontal flip probability in training (0 where mirrored content '
+                                         'means something else, e.g. digits or text)',
+                                    unset="mmseg's 0.5; 0 on the embedded digits set")
     slide: bool = option(False, group='data', help='evaluate with sliding windows instead of the whole image')
     # the model
     head: str = option('fpn', choices=list(HEADS), group='model', help='Semantic FPN or UPerNet')
@@ -123,6 +133,8 @@ class SegmentEvalOptions:
     data: Optional[str] = _data()
     val_images: Optional[str] = _images('val')
     val_masks: Optional[str] = _masks('val')
+    classes: Optional[str] = _classes("the checkpoint's; if given, checked against them")
+    num_classes: Optional[int] = _num_classes()
     strict: bool = _strict()
     slide: Optional[bool] = _slide_override()
     flip: bool = _flip()

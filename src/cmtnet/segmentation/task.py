@@ -46,6 +46,8 @@ def check_options(o: SegmentOptions) -> None:
         raise InputError(f'--head {o.head!r}: expected one of {", ".join(HEADS)}')
     if o.crop_size < SIZE_DIVISOR:
         raise InputError(f'--crop-size must be at least {SIZE_DIVISOR} pixels, got {o.crop_size}')
+    if o.hflip is not None and not 0 <= o.hflip <= 1:
+        raise InputError(f'--hflip must be a probability in [0, 1], got {o.hflip}')
     if len(o.scale) != 2 or min(o.scale) < 1:
         raise InputError(f'--scale takes two positive sides (LONG SHORT), got {" ".join(map(str, o.scale))}')
     if o.head == 'upernet' and o.batch_size < 2 and not o.sync_bn:
@@ -78,7 +80,8 @@ class SegmentationTask(Task):
             read_mask_set(*source.splits[split], names, reduce_zero_label=source.reduce_zero_label, strict=o.strict)
             for split in ('train', 'val'))
         scale = self.protocol.scale
-        train = SegmentationSamples(self.train_set, train_transform(o.crop_size, scale), strict=o.strict)
+        hflip = source.hflip if o.hflip is None else o.hflip
+        train = SegmentationSamples(self.train_set, train_transform(o.crop_size, scale, hflip=hflip), strict=o.strict)
         val = SegmentationSamples(self.val_set, eval_transform(), strict=o.strict)
         p = processes
         self.train_loader = train_loader(train, o.batch_size, p.rank, p.world_size, o.seed, workers=o.workers)
