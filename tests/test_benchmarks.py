@@ -51,6 +51,12 @@ TINY = {
                                '--reference-ops', '--calibration', '8', '--batch-size', '64'], '| bf16 |'),
     'photo_detection_set.py': (['{tmp}/photo_set', '--train', '3', '--val', '2'], 'val: 2 images'),
     'photo_segmentation_set.py': (['{tmp}/photo_seg_set', '--train', '4', '--val', '2'], 'val: 2 images'),
+    'segmentation_fidelity.py': (['--models', 'cmt_ti', 'twins_svt_small', '--sizes', '64x64', '64x96'],
+                                 '| twins_svt_small | upernet |'),
+    'profile_forward.py': (['--model', 'cmt_ti', '--path', 'fused_cl', '--precision', 'bf16', '--batch-size', '1',
+                            '--warmup', '0', '--rounds', '1'], 'ms per forward'),
+    'padded_gelu.py': (['--shapes', '16', '8', '--no-model', '--batch-size', '2', '--warmup', '0', '--rounds', '1'],
+                       '| 16 x 8 x 8 | bfloat16 |'),
     'gpu_train_check.sh': (['{tmp}/out', '--data', '{tmp}/data', '--batch-size', '4'],
                            '== last metrics row'),
 }

@@ -3,11 +3,14 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.utils import reparameterize_model
 
 import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.models import VARIANT_ARGS, CMTBlock, set_model_fused_attn
+from cmtnet.models import fuse
 from cmtnet.models.fuse import EdgeCorrectedConv, FusedAttention, FusedCMTBlock, bn_scale_shift
+from cmtnet.models.onednn import OneDNNConv
 from norms import randomise_norms as _randomise_norms, rel_err as _rel_err
 
 VARIANTS = {'cmt_ti': (160, 64), 'cmt_xs': (192, 96), 'cmt_s': (224, 64), 'cmt_b': (256, 64)}
@@ -100,6 +103,46 @@ def test_edge_corrected_conv_folds_an_affine_before_padding(size, depthwise):
         y = bn(x)
         expected = conv(y) + y if depthwise else conv(y)
         assert _rel_err(folded(x), expected) <= 1e-5
+
+
+@pytest.mark.parametrize('size', [(1, 1), (2, 5), (7, 7)])
+@pytest.mark.parametrize('depthwise', [True, False])
+def test_edge_corrected_conv_with_its_gelu_pads_instead_of_correcting(size, depthwise, monkeypatch):
+    """With the GELU folded in, the CPU fast path pads the input with -shift/scale and runs the conv unpadded
+    with the GELU inside: the same values as the BatchNorm, the zero-padded conv and the GELU (exact in
+    float32, where it is switched on for the check). By default it runs in bfloat16 only; float32, traced
+    graphs and a channel with scale 0 (no finite pad value) take the correction and a separate GELU."""
+    torch.manual_seed(0)
+    chans = 6
+    conv = nn.Conv2d(chans, chans, 3, padding=1, groups=chans if depthwise else 1)
+    bn = _randomise_norms(nn.BatchNorm2d(chans)).eval()
+    calls = []
+    real = OneDNNConv.unpadded_gelu
+    monkeypatch.setattr(OneDNNConv, 'unpadded_gelu', lambda self, x: calls.append(x.shape) or real(self, x))
+    x = torch.randn(2, chans, *size)
+    padded = (2, chans, size[0] + 2, size[1] + 2)
+    with torch.no_grad():
+        y = bn(x)
+        expected = F.gelu(conv(y) + y if depthwise else conv(y))
+        folded = EdgeCorrectedConv(conv, *bn_scale_shift(bn), identity=depthwise, gelu=True)
+        assert _rel_err(folded(x), expected) <= 1e-5 and calls == []  # float32: the correction
+        with monkeypatch.context() as m:
+            m.setattr(fuse, 'PADDED_GELU_DTYPES', (torch.float32, torch.bfloat16))
+            assert _rel_err(folded(x), expected) <= 1e-5
+            assert calls == [padded]  # one call, on the padded input
+            with torch.jit.optimized_execution(False):  # traced: the plain ops and the correction map
+                traced = torch.jit.trace(folded, x, check_trace=False)
+            assert _rel_err(traced(x), expected) <= 1e-5 and len(calls) == 1
+        assert _rel_err(folded.to(torch.bfloat16)(x.bfloat16()).float(), expected) <= 2e-2
+        assert calls == [padded, padded]
+
+        bn.weight[2] = 0.  # scale 0 on one channel: nothing to pad with
+        y = bn(x)
+        expected = F.gelu(conv(y) + y if depthwise else conv(y))
+        folded = EdgeCorrectedConv(conv, *bn_scale_shift(bn), identity=depthwise, gelu=True)
+        assert folded.pad is None
+        assert _rel_err(folded.to(torch.bfloat16)(x.bfloat16()).float(), expected) <= 2e-2
+        assert len(calls) == 2
 
 
 def test_fuses_projections_without_bias():

@@ -159,8 +159,11 @@ class ConvStem(CheckedStem):
         gelu1 = is_exact_gelu(self.act1)
         self.conv1 = OneDNNConv(self.conv1, gelu=gelu1)
         self.act1 = nn.Identity() if gelu1 else self.act1
-        self.conv2 = EdgeCorrectedConv(self.conv2, *bn_scale_shift(self.norm1))
-        self.conv3 = EdgeCorrectedConv(self.conv3, *bn_scale_shift(self.norm2))
+        gelu2, gelu3 = is_exact_gelu(self.act2), is_exact_gelu(self.act3)
+        self.conv2 = EdgeCorrectedConv(self.conv2, *bn_scale_shift(self.norm1), gelu=gelu2)
+        self.conv3 = EdgeCorrectedConv(self.conv3, *bn_scale_shift(self.norm2), gelu=gelu3)
+        self.act2 = nn.Identity() if gelu2 else self.act2
+        self.act3 = nn.Identity() if gelu3 else self.act3
         self.norm1, self.norm2 = nn.Identity(), nn.Identity()
         return MicroBatched(self, map_chs=3 * self.norm3.num_features, map_stride=2)
 

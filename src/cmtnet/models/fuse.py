@@ -27,9 +27,10 @@ LayerNorm of patch aggregation (the fold would cross a stage boundary for a pass
 whatever the input format (their tokens are then views of the map, never copies).
 
 On CPU the fused model also saves passes over memory without changing the arithmetic:
-- every conv of a block is one oneDNN call with pre-packed weights (models/onednn.py), the first IRFFN GELU
-  and the stem's first GELU run inside their convs, and the two residual adds of the block inside the output
-  projections (summed in place into the map the LPU wrote);
+- every conv of a block is one oneDNN call with pre-packed weights (models/onednn.py); the GELUs run inside
+  their convs (the first IRFFN GELU and the stem's first directly, those after an edge-corrected conv on an
+  input padded with the values that make the correction unnecessary), and the two residual adds of the
+  block inside the output projections (summed in place into the map the LPU wrote);
 - the attention runs explicitly (q k^T + bias, softmax, times v), not through SDPA, whose float-mask path on
   CPU adds mask checks and a scaling pass; off the CPU `fused_attn` selects SDPA as in the unfused model;
 - the stem and the first stage take a large batch a few images at a time (`MicroBatched`, which folding
@@ -46,7 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .onednn import OneDNNConv
+from .onednn import OneDNNConv, compute_dtype, onednn_applies
 
 __all__ = [
     'EARLY_MAP_BUDGET', 'EdgeCorrectedConv', 'FusedAttention', 'FusedCMTBlock', 'FusedIRFFN', 'InferenceOnly',
@@ -110,13 +111,18 @@ def _fold_affine_in(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -
     return weight, taps
 
 
+# where the padded input and the GELU inside the conv beat the border correction and a separate GELU
+PADDED_GELU_DTYPES = (torch.bfloat16,)
+
+
 def is_exact_gelu(act: nn.Module) -> bool:
     """Whether `act` is the erf GELU that oneDNN can apply after a conv (models/onednn.py)."""
     return type(act) is nn.GELU and act.approximate == 'none'
 
 
 class EdgeCorrectedConv(InferenceOnly):
-    """A 3x3 stride-1 zero-padded conv that absorbed a per-channel affine s * x + t applied to its input.
+    """A 3x3 stride-1 zero-padded conv that absorbed a per-channel affine s * x + t applied to its input, and
+    the GELU after it if `gelu`.
 
     conv(s * x + t) = conv_s(x) + sum of the taps of t that fall inside the image. `conv.bias` holds the
     interior value (every tap inside); positions on the border rows and columns lose the taps on the zero
@@ -125,12 +131,18 @@ class EdgeCorrectedConv(InferenceOnly):
     sides instead, in the graph. With `identity`, it also absorbs a shortcut around the conv: conv(y) + y with
     y = s * x + t.
 
-    The GELU that follows it in CMT stays a separate pass: oneDNN could run it inside the conv, but the border
-    must be corrected before it, and recomputing the border from thin strips of the input measured no faster
-    over the whole model (the strips' fixed costs outweigh the pass on the 14x14 and 7x7 maps).
+    With `gelu`, on the CPU fast path (models/onednn.py) in bfloat16 the GELU runs inside the conv, which
+    the border correction after the conv would not allow: the input is padded instead with -t / s per
+    channel (the value the affine maps to the zero the original conv pads with), so that the conv needs no
+    correction, and the conv runs unpadded with the GELU as its post-op. The padded copy costs one pass over
+    the input, less than PyTorch's separate bfloat16 GELU (which computes in float32 and converts both ways);
+    in float32 the separate GELU is the cheaper of the two on every stage after the first (measured, docs/
+    speed.md), so float32 keeps it. Where a channel has s = 0 (no finite pad value), or off the fast path,
+    the correction and a separate GELU run.
     """
 
-    def __init__(self, conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor, identity: bool = False):
+    def __init__(self, conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor, identity: bool = False,
+                 gelu: bool = False):
         super().__init__()
         if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.dilation != (1, 1):
             raise ValueError(
@@ -146,30 +158,54 @@ class EdgeCorrectedConv(InferenceOnly):
                 weight[:, 0, 1, 1] += scale
                 bias = bias + shift
             self.conv = OneDNNConv(_copy_conv(conv, weight, bias))
+            self.gelu = gelu
             # per output channel: what the top/bottom rows, left/right columns and the corners lose
             self.register_buffer('rows', torch.stack([taps[:, 0].sum(1), taps[:, 2].sum(1)]))
             self.register_buffer('cols', torch.stack([taps[:, :, 0].sum(1), taps[:, :, 2].sum(1)]))
             self.register_buffer('corners', taps[:, 0::2, 0::2].permute(1, 2, 0).contiguous())
+            # per input channel: the value the affine maps to zero, where every channel has one
+            pad = -shift / scale
+            self.register_buffer('pad', pad if gelu and bool(torch.isfinite(pad).all()) else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels_last, where the border rows and columns are cheap strided views (in-place updates of
         # NCHW row slices with a per-channel operand run a thousand times slower here)
-        y = self.conv(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        if not torch.jit.is_scripting():
+            if (self.pad is not None and onednn_applies(x, self.conv.conv.weight)
+                    and compute_dtype(x, self.conv.conv.weight) in PADDED_GELU_DTYPES):
+                return self.conv.unpadded_gelu(self._padded(x))
+        y = self.conv(x)
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             # the tracer drops in-place updates of slices, and a compiler turns each into a copy of the whole
             # map: add the correction as one map instead (which a compiler fuses into the next elementwise op)
-            return y + self._edge_map(y.shape[2], y.shape[3])
-        # the border loses the taps on the padding; a corner lost a row and a column, which share one tap
-        nhwc = y.permute(0, 2, 3, 1)
-        nhwc[:, 0].sub_(self.rows[0])
-        nhwc[:, -1].sub_(self.rows[1])
-        nhwc[:, :, 0].sub_(self.cols[0])
-        nhwc[:, :, -1].sub_(self.cols[1])
-        nhwc[:, 0, 0].add_(self.corners[0, 0])
-        nhwc[:, 0, -1].add_(self.corners[0, 1])
-        nhwc[:, -1, 0].add_(self.corners[1, 0])
-        nhwc[:, -1, -1].add_(self.corners[1, 1])
-        return y
+            y = y + self._edge_map(y.shape[2], y.shape[3])
+        else:
+            # the border loses the taps on the padding; a corner lost a row and a column, which share one tap
+            nhwc = y.permute(0, 2, 3, 1)
+            nhwc[:, 0].sub_(self.rows[0])
+            nhwc[:, -1].sub_(self.rows[1])
+            nhwc[:, :, 0].sub_(self.cols[0])
+            nhwc[:, :, -1].sub_(self.cols[1])
+            nhwc[:, 0, 0].add_(self.corners[0, 0])
+            nhwc[:, 0, -1].add_(self.corners[0, 1])
+            nhwc[:, -1, 0].add_(self.corners[1, 0])
+            nhwc[:, -1, -1].add_(self.corners[1, 1])
+        return F.gelu(y) if self.gelu else y
+
+    @torch.jit.unused
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` (channels_last) with a one-pixel border of `pad`, in the dtype the conv computes in."""
+        B, C, H, W = x.shape
+        dtype = compute_dtype(x, self.conv.conv.weight)
+        out = torch.empty((B, C, H + 2, W + 2), dtype=dtype, device=x.device, memory_format=torch.channels_last)
+        nhwc, pad = out.permute(0, 2, 3, 1), self.pad.to(dtype)
+        nhwc[:, 0] = pad
+        nhwc[:, -1] = pad
+        nhwc[:, 1:-1, 0] = pad
+        nhwc[:, 1:-1, -1] = pad
+        nhwc[:, 1:-1, 1:-1] = x.permute(0, 2, 3, 1)
+        return out
 
     def _edge_map(self, height: int, width: int) -> torch.Tensor:
         """The border correction as a (C, H, W) map, built from the grid's sides (so traced graphs keep it
@@ -327,7 +363,8 @@ def _fuse_ffn(block: nn.Module) -> FusedIRFFN:
     fc1_weight = mlp.fc1.weight[:, :, 0, 0] * ln.weight[None, :]
     fc1_bias = mlp.fc1.bias + mlp.fc1.weight[:, :, 0, 0] @ ln.bias
     s1, t1 = bn_scale_shift(mlp.norm1)
-    dwconv = EdgeCorrectedConv(mlp.dwconv, s1, t1, identity=True)
+    gelu2 = is_exact_gelu(mlp.act2)
+    dwconv = EdgeCorrectedConv(mlp.dwconv, s1, t1, identity=True, gelu=gelu2)
     s2, t2 = bn_scale_shift(mlp.norm2)
     s3, t3 = bn_scale_shift(mlp.norm3)
     fc2 = mlp.fc2.weight[:, :, 0, 0]
@@ -336,7 +373,7 @@ def _fuse_ffn(block: nn.Module) -> FusedIRFFN:
     gelu1 = is_exact_gelu(mlp.act1)
     return FusedIRFFN(
         OneDNNConv(_conv1x1(fc1_weight, fc1_bias), gelu=gelu1), nn.Identity() if gelu1 else mlp.act1,
-        dwconv, mlp.act2, OneDNNConv(_conv1x1(fc2_weight, fc2_bias)))
+        dwconv, nn.Identity() if gelu2 else mlp.act2, OneDNNConv(_conv1x1(fc2_weight, fc2_bias)))
 
 
 def fuse_block(block: nn.Module) -> FusedCMTBlock:

@@ -35,19 +35,22 @@ from .grid_cache import eager_inference, tensor_version
 __all__ = ['FAST_DTYPES', 'OneDNNConv', 'compute_dtype', 'fast_path_available', 'onednn_applies']
 
 
-def _pack(conv: nn.Conv2d, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """`conv`'s weight (cast to `dtype` if given) re-laid for oneDNN, for inputs of `shape`."""
+def _pack(conv: nn.Conv2d, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None,
+          padding: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """`conv`'s weight (cast to `dtype` if given) re-laid for oneDNN, for inputs of `shape` (padded by
+    `padding`, default the conv's own)."""
     weight = conv.weight.detach()
     return torch.ops.mkldnn._reorder_convolution_weight(
-        weight if dtype is None else weight.to(dtype), list(conv.padding), list(conv.stride), list(conv.dilation),
-        conv.groups, list(shape))
+        weight if dtype is None else weight.to(dtype), list(padding or conv.padding), list(conv.stride),
+        list(conv.dilation), conv.groups, list(shape))
 
 
 def _conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, gelu: bool,
-          residual: Optional[torch.Tensor], bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+          residual: Optional[torch.Tensor], bias: Optional[torch.Tensor] = None,
+          padding: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """The one oneDNN call: conv of `x` with the packed `weight` and `bias` (default: the conv's), then GELU,
-    or summed into `residual`."""
-    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    or summed into `residual`; padded by `padding` (default: the conv's own)."""
+    geometry = (list(padding or conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
     if bias is None and conv.bias is not None:
         bias = conv.bias.detach()
     if residual is not None:
@@ -59,7 +62,7 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, gelu: bool,
 
 def _probe() -> bool:
     """Whether the private ops exist, take the arguments `_conv` gives them and match the plain ops, on tiny
-    tensors (a 3x3 conv plain and with GELU, a 1x1 conv summed into a residual)."""
+    tensors (a 3x3 conv plain, with GELU, and unpadded with GELU; a 1x1 conv summed into a residual)."""
     try:
         if not torch.backends.mkldnn.is_available():
             return False
@@ -74,6 +77,8 @@ def _probe() -> bool:
             checks = [
                 (_conv(conv3, x, _pack(conv3, tuple(x.shape)), False, None), conv3(x)),
                 (_conv(conv3, x, _pack(conv3, tuple(x.shape)), True, None), F.gelu(conv3(x))),
+                (_conv(conv3, x, _pack(conv3, tuple(x.shape), padding=(0, 0)), True, None, padding=(0, 0)),
+                 F.gelu(F.conv2d(x, conv3.weight, conv3.bias))),
                 (_conv(conv1, x, _pack(conv1, tuple(x.shape)), False, residual.clone()), residual + conv1(x)),
             ]
             return all(isinstance(got, torch.Tensor) and got.shape == want.shape
@@ -159,18 +164,21 @@ class OneDNNConv(nn.Module):
         return y
 
     @torch.jit.unused
-    def packed_weight(self, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """The weight in `dtype` (default: its own) packed for inputs of `shape`."""
+    def packed_weight(self, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None,
+                      padding: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """The weight in `dtype` (default: its own) packed for inputs of `shape` padded by `padding` (default:
+        the conv's own)."""
         weight = self.conv.weight
         dtype = dtype or weight.dtype
+        padding = tuple(padding or self.conv.padding)
         version = (weight.data_ptr(), tensor_version(weight))
-        key = (*shape, dtype)
+        key = (*shape, dtype, *padding)
         with self._lock:
             if version != self._packed_version:
                 self._packed, self._biases, self._packed_version = {}, {}, version
             packed = self._packed.pop(key, None)
             if packed is None:
-                packed = _pack(self.conv, shape, None if dtype == weight.dtype else dtype)
+                packed = _pack(self.conv, shape, None if dtype == weight.dtype else dtype, padding)
                 while len(self._packed) >= self.shapes_kept:
                     self._packed.pop(next(iter(self._packed)))
             self._packed[key] = packed  # the most recent last
@@ -196,6 +204,15 @@ class OneDNNConv(nn.Module):
             residual = residual.to(dtype)
         weight = self.packed_weight(tuple(x.shape), dtype)  # packed before the bias: a new weight clears both
         return _conv(self.conv, x, weight, self.gelu, residual, self._bias(dtype))
+
+    @torch.jit.unused
+    def unpadded_gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """GELU(conv of `x` with no padding): one oneDNN call, for an input its caller has padded itself
+        (`EdgeCorrectedConv`) and that the fast path serves (`onednn_applies`); in `compute_dtype`."""
+        dtype = compute_dtype(x, self.conv.weight)
+        x = x.to(dtype)
+        weight = self.packed_weight(tuple(x.shape), dtype, (0, 0))
+        return _conv(self.conv, x, weight, True, None, self._bias(dtype), (0, 0))
 
     def __getstate__(self):
         # the packed weight is an opaque oneDNN tensor: not copied or pickled, rebuilt on the next call; a
