@@ -225,12 +225,9 @@ def test_fused_model_in_bf16_keeps_the_fast_path_and_the_predictions(way, monkey
     fused = reparameterize_model(model).to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     taken = []
-    real, real_unpadded = OneDNNConv._onednn, OneDNNConv.unpadded_gelu
-    monkeypatch.setattr(OneDNNConv, '_onednn',
-                        lambda self, x, r: taken.append(onednn.compute_dtype(x, self.conv.weight)) or real(self, x, r))
-    monkeypatch.setattr(OneDNNConv, 'unpadded_gelu',  # the edge-corrected convs with their GELU
-                        lambda self, x: taken.append(onednn.compute_dtype(x, self.conv.weight))
-                        or real_unpadded(self, x))
+    real = OneDNNConv._onednn  # every oneDNN call, the edge-corrected convs' unpadded ones included
+    monkeypatch.setattr(OneDNNConv, '_onednn', lambda self, x, r, **kw: taken.append(
+        onednn.compute_dtype(x, self.conv.weight)) or real(self, x, r, **kw))
     with torch.inference_mode():
         expected = model(x)
         if way == 'bf16 weights':

@@ -44,7 +44,7 @@ from ..checkpoints import atomic_write, checkpoint_info, create_model
 from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
 from ..models import NET_STRIDE, check_img_size, native_img_size
-from .quantize import calibration_batches
+from .quantize import calibration_batches, check_calibration_flags
 
 __all__ = ['ExportOptions', 'Int8Check', 'agreement', 'export_int8', 'export_model', 'export_onnx',
            'export_torchscript', 'parity', 'quantize_onnx', 'add_parser']
@@ -109,10 +109,7 @@ class ExportOptions:
         if self.check_sizes:
             raise InputError('--check-sizes does not apply to --quantize int8: its graph takes one input size, '
                              'at which it is checked')
-        if self.calibration_images is not None and self.data is not None:
-            raise InputError('give the calibration images as --calibration-images DIR or as --data ROOT, not both')
-        if self.calibration_size < 1:
-            raise InputError(f'--calibration-size must be positive, got {self.calibration_size}')
+        check_calibration_flags(self.calibration_images, self.data, self.calibration_size)
         if not 0 <= self.min_agreement <= 1:
             raise InputError(f'--min-agreement must be between 0 and 1, got {self.min_agreement}')
 

@@ -50,8 +50,8 @@ from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
 from ..models.variants import VARIANT_ARGS
 
-__all__ = ['MODES', 'QuantizeOptions', 'add_parser', 'calibration_batches', 'compare', 'compile_quantized',
-           'quantize_command', 'quantize_model', 'save_quantized']
+__all__ = ['MODES', 'QuantizeOptions', 'add_parser', 'calibration_batches', 'check_calibration_flags',
+           'compare', 'compile_quantized', 'quantize_command', 'quantize_model', 'save_quantized']
 
 PathLike = Union[str, Path]
 
@@ -65,6 +65,16 @@ MAX_BATCH = 4096
 
 # what the metadata of a quantized program must say, besides its format, mode and versions
 _META_KEYS = ('model', 'num_classes', 'img_size', 'crop_pct', 'interpolation', 'class_names')
+
+
+def check_calibration_flags(calibration_images: Optional[PathLike], data: Optional[PathLike],
+                            calibration_size: int) -> None:
+    """The calibration flags every int8 command takes (`--calibration-images`, `--data`,
+    `--calibration-size`), checked before any model is built."""
+    if calibration_images is not None and data is not None:
+        raise InputError('give the calibration images as --calibration-images DIR or as --data ROOT, not both')
+    if calibration_size < 1:
+        raise InputError(f'--calibration-size must be positive, got {calibration_size}')
 
 
 def calibration_batches(
@@ -181,10 +191,7 @@ class QuantizeOptions:
     workers: int = option(2, metavar='N', help='data loading processes of the accuracy check')
 
     def __post_init__(self) -> None:
-        if self.calibration_images is not None and self.data is not None:
-            raise InputError('give --calibration-images or --data, not both')
-        if self.calibration_size < 1:
-            raise InputError(f'--calibration-size must be positive, got {self.calibration_size}')
+        check_calibration_flags(self.calibration_images, self.data, self.calibration_size)
         if self.batch_size < 1:
             raise InputError(f'--batch-size must be positive, got {self.batch_size}')
         if self.max_drop < 0:

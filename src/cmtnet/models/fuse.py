@@ -172,9 +172,10 @@ class EdgeCorrectedConv(InferenceOnly):
         # NCHW row slices with a per-channel operand run a thousand times slower here)
         x = x.contiguous(memory_format=torch.channels_last)
         if not torch.jit.is_scripting():
-            if (self.pad is not None and onednn_applies(x, self.conv.conv.weight)
-                    and compute_dtype(x, self.conv.conv.weight) in PADDED_GELU_DTYPES):
-                return self.conv.unpadded_gelu(self._padded(x))
+            if self.pad is not None and onednn_applies(x, self.conv.conv.weight):
+                dtype = compute_dtype(x, self.conv.conv.weight)
+                if dtype in PADDED_GELU_DTYPES:
+                    return self.conv.unpadded_gelu(self._padded(x, dtype))
         y = self.conv(x)
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             # the tracer drops in-place updates of slices, and a compiler turns each into a copy of the whole
@@ -194,10 +195,9 @@ class EdgeCorrectedConv(InferenceOnly):
         return F.gelu(y) if self.gelu else y
 
     @torch.jit.unused
-    def _padded(self, x: torch.Tensor) -> torch.Tensor:
-        """`x` (channels_last) with a one-pixel border of `pad`, in the dtype the conv computes in."""
+    def _padded(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`x` (channels_last) with a one-pixel border of `pad`, in `dtype` (the one the conv computes in)."""
         B, C, H, W = x.shape
-        dtype = compute_dtype(x, self.conv.conv.weight)
         out = torch.empty((B, C, H + 2, W + 2), dtype=dtype, device=x.device, memory_format=torch.channels_last)
         nhwc, pad = out.permute(0, 2, 3, 1), self.pad.to(dtype)
         nhwc[:, 0] = pad

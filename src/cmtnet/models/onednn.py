@@ -197,22 +197,22 @@ class OneDNNConv(nn.Module):
         return cast
 
     @torch.jit.unused
-    def _onednn(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    def _onednn(self, x: torch.Tensor, residual: Optional[torch.Tensor], gelu: Optional[bool] = None,
+                padding: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """The oneDNN call in `compute_dtype`, with the module's GELU and padding unless given."""
         dtype = compute_dtype(x, self.conv.weight)
         x = x.to(dtype)
         if residual is not None and residual.dtype != dtype:  # autocast: the sum is a new bfloat16 map
             residual = residual.to(dtype)
-        weight = self.packed_weight(tuple(x.shape), dtype)  # packed before the bias: a new weight clears both
-        return _conv(self.conv, x, weight, self.gelu, residual, self._bias(dtype))
+        # packed before the bias: a new weight clears both
+        weight = self.packed_weight(tuple(x.shape), dtype, padding)
+        return _conv(self.conv, x, weight, self.gelu if gelu is None else gelu, residual, self._bias(dtype), padding)
 
     @torch.jit.unused
     def unpadded_gelu(self, x: torch.Tensor) -> torch.Tensor:
         """GELU(conv of `x` with no padding): one oneDNN call, for an input its caller has padded itself
         (`EdgeCorrectedConv`) and that the fast path serves (`onednn_applies`); in `compute_dtype`."""
-        dtype = compute_dtype(x, self.conv.weight)
-        x = x.to(dtype)
-        weight = self.packed_weight(tuple(x.shape), dtype, (0, 0))
-        return _conv(self.conv, x, weight, True, None, self._bias(dtype), (0, 0))
+        return self._onednn(x, None, gelu=True, padding=(0, 0))
 
     def __getstate__(self):
         # the packed weight is an opaque oneDNN tensor: not copied or pickled, rebuilt on the next call; a
