@@ -56,7 +56,8 @@ def test_a_bf16_step_runs_the_weights_in_bfloat16(monkeypatch, tmp_path):
     seen = []
     import cmtnet.models.onednn as onednn
     real = onednn.OneDNNConv._onednn
-    monkeypatch.setattr(onednn.OneDNNConv, '_onednn', lambda self, x, r: seen.append(x.dtype) or real(self, x, r))
+    monkeypatch.setattr(onednn.OneDNNConv, '_onednn',
+                        lambda self, x, r, **kw: seen.append(x.dtype) or real(self, x, r, **kw))
     step = build_step('cmt_ti', 'fused_cl', 'bf16', 1, torch.device('cpu'), str(tmp_path), 0)
     assert step().dtype == torch.bfloat16
     assert seen and set(seen) == {torch.bfloat16}  # the fast path, in bfloat16
