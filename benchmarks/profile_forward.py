@@ -1,9 +1,10 @@
-"""Where a forward pass spends its time, by operator: torch.profiler's self CPU time of one `cmtnet bench`
-step (the same model, path and precision `cmtnet bench` builds), summed over the profiled rounds, the
+"""Where a forward pass (or a training step) spends its time, by operator: torch.profiler's self CPU time of
+one `cmtnet bench` step (the same model, path and precision `cmtnet bench` builds), summed over the profiled rounds, the
 operators sorted by their share.
 
     python benchmarks/profile_forward.py --model cmt_s --path fused_cl --precision bf16 --threads 2
     python benchmarks/profile_forward.py --model convnext_tiny --path channels_last --precision bf16
+    python benchmarks/profile_forward.py --model cmt_s --path train_cl --precision bf16 --rounds 2
 
 Absolute times under the profiler run a few percent above unprofiled ones; the shares are what it is for.
 """
@@ -14,7 +15,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from cmtnet.analysis.speed import CMT_PATHS, PEER_PATHS, PRECISIONS, build_step, torch_threads
+from cmtnet.analysis.speed import CMT_PATHS, PEER_PATHS, PRECISIONS, TRAIN_PATHS, build_step, torch_threads
 
 
 def profile_step(model: str, path: str, precision: str, batch_size: int, threads: int, rounds: int,
@@ -35,7 +36,8 @@ def profile_step(model: str, path: str, precision: str, batch_size: int, threads
 def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, int, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='cmt_s')
-    parser.add_argument('--path', default='fused_cl', choices=sorted({*CMT_PATHS, *PEER_PATHS} - {'onnxruntime'}))
+    parser.add_argument('--path', default='fused_cl', choices=sorted({*CMT_PATHS, *PEER_PATHS, *TRAIN_PATHS} - {'onnxruntime'}),
+                        help='a train_* path profiles one training step (forward, backward, AdamW; bf16: autocast)')
     parser.add_argument('--precision', default='bf16', choices=PRECISIONS)
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--threads', type=int, default=0, help='intra-op threads (0: as they are)')
@@ -45,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, int, float]]:
     args = parser.parse_args(argv)
     total, rows = profile_step(args.model, args.path, args.precision, args.batch_size, args.threads,
                                args.rounds, args.warmup)
-    print(f'{args.model}, {args.path}, {args.precision}, batch {args.batch_size}: {total:.1f} ms per forward '
+    print(f'{args.model}, {args.path}, {args.precision}, batch {args.batch_size}: {total:.1f} ms per step '
           f'(self CPU time under the profiler, mean of {args.rounds})')
     print('| operator | calls | ms | share |')
     print('|---|---:|---:|---:|')

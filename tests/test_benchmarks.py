@@ -54,9 +54,11 @@ TINY = {
     'segmentation_fidelity.py': (['--models', 'cmt_ti', 'twins_svt_small', '--sizes', '64x64', '64x96'],
                                  '| twins_svt_small | upernet |'),
     'profile_forward.py': (['--model', 'cmt_ti', '--path', 'fused_cl', '--precision', 'bf16', '--batch-size', '1',
-                            '--warmup', '0', '--rounds', '1'], 'ms per forward'),
+                            '--warmup', '0', '--rounds', '1'], 'ms per step'),
     'padded_gelu.py': (['--shapes', '16', '8', '--no-model', '--batch-size', '2', '--warmup', '0', '--rounds', '1'],
                        '| 16 x 8 x 8 | bfloat16 |'),
+    'autocast_training.py': (['--model', 'cmt_ti', '--batch-size', '2', '--warmup', '0', '--rounds', '1'],
+                             '| bf16 autocast, rules off |'),
     'gpu_train_check.sh': (['{tmp}/out', '--data', '{tmp}/data', '--batch-size', '4'],
                            '== last metrics row'),
 }
