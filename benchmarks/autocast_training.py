@@ -4,7 +4,7 @@ follows there: the key/value reduction in float32, and the explicit attention in
 The `cmtnet bench` training step (forward, cross-entropy, backward, AdamW; channels_last) of one model in
 float32, in bf16 autocast as shipped, and in bf16 autocast with both rules off (every op as autocast casts
 it: the reduction in bfloat16 and SDPA's math path), in turns, median of the rounds. This is the
-measurement behind `models.cmt._cpu_autocast`.
+measurement behind the two rules (`LightweightAttention` in models/cmt.py).
 
     python benchmarks/autocast_training.py --threads 2
     python benchmarks/autocast_training.py --model cmt_ti --batch-size 32 --rounds 3
@@ -24,12 +24,12 @@ from timing import interleaved
 def rules_off(step: Callable[[], object]) -> Callable[[], None]:
     """`step` with the CPU-autocast rules of `LightweightAttention` off (forward and backward alike)."""
     def run() -> None:
-        saved = cmt._cpu_autocast
-        cmt._cpu_autocast = lambda x: False
+        saved = cmt.cpu_autocast
+        cmt.cpu_autocast = lambda x: False
         try:
             step()
         finally:
-            cmt._cpu_autocast = saved
+            cmt.cpu_autocast = saved
     return run
 
 

@@ -211,7 +211,8 @@ def test_cpu_autocast_reduces_in_float32_and_attends_explicitly(released_file, m
 
     ref, ref_grad = run(False)
     assert sdpa_calls and set(reduction_dtypes) == {(torch.float32, torch.float32)}
-    sdpa_calls.clear(), reduction_dtypes.clear()
+    sdpa_calls.clear()
+    reduction_dtypes.clear()
     out, grad = run(True)
     assert not sdpa_calls, 'SDPA ran under CPU autocast'
     assert reduction_dtypes and set(reduction_dtypes) == {(torch.float32, torch.float32)}

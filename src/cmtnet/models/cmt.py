@@ -35,7 +35,7 @@ from timm.models._features import feature_take_indices
 
 from .fuse import (
     EdgeCorrectedConv, FusedAttention, FusedCMTBlock, MicroBatched, bn_scale_shift, fuse_block, is_exact_gelu)
-from .onednn import OneDNNConv
+from .onednn import OneDNNConv, cpu_autocast
 from .grid_cache import GridCache
 from .pos_bias import cached_resize_rel_pos_bias, resize_rel_pos_bias
 from .released import checkpoint_filter_fn, not_a_checkpoint
@@ -312,7 +312,7 @@ class LightweightAttention(nn.Module):
         if not torch.jit.is_scripting():
             # under CPU autocast SDPA with a float mask takes its math path in float32: the explicit form, in
             # bfloat16, ran forward + backward 1.7-2.3x faster at every stage of cmt_s
-            sdpa = sdpa and not _cpu_autocast(q)
+            sdpa = sdpa and not cpu_autocast(q)
         if sdpa:
             x = F.scaled_dot_product_attention(
                 q, k, v,
@@ -335,18 +335,10 @@ class LightweightAttention(nn.Module):
         backward (cmt_s's three reductions, batch 16), and its input, the LayerNorm's output, is float32
         there already."""
         if not torch.jit.is_scripting():
-            if _cpu_autocast(x):
+            if cpu_autocast(x):
                 with torch.autocast('cpu', enabled=False):
                     return self.sr(x.float())
         return self.sr(x)
-
-
-def _cpu_autocast(x: torch.Tensor) -> bool:
-    """Whether `x` is computed on the CPU under autocast to a lower precision (never while FX traces: its
-    graphs record no autocast state to branch on)."""
-    if isinstance(x, torch.fx.Proxy):
-        return False
-    return x.device.type == 'cpu' and torch.is_autocast_enabled('cpu')
 
 
 def set_model_fused_attn(model: nn.Module, enable: bool) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .grid_cache import eager_inference, tensor_version
 
-__all__ = ['FAST_DTYPES', 'OneDNNConv', 'compute_dtype', 'fast_path_available', 'onednn_applies']
+__all__ = ['FAST_DTYPES', 'OneDNNConv', 'compute_dtype', 'cpu_autocast', 'fast_path_available', 'onednn_applies']
 
 
 def _pack(conv: nn.Conv2d, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None,
@@ -104,11 +104,18 @@ def fast_path_available() -> bool:
 FAST_DTYPES = (torch.float32, torch.bfloat16)
 
 
+def cpu_autocast(x: torch.Tensor) -> bool:
+    """Whether `x` is computed on the CPU under autocast to a lower precision (never while FX traces: its
+    graphs record no autocast state to branch on)."""
+    if isinstance(x, torch.fx.Proxy):
+        return False
+    return x.device.type == 'cpu' and torch.is_autocast_enabled('cpu')
+
+
 def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """The dtype a conv of `x` by `weight` computes in here: bfloat16 under CPU autocast to bfloat16 (for
     float32 and bfloat16 tensors, as autocast casts a conv's inputs), else the input's own."""
-    if (x.device.type == 'cpu' and torch.is_autocast_enabled('cpu')
-            and torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in FAST_DTYPES
+    if (cpu_autocast(x) and torch.get_autocast_dtype('cpu') == torch.bfloat16 and x.dtype in FAST_DTYPES
             and weight.dtype in FAST_DTYPES):
         return torch.bfloat16
     return x.dtype
