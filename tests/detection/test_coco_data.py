@@ -120,3 +120,13 @@ def test_masks_come_with_boxes_and_flip_with_them(tmp_path):
         rows, cols = mask.any(1).nonzero()[:, 0], mask.any(0).nonzero()[:, 0]
         assert (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1) == (x0, y0, x1, y1)
     assert target['labels'].min() >= 0 and target['labels'].max() <= 9  # FCOS/RetinaNet count from 0
+
+
+def test_the_embedded_digits_train_unflipped_and_given_data_half_flipped():
+    from cmtnet.detection.data import train_hflip
+    from cmtnet.detection.options import DetectOptions
+    assert train_hflip(DetectOptions()) == 0  # a mirrored digit is another shape
+    assert train_hflip(DetectOptions(data='coco')) == 0.5
+    assert train_hflip(DetectOptions(train_images='i', train_annotations='a.json')) == 0.5
+    assert train_hflip(DetectOptions(hflip=0.25)) == 0.25
+    assert train_hflip(DetectOptions(data='coco', hflip=0)) == 0

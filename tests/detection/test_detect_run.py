@@ -165,6 +165,8 @@ def test_bad_input_is_one_line_before_any_model_is_built(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1 and 'annotation id 11 has a box of zero or negative size' in err
     assert main(['detect', 'train', '--data', str(tmp_path / 'none'), '--output', str(tmp_path / 'r')]) == 2
     assert 'no such folder' in capsys.readouterr().err
+    assert main(['detect', 'train', '--hflip', '1.5', '--output', str(tmp_path / 'r')]) == 2
+    assert '--hflip must be a probability in [0, 1], got 1.5' in capsys.readouterr().err
     assert main(['detect', 'eval', '--output', str(tmp_path)]) == 2
     assert '--checkpoint is required' in capsys.readouterr().err
     assert not (tmp_path / 'r').exists()

@@ -21,7 +21,7 @@ for Mask R-CNN, masks) and flipped horizontally at random under a per-sample see
 prediction.
 
 `data_paths` finds the images and annotation files a command was given: a COCO tree (`--data`), a pair
-per split, or else the embedded set.
+per split, or else the embedded set; `train_hflip` is the training flip probability that suits them.
 """
 import contextlib
 import io
@@ -41,7 +41,7 @@ from ..engine.data import ReadableImages
 from ..errors import InputError
 from .synthetic import write_synthetic_coco
 
-__all__ = ['CocoSet', 'DetectionSamples', 'coco_layout', 'collate', 'data_paths', 'read_coco']
+__all__ = ['CocoSet', 'DetectionSamples', 'coco_layout', 'collate', 'data_paths', 'read_coco', 'train_hflip']
 
 _logger = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ _SKIPS = {
 }
 _NAMED = 3  # how many skipped entries a warning names
 
+# the training flip probability when `--hflip` is not given: torchvision's detection references flip half
+# the images; the embedded digits are not flipped, since a mirrored digit is another shape (or none)
+HFLIP = 0.5
+EMBEDDED_HFLIP = 0.0
+
 
 def coco_layout(root: PathLike) -> Dict[str, Tuple[Path, Path]]:
     """{'train': (images, annotations), 'val': (...)} of a COCO 2017 tree: `ROOT/{train,val}2017/`,
@@ -67,20 +72,35 @@ def coco_layout(root: PathLike) -> Dict[str, Tuple[Path, Path]]:
     return {s: (root / f'{s}2017', root / 'annotations' / f'instances_{s}2017.json') for s in ('train', 'val')}
 
 
+def _given(o: Any, splits: Sequence[str]) -> Dict[str, Tuple[Optional[str], Optional[str]]]:
+    return {s: (getattr(o, f'{s}_images', None), getattr(o, f'{s}_annotations', None)) for s in splits}
+
+
+def _embedded(o: Any, given: Dict[str, Tuple[Optional[str], Optional[str]]]) -> bool:
+    return getattr(o, 'data', None) is None and not any(v for pair in given.values() for v in pair)
+
+
 def data_paths(o: Any, splits: Sequence[str] = ('train', 'val')) -> Dict[str, Tuple[Path, Path]]:
     """{split: (images, annotations)} from `--data`, the `--<split>-images/annotations` pairs, or else the
     embedded set (generated on first use)."""
-    given = {s: (getattr(o, f'{s}_images', None), getattr(o, f'{s}_annotations', None)) for s in splits}
+    given = _given(o, splits)
     if o.data is not None:
         if any(v for pair in given.values() for v in pair):
             raise InputError('give either --data or the --train-/--val- images and annotations, not both')
         return {s: p for s, p in coco_layout(o.data).items() if s in splits}
-    if not any(v for pair in given.values() for v in pair):
+    if _embedded(o, given):
         return {s: p for s, p in coco_layout(write_synthetic_coco()).items() if s in splits}
     for split, (images, annotations) in given.items():
         if images is None or annotations is None:
             raise InputError(f'--{split}-images and --{split}-annotations go together (or give --data ROOT)')
     return {s: (Path(i), Path(a)) for s, (i, a) in given.items()}
+
+
+def train_hflip(o: Any) -> float:
+    """The training flip probability: `o.hflip` where given, else 0.5, or 0 on the embedded digits."""
+    if o.hflip is not None:
+        return o.hflip
+    return EMBEDDED_HFLIP if _embedded(o, _given(o, ('train', 'val'))) else HFLIP
 
 
 @dataclass

@@ -67,7 +67,10 @@ class DetectOptions(RunOptions):
     val_images: Optional[str] = _images('val')
     val_annotations: Optional[str] = _annotations('val')
     strict: bool = _strict()
-    hflip: float = option(0.5, metavar='P', group='data', help='horizontal flip probability')
+    hflip: Optional[float] = option(None, metavar='P', group='data',
+                                    help='horizontal flip probability in training (0 where mirrored content '
+                                         'means something else, e.g. digits or text)',
+                                    unset="torchvision's 0.5; 0 on the embedded digits set")
     # the model
     detector: str = option('retinanet', choices=list(DETECTORS), group='model', help='torchvision detector')
     model: str = option('cmt_s', choices=list(VARIANT_ARGS), group='model', help='CMT variant of the backbone')

@@ -18,7 +18,7 @@ from ..engine.trainer import fit
 from ..errors import InputError
 from ..runtime import Processes, amp_dtype
 from .builders import DETECTORS, HAS_BACKGROUND, anchor_tuples, build_detector
-from .data import DetectionSamples, collate, data_paths, read_coco
+from .data import DetectionSamples, collate, data_paths, read_coco, train_hflip
 from .evaluate import evaluate_detector, iou_types, metric_names
 from .options import DetectOptions
 
@@ -42,7 +42,7 @@ class DetectionTask(Task):
     def __init__(self, options: DetectOptions):
         if options.detector not in DETECTORS:
             raise InputError(f'--detector {options.detector!r}: expected one of {", ".join(DETECTORS)}')
-        if not 0 <= options.hflip <= 1:
+        if options.hflip is not None and not 0 <= options.hflip <= 1:
             raise InputError(f'--hflip must be a probability in [0, 1], got {options.hflip}')
         self.options = options
         self.first_label = 1 if HAS_BACKGROUND[options.detector] else 0
@@ -56,7 +56,7 @@ class DetectionTask(Task):
         self.val_set = read_coco(paths['val'][1], paths['val'][0], strict=o.strict,
                                  categories=self.train_set.category_ids)
         masks = 'segm' in self.iou_types
-        train = DetectionSamples(self.train_set, masks=masks, hflip=o.hflip, strict=o.strict,
+        train = DetectionSamples(self.train_set, masks=masks, hflip=train_hflip(o), strict=o.strict,
                                  first_label=self.first_label)
         val = DetectionSamples(self.val_set, strict=o.strict, first_label=self.first_label)
         p = processes
