@@ -1,6 +1,6 @@
 """Where a forward pass (or a training step) spends its time, by operator: torch.profiler's self CPU time of
-one `cmtnet bench` step (the same model, path and precision `cmtnet bench` builds), summed over the profiled rounds, the
-operators sorted by their share.
+one `cmtnet bench` step (the same model, path and precision `cmtnet bench` builds), summed over the
+profiled rounds, the operators sorted by their share.
 
     python benchmarks/profile_forward.py --model cmt_s --path fused_cl --precision bf16 --threads 2
     python benchmarks/profile_forward.py --model convnext_tiny --path channels_last --precision bf16
@@ -36,7 +36,8 @@ def profile_step(model: str, path: str, precision: str, batch_size: int, threads
 def main(argv: Optional[Sequence[str]] = None) -> List[Tuple[str, int, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', default='cmt_s')
-    parser.add_argument('--path', default='fused_cl', choices=sorted({*CMT_PATHS, *PEER_PATHS, *TRAIN_PATHS} - {'onnxruntime'}),
+    paths = sorted({*CMT_PATHS, *PEER_PATHS, *TRAIN_PATHS} - {'onnxruntime'})
+    parser.add_argument('--path', default='fused_cl', choices=paths,
                         help='a train_* path profiles one training step (forward, backward, AdamW; bf16: autocast)')
     parser.add_argument('--precision', default='bf16', choices=PRECISIONS)
     parser.add_argument('--batch-size', type=int, default=16)
