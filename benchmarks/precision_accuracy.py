@@ -14,8 +14,8 @@ whose top-1 class is the one fp32 gives, and whether the drop and agreement meet
         --eval runs/photo_cls/best.safetensors runs/photo_cls_set                # and a photo model
 
 The int8 programs compile first, which takes minutes a program on a small CPU; `--reference-ops` runs them
-through the converted graph's reference ops instead, the numbers the int8 kernels compute, without compiling
-(as `cmtnet quantize` checks its accuracy). The photo set and its model: the commands in
+through the converted graph's reference ops instead, without compiling; those round otherwise than the int8
+kernels, so their rows are close to the compiled ones, not equal (as `cmtnet quantize --no-compile`). The photo set and its model: the commands in
 `photo_classification_set.py`'s docstring.
 """
 import argparse
@@ -65,8 +65,8 @@ def predictions(model: Callable, loader) -> Tuple[torch.Tensor, torch.Tensor]:
 def quantized(model: torch.nn.Module, mode: str, setup: Dict, data: Optional[str], calibration: int,
               reference_ops: bool = False) -> Callable:
     """`model` int8-quantized in `mode`, calibrated on the first `calibration` images of the train split:
-    compiled to int8 kernels, or with `reference_ops` the program's reference ops, which compute the same
-    numbers in float without the minutes inductor takes to compile on a small CPU."""
+    compiled to int8 kernels, or with `reference_ops` the program's reference ops, in float, without the
+    minutes inductor takes to compile on a small CPU (they round otherwise than the kernels)."""
     from cmtnet.checkpoints import QuantizedProgram
     from cmtnet.deploy.quantize import calibration_batches, compile_quantized, quantize_model
     batches = calibration_batches(setup['img_size'], setup['crop_pct'], setup['interpolation'], data=data,

@@ -2,7 +2,8 @@
 
 One quantization of a tiny cmt_ti (64 px, 10 classes, random weights) serves every test: quantizing and
 checking it takes most of this file's time. Compiling the program to int8 kernels takes minutes even for a
-tiny model, so the tests run the program's reference ops (`--no-compile`), which compute the same numbers.
+tiny model, so the tests run the program's reference ops (`--no-compile`), which round otherwise than the
+kernels (`cmtnet quantize` compiles for its check unless told not to).
 """
 import argparse
 import json
@@ -15,8 +16,8 @@ import torch
 from PIL import Image
 
 import cmtnet  # noqa: F401  (registers the models)
-from cmtnet.checkpoints import (QUANTIZED_META_FILE, create_model, export_weights, is_quantized_file, load_quantized,
-                                quantized_versions)
+from cmtnet.checkpoints import (QUANTIZED_META_FILE, QuantizedProgram, create_model, export_weights, is_quantized_file,
+                                load_quantized, quantized_versions)
 from cmtnet.classification.data import build_dataset, eval_transform
 from cmtnet.classification.evaluate import eval_command, load_for_inference
 from cmtnet.classification.options import EvalOptions, ModelOptions, PredictOptions
@@ -66,7 +67,7 @@ def run(tmp_path_factory):
     output = root / 'cmt_ti_int8.pt2'
     args = _quantize_parser().parse_args([
         'quantize', '--checkpoint', str(checkpoint), '--val-images', str(data / 'val'), '--calibration-size', '8',
-        '--batch-size', '4', '--workers', '0', '--max-drop', '100', '--output', str(output)])
+        '--batch-size', '4', '--workers', '0', '--max-drop', '100', '--no-compile', '--output', str(output)])
     return root, checkpoint, output, args.func(args)
 
 
@@ -120,6 +121,27 @@ def test_loading_refuses_other_versions_and_other_files(run, tmp_path):
         assert not is_quantized_file(other)
         with pytest.raises(InputError, match='is not a quantized program'):
             load_quantized(other)
+
+
+def test_the_accuracy_check_runs_the_compiled_program_unless_told_not_to(run, tmp_path, monkeypatch, capsys):
+    root, checkpoint, _, result = run
+    monkeypatch.setattr(quantize, 'quantize_model', lambda *args: result['program'])
+    asked = []
+
+    def program_recording_compile(program, mode, compile=True):
+        asked.append(compile)
+        return QuantizedProgram(program, mode, compile=False)  # compiling would take minutes
+    monkeypatch.setattr(quantize, 'QuantizedProgram', program_recording_compile)
+    for flags in ([], ['--no-compile']):
+        args = _quantize_parser().parse_args([
+            'quantize', '--checkpoint', str(checkpoint), '--val-images', str(root / 'digits' / 'val'),
+            '--calibration-size', '4', '--max-drop', '100', '--workers', '0', '--output', str(tmp_path / 'q.pt2'),
+            *flags])
+        args.func(args)
+    # the default checks what cmtnet eval runs by default: the int8 kernels
+    assert asked == [True, False] and ModelOptions(checkpoint='q.pt2').compile
+    checks = [line for line in capsys.readouterr().out.splitlines() if 'top-1 fp32' in line]
+    assert [re.search(r'int8 \((.*?)\)', line).group(1) for line in checks] == ['int8 kernels', 'reference ops']
 
 
 def test_a_drop_beyond_max_drop_writes_nothing(run, tmp_path, monkeypatch, capsys):

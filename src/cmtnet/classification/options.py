@@ -87,7 +87,7 @@ class ModelOptions:
     precision: str = precision_option()
     compile: bool = option(True, help='compile an int8 program (cmtnet quantize) to its int8 kernels; '
                                       '--no-compile runs its reference float ops instead, slowly but without '
-                                      'the minutes compiling takes')
+                                      'the minutes compiling takes (they round otherwise than the kernels)')
     config: Optional[str] = option(None, metavar='YAML', help='YAML file of options (the command line wins)')
 
 
