@@ -15,8 +15,8 @@ whose top-1 class is the one fp32 gives, and whether the drop and agreement meet
 
 The int8 programs compile first, which takes minutes a program on a small CPU; `--reference-ops` runs them
 through the converted graph's reference ops instead, without compiling; those round otherwise than the int8
-kernels, so their rows are close to the compiled ones, not equal (as `cmtnet quantize --no-compile`). The photo set and its model: the commands in
-`photo_classification_set.py`'s docstring.
+kernels, so their rows are close to the compiled ones, not equal (as `cmtnet quantize --no-compile`). The
+photo set and its model: the commands in `photo_classification_set.py`'s docstring.
 """
 import argparse
 import sys

@@ -229,8 +229,9 @@ class QuantizedProgram(nn.Module):
 
     With `compile` the program runs through `torch.compile` (inductor lowers the quantize / dequantize pairs
     around convs and linears to int8 oneDNN kernels; without, the graph's reference ops run in float, slowly,
-    and round otherwise than the kernels, so that their outputs are close to the compiled ones, not equal). Inductor's freezing (weight prepacking, which the int8 kernels need) is set
-    around each call only, never process-wide. The `int8-bf16` mode runs under bfloat16 autocast, the
+    and round otherwise than the kernels, so that their outputs are close to the compiled ones, not equal).
+    Inductor's freezing (weight prepacking, which the int8 kernels need) is set around each call only, never
+    process-wide. The `int8-bf16` mode runs under bfloat16 autocast, the
     int8-mixed-bf16 recipe of torchao. The outputs are float32. An exported graph cannot switch between
     train and eval: this module is for inference only and refuses `train()`.
     """
