@@ -26,7 +26,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import safetensors
 import safetensors.torch
@@ -234,6 +234,11 @@ class QuantizedProgram(nn.Module):
     process-wide. The `int8-bf16` mode runs under bfloat16 autocast, the
     int8-mixed-bf16 recipe of torchao. The outputs are float32. An exported graph cannot switch between
     train and eval: this module is for inference only and refuses `train()`.
+
+    Compiled, a batch smaller than one already compiled for (the last batch of a val set, a batch short of
+    unreadable images) is padded with zeros to that size and its outputs cut back: each image's logits do
+    not depend on the others', and computing the padding costs far less than inductor's compile for a new
+    batch size, which takes minutes.
     """
 
     def __init__(self, program: nn.Module, mode: str, compile: bool = True):
@@ -243,18 +248,41 @@ class QuantizedProgram(nn.Module):
         self.training = False
         # imported for its side effect: it registers torchao's int8 fusion passes with inductor
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+        self.compiled = compile
         self._run = torch.compile(program) if compile else program
+        self.compiled_batch_sizes: List[int] = []  # the batch sizes compiled so far, ascending
 
     def train(self, mode: bool = True) -> 'QuantizedProgram':
         if mode:
             raise RuntimeError('a quantized program is for inference only; train the float model and quantize it')
         return self
 
+    def _padded(self, images: torch.Tensor) -> torch.Tensor:
+        """`images` padded with zeros to the smallest batch size compiled that holds them; a larger batch
+        is compiled for."""
+        n = images.shape[0]
+        size = next((b for b in self.compiled_batch_sizes if b >= n), None)
+        if size is None:
+            self.compiled_batch_sizes = sorted([*self.compiled_batch_sizes, n])
+            return images
+        if size == n:
+            return images
+        padding = torch.zeros_like(images[:1]).expand(size - n, *images.shape[1:])
+        return torch.cat([images, padding]).contiguous(memory_format=_memory_format(images))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         bf16 = torch.autocast('cpu', torch.bfloat16) if self.mode == 'int8-bf16' else contextlib.nullcontext()
+        n = images.shape[0]
+        if self.compiled:
+            images = self._padded(images)
         from torch._inductor import config
         with torch.no_grad(), config.patch(freezing=True), bf16:
-            return self._run(images).float()
+            return self._run(images)[:n].float()
+
+
+def _memory_format(images: torch.Tensor) -> torch.memory_format:
+    channels_last = images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last and not images.is_contiguous() else torch.contiguous_format
 
 
 def load_quantized(path: PathLike, compile: bool = True) -> Tuple[QuantizedProgram, Dict[str, Any]]:

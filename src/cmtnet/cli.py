@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from typing import Any, Callable, List, Optional
 
 from . import __version__
@@ -37,10 +38,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# notes that torch and torchao print while compiling an int8 program, about their own internals: nothing a
+# user of the command can act on (logger, part of the message)
+_LIBRARY_NOTES = (
+    ('torch.utils._pytree', 'is an Enum subclass and is now natively supported'),  # torchao's enums
+    ('torch.utils.cpp_extension', 'No CUDA runtime is found'),  # inductor building its CPU kernels
+)
+
+
+class _DropNote(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def _quiet_library_notes() -> None:
+    for name, text in _LIBRARY_NOTES:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNote) and f.text == text for f in logger.filters):
+            logger.addFilter(_DropNote(text))
+    # inductor's int8 lowering copies a zero-point tensor the way torch warns against
+    warnings.filterwarnings('ignore', message='To copy construct from a tensor', category=UserWarning,
+                            module=r'torch\._inductor\.')
+
+
 def run_reporting_errors(command: str, fn: Callable[[], Any]) -> int:
-    """Run a command's `fn`, with warnings (unreadable images, ...) logged to stderr; a CommandError becomes
-    its message on stderr (from the first process only, under torchrun) and the error's exit status."""
+    """Run a command's `fn`, with warnings (unreadable images, ...) logged to stderr, less the libraries'
+    notes on their own internals; a CommandError becomes its message on stderr (from the first process
+    only, under torchrun) and the error's exit status."""
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s: %(message)s')
+    _quiet_library_notes()
     try:
         status = fn()
     except CommandError as e:

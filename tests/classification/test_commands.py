@@ -82,3 +82,23 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
     assert 'does not exist' in capsys.readouterr().err
     assert main(['predict', '--checkpoint', str(tmp_path / 'missing.pth')]) == 2
     assert 'at least one image' in capsys.readouterr().err
+
+
+def test_commands_leave_out_the_libraries_notes_on_their_internals_only(caplog, recwarn):
+    import logging
+    import warnings
+    from cmtnet.cli import run_reporting_errors
+
+    def command():
+        logging.getLogger('torch.utils.cpp_extension').warning("No CUDA runtime is found, using CUDA_HOME='%s'", '/x')
+        logging.getLogger('torch.utils.cpp_extension').warning('a compiler failed')
+        logging.getLogger('torch.utils._pytree').warning('%s is an Enum subclass and is now natively supported by '
+                                                        'torch.compile', 'KernelPreference')
+        warnings.warn_explicit('To copy construct from a tensor, ...', UserWarning, 'mkldnn_lowerings.py', 827,
+                               module='torch._inductor.mkldnn_lowerings')
+        warnings.warn_explicit('To copy construct from a tensor, ...', UserWarning, 'ours.py', 1, module='cmtnet.x')
+        logging.getLogger('cmtnet.engine.data').warning('skipped 2 unreadable images')
+    with caplog.at_level(logging.WARNING):
+        assert run_reporting_errors('quantize', command) == 0
+    assert [r.getMessage() for r in caplog.records] == ['a compiler failed', 'skipped 2 unreadable images']
+    assert [w.filename for w in recwarn] == ['ours.py']

@@ -144,6 +144,30 @@ def test_the_accuracy_check_runs_the_compiled_program_unless_told_not_to(run, tm
     assert [re.search(r'int8 \((.*?)\)', line).group(1) for line in checks] == ['int8 kernels', 'reference ops']
 
 
+def test_a_compiled_program_pads_a_smaller_batch_instead_of_compiling_again(run, monkeypatch):
+    _, _, output, _ = run
+    seen = []
+
+    def recording_compile(program):  # stands in for inductor, whose compiles take minutes
+        def compiled(images):
+            seen.append((images.shape[0], images.is_contiguous(memory_format=torch.channels_last)))
+            return program(images)
+        return compiled
+    monkeypatch.setattr(torch, 'compile', recording_compile)
+    model, _ = load_quantized(output)
+    reference, _ = load_quantized(output, compile=False)
+    x = torch.randn(6, 3, SIZE, SIZE)
+    for n, memory_format in ((4, torch.contiguous_format), (3, torch.contiguous_format), (1, torch.channels_last),
+                             (6, torch.contiguous_format), (5, torch.contiguous_format)):
+        images = x[:n].contiguous(memory_format=memory_format)
+        got = model(images)
+        assert got.shape == (n, 10)
+        torch.testing.assert_close(got, reference(images), rtol=1e-4, atol=1e-4)
+    # only a batch larger than any compiled reaches the compiler at a new size; the padding keeps the layout
+    assert seen == [(4, False), (4, False), (4, True), (6, False), (6, False)]
+    assert model.compiled_batch_sizes == [4, 6]
+
+
 def test_a_drop_beyond_max_drop_writes_nothing(run, tmp_path, monkeypatch, capsys):
     root, checkpoint, _, result = run
     # the quantization is the fixture's; the check reports a drop of 2 points

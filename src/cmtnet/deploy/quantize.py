@@ -145,8 +145,8 @@ def quantize_model(model: nn.Module, batches: Iterable[torch.Tensor], img_size: 
 
 def compile_quantized(program: nn.Module, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """The fast runnable of a quantized program: compiled by inductor, with freezing around each call only,
-    under bfloat16 autocast for `int8-bf16`; float32 logits out. The first call (and the first at a new
-    batch size) compiles."""
+    under bfloat16 autocast for `int8-bf16`; float32 logits out. The first call compiles, and so does the
+    first of a larger batch; a smaller one is padded to a compiled size (`QuantizedProgram`)."""
     _check_mode(mode)
     return QuantizedProgram(program, mode)
 
