@@ -18,6 +18,44 @@ def test_interleaved_warms_up_then_takes_turns():
     assert set(warm) == set(times) == {'a', 'b', 'c'} and all(len(t) == 3 for t in times.values())
 
 
+def test_with_failures_given_a_failing_step_loses_its_row_only():
+    calls = []
+
+    def step(name, fail_at=None):
+        def run():
+            calls.append(name)
+            if len([c for c in calls if c == name]) == fail_at:
+                raise RuntimeError(f'{name} broke\nsecond line')
+        return run
+    steps = {'a': step('a'), 'b': step('b', fail_at=2), 'c': step('c', fail_at=1)}
+    failures = {}
+    warm, times = interleaved(steps, warmup=1, rounds=3, failures=failures)
+    # c fails at its warm-up, b in the first round: neither is called again
+    assert calls == ['a', 'b', 'c'] + ['a', 'b'] + ['a'] * 2
+    assert set(times) == {'a'} and len(times['a']) == 3 and set(warm) == {'a', 'b'}
+    assert failures == {'b': 'RuntimeError: b broke', 'c': 'RuntimeError: c broke'}
+    calls.clear()
+    with pytest.raises(RuntimeError, match='a broke'):  # without `failures`, the error propagates
+        interleaved({'a': step('a', fail_at=1)}, warmup=0, rounds=1)
+
+
+def test_the_bench_command_reports_a_step_that_fails_to_build_and_exits_1(monkeypatch, capsys):
+    from cmtnet.analysis import speed
+    real = speed.build_step
+
+    def build(name, path, precision, *args):
+        if path == 'fused':
+            raise RuntimeError('the compiler cannot take it')
+        return real(name, path, precision, *args)
+    monkeypatch.setattr(speed, 'build_step', build)
+    argv = ['bench', '--models', 'cmt_ti', '--paths', 'eager', 'fused', '--baseline', 'cmt_ti:eager',
+            '--batch-size', '1', '--warmup', '0', '--rounds', '1']
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert '| cmt_ti | eager | fp32 | 160 |' in out and '| cmt_ti | fused |' not in out
+    assert 'cmt_ti:fused:fp32: RuntimeError: the compiler cannot take it' in err.splitlines()
+
+
 @pytest.mark.parametrize('kwargs, bad', [
     (dict(paths=['warp']), "'warp'"), (dict(models=['no_such_net']), "'no_such_net'"),
     (dict(baseline='cmt_s'), "'cmt_s'"), (dict(rounds=0), '0'),
@@ -110,3 +148,14 @@ def test_the_runs_threads_are_restored_after_it():
     run_bench(options, log=lambda msg: seen.append(torch.get_num_threads()))
     assert seen and set(seen) == {before + 1}
     assert torch.get_num_threads() == before
+
+
+def test_an_int8_step_quantizes_the_model_as_its_path_folds_it(tmp_path, monkeypatch):
+    # timm's FastViT is reparameterized for the compiled path (68 convs become 52), and its RepMixer takes no
+    # second pass. The step is built (quantized), not run: compiling it to int8 kernels takes minutes.
+    from cmtnet.deploy import quantize
+    real, programs = quantize.quantize_model, []
+    monkeypatch.setattr(quantize, 'quantize_model', lambda *a, **k: programs.append(real(*a, **k)) or programs[-1])
+    build_step('fastvit_t8', 'compiled', 'int8', 1, torch.device('cpu'), str(tmp_path), 0)
+    convs = [n for n in programs[0].graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    assert len(convs) == 52

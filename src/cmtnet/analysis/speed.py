@@ -27,6 +27,7 @@ import multiprocessing
 import platform
 import statistics
 import tempfile
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import reparameterize_model
 
 from ..engine.options import add_command, option
-from ..errors import InputError
+from ..errors import CommandError, InputError
 from ..models import VARIANT_ARGS, native_img_size
 from ..models.variants import PUBLISHED
 from .macs import count_macs
@@ -78,14 +79,41 @@ def interleaved(
         warmup: int,
         rounds: int,
         device: torch.device = torch.device('cpu'),
+        failures: Optional[Dict[str, str]] = None,
 ) -> Tuple[Dict[str, float], Dict[str, List[float]]]:
-    """(warm-up seconds, [seconds per round]) of each step: `warmup` untimed steps, then `rounds` turns."""
-    warmup_seconds = {name: sum(_seconds(step, device) for _ in range(warmup)) for name, step in steps.items()}
+    """(warm-up seconds, [seconds per round]) of each step: `warmup` untimed steps, then `rounds` turns.
+
+    With `failures`, a step that raises is left out from then on, its error recorded there under its name
+    (a long run loses one row, not the whole table); without, the error propagates."""
+    steps = dict(steps)
+
+    def timed(name: str, step: Callable[[], object]) -> Optional[float]:
+        if failures is None:
+            return _seconds(step, device)
+        try:
+            return _seconds(step, device)
+        except Exception as e:  # whatever a model's step raises is that row's alone
+            failures[name] = _one_line(e)
+            del steps[name]
+            return None
+
+    warmup_seconds: Dict[str, float] = {}
+    for name, step in list(steps.items()):
+        spent = [timed(name, step) for _ in range(warmup) if name in steps]
+        if name in steps:
+            warmup_seconds[name] = sum(spent)
     times: Dict[str, List[float]] = {name: [] for name in steps}
     for _ in range(rounds):
-        for name, step in steps.items():
-            times[name].append(_seconds(step, device))
-    return warmup_seconds, times
+        for name, step in list(steps.items()):
+            seconds = timed(name, step)
+            if seconds is not None:
+                times[name].append(seconds)
+    return warmup_seconds, {name: t for name, t in times.items() if name in steps}
+
+
+def _one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f'{type(error).__name__}: {lines[0] if lines else ""}'[:300]
 
 
 @dataclass
@@ -205,7 +233,8 @@ def _onnx_step(model: nn.Module, x: torch.Tensor, workdir: str, threads: int) ->
 
 def _int8_step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], object]:
     from ..deploy.quantize import compile_quantized, quantize_model
-    program = compile_quantized(quantize_model(model, [x], x.shape[-1], mode), mode)
+    # `model` is as its path runs it, folded or not (build_model)
+    program = compile_quantized(quantize_model(model, [x], x.shape[-1], mode, fold=False), mode)
 
     def step() -> torch.Tensor:
         with torch.inference_mode():
@@ -291,8 +320,12 @@ def _applies(name: str, path: str, precision: str) -> bool:
     return path in (CMT_PATHS if name in VARIANT_ARGS else PEER_PATHS)
 
 
-def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> List[Result]:
-    """Build every (model, path) that applies, time them interleaved, and return one Result each."""
+def run_bench(options: BenchOptions, log: Callable[[str], None] = print,
+              failures: Optional[Dict[str, str]] = None) -> List[Result]:
+    """Build every (model, path) that applies, time them interleaved, and return one Result each.
+
+    With `failures`, a step that fails to build or to run (a model that a compiler or the quantizer
+    cannot take) is left out, its error recorded there under MODEL:PATH:PRECISION; without, it raises."""
     device = torch.device(options.device)
     steps, sizes, gmacs = {}, {}, {}
     with torch_threads(options.threads), tempfile.TemporaryDirectory() as workdir:
@@ -306,13 +339,21 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print) -> List
                 for precision in options.precision:
                     if _applies(name, path, precision):
                         log(f'building {name} {path} {precision}')
-                        steps[(name, path, precision)] = build_step(
-                            name, path, precision, options.batch_size, device, workdir, options.threads)
+                        try:
+                            steps[(name, path, precision)] = build_step(
+                                name, path, precision, options.batch_size, device, workdir, options.threads)
+                        except CommandError:
+                            raise
+                        except Exception as e:
+                            if failures is None:
+                                raise
+                            failures[f'{name}:{path}:{precision}'] = _one_line(e)
                         sizes[name] = size
         log(f'timing {len(steps)} steps: {options.warmup} warm-up + {options.rounds} interleaved rounds')
-        warm, times = interleaved({':'.join(k): s for k, s in steps.items()}, options.warmup, options.rounds, device)
-    return [Result(n, p, q, sizes[n], options.batch_size, times[f'{n}:{p}:{q}'], warm[f'{n}:{p}:{q}'], gmacs[n])
-            for (n, p, q) in steps]
+        warm, times = interleaved({':'.join(k): s for k, s in steps.items()}, options.warmup, options.rounds, device,
+                                  failures)
+    return [Result(n, p, q, sizes[n], options.batch_size, times[key], warm[key], gmacs[n])
+            for (n, p, q) in steps if (key := f'{n}:{p}:{q}') in times]
 
 
 def machine(threads: int = 0) -> str:
@@ -430,14 +471,15 @@ def _run(options: BenchCommandOptions) -> int:
         peaks = {precision: practical_peak_gflops(torch.device(options.device), dtypes[precision])
                  for precision in options.precision if not (precision == 'fp32' and options.peak_gflops)}
     peaks.update({'fp32': options.peak_gflops} if options.peak_gflops else {})
-    results = run_bench(options, log)
+    failures: Dict[str, str] = {}
+    results = run_bench(options, log, failures)
     print(f'{options.device}, batch {options.batch_size}; {machine(options.threads)}; {options.warmup} warm-up + '
           f'{options.rounds} interleaved rounds, median; baseline {options.baseline}; practical peak '
           + ', '.join(f'{p} {g:.0f} G{"OP" if p.startswith("int8") else "FLOP"}/s' for p, g in peaks.items()))
     print(bench_table(results, options, peaks))
     if options.latency:
         latency = run_bench(dataclasses.replace(
-            options, batch_size=1, paths=[p for p in options.paths if p not in TRAIN_PATHS]), log)
+            options, batch_size=1, paths=[p for p in options.paths if p not in TRAIN_PATHS]), log, failures)
         print('\nbatch-1 latency (ms, median):')
         print('\n'.join(f'| {r.model} | {r.path} | {r.precision} | {statistics.median(r.seconds) * 1e3:.1f} |'
                         for r in latency))
@@ -449,6 +491,10 @@ def _run(options: BenchCommandOptions) -> int:
     if options.chart:
         plot_chart(results, Path(options.chart), options.threads)
         print(f'wrote {options.chart}')
+    if failures:
+        print('\nnot measured (the step failed):', file=sys.stderr)
+        print('\n'.join(f'{key}: {error}' for key, error in failures.items()), file=sys.stderr)
+        return 1
     return 0
 
 

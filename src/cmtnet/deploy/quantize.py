@@ -122,13 +122,15 @@ def _export(model: nn.Module, img_size: int) -> torch.export.ExportedProgram:
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, batches: Iterable[torch.Tensor], img_size: int,
-                   mode: str = 'int8') -> torch.fx.GraphModule:
+                   mode: str = 'int8', fold: bool = True) -> torch.fx.GraphModule:
     """The int8 program (converted PT2E graph, not compiled) of the float `model`, its activation scales
-    calibrated on `batches`; `mode` only says how it will run (`compile_quantized`), the graph is the same."""
+    calibrated on `batches`; `mode` only says how it will run (`compile_quantized`), the graph is the same.
+    `model` is folded first (`reparameterize_model`, on a copy) unless `fold` is False, for a model folded
+    already: not every timm reparameterization takes a second pass (FastViT's RepMixer fails on one)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     _check_mode(mode)
-    folded = reparameterize_model(model.eval())
+    folded = reparameterize_model(model.eval()) if fold else model.eval()
     config = x86.get_default_x86_inductor_quantization_config()
     quantizer = x86.X86InductorQuantizer().set_global(config)
     if QUANTIZE_ATTENTION:
