@@ -4,7 +4,7 @@ A thin wrapper over cmtnet.analysis.speed, so that the benchmark and the command
 Everything compared runs interleaved in one process; ratios are to the baseline measured in the same run.
 
     python benchmarks/bench_inference.py --threads 2                        # cmt_s, resnet50, fastvit_sa24
-    python benchmarks/bench_inference.py --threads 2 --precision fp32 bf16 int8 --paths eager fused_cl \
+    python benchmarks/bench_inference.py --threads 2 --precision fp32 bf16 int8 --paths eager fused_cl \\
         fused_compiled channels_last compiled --models cmt_s fastvit_sa24 resnet50 convnext_tiny nextvit_small \
         swin_tiny_patch4_window7_224
     python benchmarks/bench_inference.py --models cmt_s resnet50 convnext_tiny swin_tiny_patch4_window7_224 \\

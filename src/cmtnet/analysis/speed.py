@@ -24,10 +24,11 @@ import argparse
 import contextlib
 import dataclasses
 import multiprocessing
+import os
 import platform
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -320,12 +321,25 @@ def _applies(name: str, path: str, precision: str) -> bool:
     return path in (CMT_PATHS if name in VARIANT_ARGS else PEER_PATHS)
 
 
+# oneDNN's cache of primitives (a conv's kernel, built for its shapes and formats), in primitives: its default,
+# 1,024, holds one model's convs, not those of every model and path of one interleaved run, whose steps then
+# rebuild each other's evicted kernels at every call (docs/speed.md, section 4)
+PRIMITIVE_CACHE = 16384
+
+
+def roomy_primitive_cache() -> None:
+    """Ask oneDNN for a primitive cache of `PRIMITIVE_CACHE` (unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is set):
+    oneDNN reads it when it builds its first primitive, so a process that ran a conv before keeps its own."""
+    os.environ.setdefault('ONEDNN_PRIMITIVE_CACHE_CAPACITY', str(PRIMITIVE_CACHE))
+
+
 def run_bench(options: BenchOptions, log: Callable[[str], None] = print,
               failures: Optional[Dict[str, str]] = None) -> List[Result]:
     """Build every (model, path) that applies, time them interleaved, and return one Result each.
 
     With `failures`, a step that fails to build or to run (a model that a compiler or the quantizer
     cannot take) is left out, its error recorded there under MODEL:PATH:PRECISION; without, it raises."""
+    roomy_primitive_cache()
     device = torch.device(options.device)
     steps, sizes, gmacs = {}, {}, {}
     with torch_threads(options.threads), tempfile.TemporaryDirectory() as workdir:
@@ -465,6 +479,7 @@ class BenchCommandOptions(BenchOptions):
 
 
 def _run(options: BenchCommandOptions) -> int:
+    roomy_primitive_cache()  # before the peaks below run the first primitives
     log = (lambda msg: print(msg, flush=True)) if options.verbose else (lambda msg: None)
     dtypes = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'int8': torch.int8, 'int8-bf16': torch.int8}
     with torch_threads(options.threads):
