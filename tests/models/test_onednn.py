@@ -134,6 +134,47 @@ def test_early_stages_run_in_micro_batches_with_the_same_results(monkeypatch):
     assert fused.stem.micro_batch(x) == 0 and fused.stages[0].micro_batch(x) == 0
 
 
+def _conv_calls(graph: torch.fx.Graph) -> int:
+    return sum(1 for n in graph.nodes if n.op == 'call_function' and 'conv' in str(n.target))
+
+
+def test_a_graph_compiled_for_static_shapes_unrolls_the_micro_batches_and_a_dynamic_one_does_not(monkeypatch):
+    """Under `torch.compile` for static shapes the early stages run in micro-batches as in eager mode (each
+    micro-batch's convs appear in the graph); compiled for dynamic shapes, or exported, the batch runs whole,
+    so that one graph serves every batch size. The results are the plain model's in each case."""
+    model = _model()
+    fused = reparameterize_model(model)
+    x = torch.randn(3, 3, 96, 96)
+    with torch.no_grad():
+        expected = model(x)
+    graphs = []
+
+    def recorder(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def compiled_convs(module: nn.Module, dynamic: bool) -> int:
+        torch._dynamo.reset()
+        graphs.clear()
+        with torch.no_grad():
+            got = torch.compile(module, backend=recorder, dynamic=dynamic, fullgraph=True)(x)
+        if module is fused:
+            assert rel_err(got, expected) <= 1e-5
+        return sum(_conv_calls(g.graph) for g in graphs)
+
+    early = compiled_convs(nn.Sequential(fused.stem.module, fused.stages[0].module), False)
+    convs = {'whole': compiled_convs(fused, False)}  # the batch fits the budget
+    monkeypatch.setattr(fuse, 'EARLY_MAP_BUDGET', 1)  # one image at a time where the split applies
+    convs['static'], convs['dynamic'] = compiled_convs(fused, False), compiled_convs(fused, True)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        exported = torch.export.export(fused, (x,), dynamic_shapes=({0: torch.export.Dim('batch', max=64)},))
+    assert rel_err(exported.module()(x), expected) <= 1e-5
+    convs['exported'] = _conv_calls(exported.graph)
+    assert early > 0 and convs['static'] == convs['whole'] + 2 * early  # the early convs once per image
+    assert convs['dynamic'] == convs['exported'] == convs['whole']
+
+
 def _fake_op(behaviour):
     """A stand-in for a private oneDNN op: one that raises, takes another signature or computes wrongly."""
     def raising(*args, **kwargs):

@@ -404,7 +404,10 @@ class MicroBatched(InferenceOnly):
 
     A micro-batch holds as many images as keep a map of `map_chs` channels at 1 / `map_stride` of the
     module's input sides within `EARLY_MAP_BUDGET` bytes. The whole batch runs at once off the CPU, when it
-    fits, and in scripted, traced or compiled graphs.
+    fits, and in scripted, traced or exported graphs, whose batch may vary. `torch.compile` for static shapes
+    (its default, and `dynamic=False`) unrolls the micro-batches into its graph, which is built for one batch
+    size anyway, and its fused kernels then keep their maps in cache as eager mode does (docs/speed.md);
+    compiled with `dynamic=True`, the batch runs whole, in one graph for every batch size.
     """
 
     def __init__(self, module: nn.Module, map_chs: int, map_stride: int):
@@ -423,8 +426,10 @@ class MicroBatched(InferenceOnly):
     @torch.jit.unused
     def micro_batch(self, x: torch.Tensor) -> int:
         """Images per micro-batch for the input `x`, or 0: the whole batch at once."""
-        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_exporting():
             return 0
+        if torch.compiler.is_compiling() and not torch._dynamo.config.assume_static_by_default:
+            return 0  # compiled for dynamic shapes: a split would specialize the graph to this batch size
         if x.device.type != 'cpu' or x.dim() != 4:
             return 0
         per_image = (self.map_chs * max(1, x.shape[2] // self.map_stride) * max(1, x.shape[3] // self.map_stride)
