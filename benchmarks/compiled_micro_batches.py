@@ -71,8 +71,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     for precision in args.precision:
         dtype = DTYPES[precision]
         x_cl = x.to(dtype).contiguous(memory_format=torch.channels_last)
-        split = fused.to(dtype)
-        steps[f'{precision} micro-batched'] = _compiled_step(copy.deepcopy(split), x_cl, args.backend)
+        split = copy.deepcopy(fused).to(dtype)
+        steps[f'{precision} micro-batched'] = _compiled_step(split, x_cl, args.backend)
         steps[f'{precision} whole'] = _compiled_step(whole(split), x_cl, args.backend)
     with torch_threads(args.threads), torch.inference_mode():
         warmup, times = interleaved(steps, args.warmup, args.rounds)
