@@ -237,7 +237,8 @@ class QuantizedProgram(nn.Module):
 
     Compiled, a batch smaller than one already compiled for (the last batch of a val set, a batch short of
     unreadable images) is padded with zeros to that size and its outputs cut back: each image's logits do
-    not depend on the others', and computing the padding costs far less than inductor's compile for a new
+    not depend on the others' (a batch of one can round otherwise than a larger one, by an int8 step here
+    and there, padded or not), and computing the padding costs far less than inductor's compile for a new
     batch size, which takes minutes.
     """
 
