@@ -17,14 +17,13 @@ from typing import Dict, List, Optional, Sequence
 
 import timm
 import torch
-import torch._inductor.config
 import torch.nn as nn
 from timm.utils import reparameterize_model
 
 import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.analysis.speed import roomy_primitive_cache, torch_threads
 from cmtnet.models.fuse import MicroBatched
-from timing import interleaved
+from timing import compiled_step, interleaved
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
@@ -37,15 +36,6 @@ def whole(fused: nn.Module) -> nn.Module:
             if isinstance(child, MicroBatched):
                 setattr(module, name, child.module)
     return whole_copy
-
-
-def _compiled_step(model: nn.Module, x: torch.Tensor, backend: str):
-    compiled = torch.compile(model, backend=backend, dynamic=False)
-
-    def step() -> torch.Tensor:
-        with torch._inductor.config.patch(freezing=True), torch.inference_mode():
-            return compiled(x)
-    return step
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
@@ -72,8 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
         dtype = DTYPES[precision]
         x_cl = x.to(dtype).contiguous(memory_format=torch.channels_last)
         split = copy.deepcopy(fused).to(dtype)
-        steps[f'{precision} micro-batched'] = _compiled_step(split, x_cl, args.backend)
-        steps[f'{precision} whole'] = _compiled_step(whole(split), x_cl, args.backend)
+        steps[f'{precision} micro-batched'] = compiled_step(split, x_cl, args.backend)
+        steps[f'{precision} whole'] = compiled_step(whole(split), x_cl, args.backend)
     with torch_threads(args.threads), torch.inference_mode():
         warmup, times = interleaved(steps, args.warmup, args.rounds)
     ms = {name: 1e3 * median(t) for name, t in times.items()}

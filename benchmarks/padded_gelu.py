@@ -3,10 +3,13 @@ zero and the conv run unpadded with its GELU post-op, against the border correct
 
 Per call of `EdgeCorrectedConv` at each cmt_s IRFFN hidden map (batch 16), and over the whole folded
 cmt_s, in float32 and bfloat16: the same module with the padded path on and off (`pad` cleared), in turns.
-This is the measurement behind `models.fuse.PADDED_GELU_DTYPES` (the dtypes the padded path runs in).
+With `--compiled`, the whole folded model also compiled both ways (inductor, freezing, static shapes), where
+the graph pads the input itself and inductor takes the GELU into the conv. This is the measurement behind
+`models.fuse.PADDED_GELU_DTYPES` (the dtypes the padded path runs in).
 
     python benchmarks/padded_gelu.py --threads 2
     python benchmarks/padded_gelu.py --no-model --rounds 20
+    python benchmarks/padded_gelu.py --threads 2 --compiled --rounds 15
 """
 import argparse
 import copy
@@ -22,7 +25,7 @@ import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.analysis.speed import torch_threads
 from cmtnet.models import fuse
 from cmtnet.models.fuse import EdgeCorrectedConv, bn_scale_shift
-from timing import interleaved
+from timing import compiled_step, interleaved
 
 # cmt_s: IRFFN hidden channels and map side per stage (224 input)
 SHAPES = ((256, 56), (512, 28), (1024, 14), (2048, 7))
@@ -37,8 +40,12 @@ def padded_and_corrected(module: nn.Module) -> Dict[str, nn.Module]:
     return {'padded + GELU post-op': module, 'correction + separate GELU': corrected}
 
 
-def _ms(module: nn.Module, x: torch.Tensor, warmup: int, rounds: int) -> Dict[str, float]:
-    steps = {name: (lambda m=m: m(x)) for name, m in padded_and_corrected(module).items()}
+def _ms(module: nn.Module, x: torch.Tensor, warmup: int, rounds: int,
+        backend: Optional[str] = None) -> Dict[str, float]:
+    """Median ms of `module` on `x` both ways, in eager mode or compiled by `backend`."""
+    modules = padded_and_corrected(module)
+    steps = {name: (lambda m=m: m(x)) if backend is None else compiled_step(m, x, backend)
+             for name, m in modules.items()}
     with torch.inference_mode():
         _, times = interleaved(steps, warmup, rounds)
     return {name: 1e3 * median(t) for name, t in times.items()}
@@ -51,7 +58,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     parser.add_argument('--shapes', type=int, nargs='+', metavar='C,H', default=None,
                         help='hidden maps as channels and side pairs, e.g. 256 56 512 28 (default: cmt_s)')
     parser.add_argument('--model', default='cmt_s', help='the folded model timed whole (default cmt_s)')
+    parser.add_argument('--img-size', type=int, default=None, help="the model's input side (default: its own)")
     parser.add_argument('--no-model', action='store_true', help='the per-call table only')
+    parser.add_argument('--compiled', action='store_true', help='the whole model compiled too')
+    parser.add_argument('--backend', default='inductor', help="torch.compile's backend (default inductor)")
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--rounds', type=int, default=10)
     args = parser.parse_args(argv)
@@ -76,13 +86,17 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
                     rows.append(_report(f'{chans} x {side} x {side}', dtype, _ms(module.to(dtype), x.to(dtype),
                                                                                  args.warmup, args.rounds)))
             if not args.no_model:
-                model = reparameterize_model(timm.create_model(args.model).eval())
+                kwargs = {'img_size': args.img_size} if args.img_size else {}
+                model = reparameterize_model(timm.create_model(args.model, **kwargs).eval())
                 model = model.to(memory_format=torch.channels_last)
-                size = model.pretrained_cfg['input_size'][-1]
+                size = args.img_size or model.pretrained_cfg['input_size'][-1]
                 x = torch.randn(args.batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
                 for dtype in (torch.float32, torch.bfloat16):
                     rows.append(_report(f'folded {args.model}, whole forward', dtype,
                                         _ms(model.to(dtype), x.to(dtype), args.warmup, args.rounds)))
+                    if args.compiled:
+                        rows.append(_report(f'folded {args.model}, compiled ({args.backend})', dtype,
+                                            _ms(model, x.to(dtype), args.warmup, args.rounds, args.backend)))
     finally:
         fuse.PADDED_GELU_DTYPES = saved
     return rows

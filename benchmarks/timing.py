@@ -5,6 +5,23 @@ from this module. Each entry first runs its untimed warm-up steps (torch.compile
 total time is reported). Then the entries take turns, one step each per round, so that a change in machine
 load hits them alike; the median round is what the benchmarks report.
 """
+from typing import Callable
+
+import torch
+import torch._inductor.config
+import torch.nn as nn
+
 from cmtnet.analysis.speed import interleaved
 
-__all__ = ['interleaved']
+__all__ = ['compiled_step', 'interleaved']
+
+
+def compiled_step(model: nn.Module, x: torch.Tensor, backend: str = 'inductor') -> Callable[[], torch.Tensor]:
+    """A forward of `model` on `x` compiled by `backend` for static shapes, with inductor's freezing (the
+    weights folded into the graph, as `cmtnet bench`'s compiled paths run), in inference mode."""
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+
+    def step() -> torch.Tensor:
+        with torch._inductor.config.patch(freezing=True), torch.inference_mode():
+            return compiled(x)
+    return step

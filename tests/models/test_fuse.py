@@ -1,4 +1,6 @@
 """Exact inference folding through timm's own entry point: fused logits equal unfused ones."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -144,6 +146,52 @@ def test_edge_corrected_conv_with_its_gelu_pads_instead_of_correcting(size, dept
         assert _rel_err(folded.to(torch.bfloat16)(x.bfloat16()).float(), expected) <= 2e-2
         assert len(calls) == 2
 
+
+
+def _conv_paddings(graph: torch.fx.Graph) -> list:
+    """The padding of each conv in a dynamo or exported graph, as (h, w)."""
+    paddings = []
+    for node in graph.nodes:
+        if node.op == 'call_function' and 'conv' in str(node.target):
+            padding = node.args[4] if len(node.args) > 4 else node.kwargs.get('padding', 0)
+            paddings.append(tuple(padding) if isinstance(padding, (tuple, list)) else (padding, padding))
+    return paddings
+
+
+def test_a_compiled_edge_corrected_conv_pads_its_input_in_bfloat16_and_an_exported_one_corrects():
+    """Compiled for the CPU in bfloat16, the conv with its GELU runs unpadded on the input padded in the graph
+    (so that inductor can take the GELU into the conv); compiled in float32, and exported, the graph keeps the
+    zero-padded conv and the correction. Each gives the values of the BatchNorm, the conv and the GELU."""
+    torch.manual_seed(0)
+    chans = 6
+    conv = nn.Conv2d(chans, chans, 3, padding=1, groups=chans)
+    bn = _randomise_norms(nn.BatchNorm2d(chans)).eval()
+    x = torch.randn(2, chans, 5, 7)
+    with torch.no_grad():
+        y = bn(x)
+        expected = F.gelu(conv(y) + y)
+    folded = EdgeCorrectedConv(conv, *bn_scale_shift(bn), identity=True, gelu=True)
+    graphs = []
+
+    def recorder(gm, example_inputs):
+        graphs.append(gm.graph)
+        return gm.forward
+
+    def compiled(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.reset()
+        graphs.clear()
+        with torch.no_grad():
+            return torch.compile(module, backend=recorder, fullgraph=True)(inputs).float()
+
+    assert _rel_err(compiled(folded, x), expected) <= 1e-5
+    assert [_conv_paddings(g) for g in graphs] == [[(1, 1)]]
+    half, xh = copy.deepcopy(folded).to(torch.bfloat16), x.bfloat16()
+    assert _rel_err(compiled(half, xh), expected) <= 2e-2
+    assert [_conv_paddings(g) for g in graphs] == [[(0, 0)]]
+    with torch.no_grad():
+        exported = torch.export.export(half, (xh,))
+        assert _rel_err(exported.module()(xh).float(), expected) <= 2e-2
+    assert _conv_paddings(exported.graph) == [(1, 1)]
 
 def test_fuses_projections_without_bias():
     torch.manual_seed(0)

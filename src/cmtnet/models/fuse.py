@@ -137,8 +137,9 @@ class EdgeCorrectedConv(InferenceOnly):
     correction, and the conv runs unpadded with the GELU as its post-op. The padded copy costs one pass over
     the input, less than PyTorch's separate bfloat16 GELU (which computes in float32 and converts both ways);
     in float32 the separate GELU is the cheaper of the two on every stage after the first (measured, docs/
-    speed.md), so float32 keeps it. Where a channel has s = 0 (no finite pad value), or off the fast path,
-    the correction and a separate GELU run.
+    speed.md), so float32 keeps it. Compiled for the CPU in bfloat16 (not exported), the graph pads the same
+    way with plain ops, so that inductor can fuse the GELU into its conv as oneDNN's post-op. Where a channel
+    has s = 0 (no finite pad value), or off these paths, the correction and a separate GELU run.
     """
 
     def __init__(self, conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor, identity: bool = False,
@@ -171,11 +172,12 @@ class EdgeCorrectedConv(InferenceOnly):
         # channels_last, where the border rows and columns are cheap strided views (in-place updates of
         # NCHW row slices with a per-channel operand run a thousand times slower here)
         x = x.contiguous(memory_format=torch.channels_last)
-        if not torch.jit.is_scripting():
-            if self.pad is not None and onednn_applies(x, self.conv.conv.weight):
-                dtype = compute_dtype(x, self.conv.conv.weight)
-                if dtype in PADDED_GELU_DTYPES:
-                    return self.conv.unpadded_gelu(self._padded(x, dtype))
+        if not torch.jit.is_scripting() and self._pads_input(x):
+            padded = self._padded(x, compute_dtype(x, self.conv.conv.weight))
+            if torch.compiler.is_compiling():
+                conv = self.conv.conv
+                return F.gelu(F.conv2d(padded, conv.weight, conv.bias, 1, 0, 1, conv.groups))
+            return self.conv.unpadded_gelu(padded)
         y = self.conv(x)
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             # the tracer drops in-place updates of slices, and a compiler turns each into a copy of the whole
@@ -195,9 +197,25 @@ class EdgeCorrectedConv(InferenceOnly):
         return F.gelu(y) if self.gelu else y
 
     @torch.jit.unused
+    def _pads_input(self, x: torch.Tensor) -> bool:
+        """Whether the conv runs on `x` padded with `pad` and the GELU as its post-op (see the docstring)."""
+        if self.pad is None or compute_dtype(x, self.conv.conv.weight) not in PADDED_GELU_DTYPES:
+            return False
+        if torch.compiler.is_compiling():
+            # exported graphs (ONNX, the int8 program, whose int8 convs take no GELU post-op) keep the correction
+            return x.device.type == 'cpu' and not torch.compiler.is_exporting()
+        return onednn_applies(x, self.conv.conv.weight)
+
+    @torch.jit.unused
     def _padded(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """`x` (channels_last) with a one-pixel border of `pad`, in `dtype` (the one the conv computes in)."""
         B, C, H, W = x.shape
+        if torch.compiler.is_compiling():
+            # one select, which the compiler makes one pass (it would copy the whole map for each border
+            # written in place)
+            rows, cols = torch.arange(H + 2, device=x.device), torch.arange(W + 2, device=x.device)
+            inside = ((rows > 0) & (rows <= H))[:, None] & ((cols > 0) & (cols <= W))[None, :]
+            return torch.where(inside, F.pad(x.to(dtype), (1, 1, 1, 1)), self.pad.to(dtype)[:, None, None])
         out = torch.empty((B, C, H + 2, W + 2), dtype=dtype, device=x.device, memory_format=torch.channels_last)
         nhwc, pad = out.permute(0, 2, 3, 1), self.pad.to(dtype)
         nhwc[:, 0] = pad
