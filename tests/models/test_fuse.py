@@ -147,7 +147,6 @@ def test_edge_corrected_conv_with_its_gelu_pads_instead_of_correcting(size, dept
         assert len(calls) == 2
 
 
-
 def _conv_paddings(graph: torch.fx.Graph) -> list:
     """The padding of each conv in a dynamo or exported graph, as (h, w)."""
     paddings = []
@@ -192,6 +191,7 @@ def test_a_compiled_edge_corrected_conv_pads_its_input_in_bfloat16_and_an_export
         exported = torch.export.export(half, (xh,))
         assert _rel_err(exported.module()(xh).float(), expected) <= 2e-2
     assert _conv_paddings(exported.graph) == [(1, 1)]
+
 
 def test_fuses_projections_without_bias():
     torch.manual_seed(0)

@@ -172,12 +172,10 @@ class EdgeCorrectedConv(InferenceOnly):
         # channels_last, where the border rows and columns are cheap strided views (in-place updates of
         # NCHW row slices with a per-channel operand run a thousand times slower here)
         x = x.contiguous(memory_format=torch.channels_last)
-        if not torch.jit.is_scripting() and self._pads_input(x):
-            padded = self._padded(x, compute_dtype(x, self.conv.conv.weight))
-            if torch.compiler.is_compiling():
-                conv = self.conv.conv
-                return F.gelu(F.conv2d(padded, conv.weight, conv.bias, 1, 0, 1, conv.groups))
-            return self.conv.unpadded_gelu(padded)
+        if not torch.jit.is_scripting():
+            dtype = self._padded_gelu_dtype(x)
+            if dtype is not None:
+                return self.conv.unpadded_gelu(self._padded(x, dtype))
         y = self.conv(x)
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             # the tracer drops in-place updates of slices, and a compiler turns each into a copy of the whole
@@ -197,14 +195,18 @@ class EdgeCorrectedConv(InferenceOnly):
         return F.gelu(y) if self.gelu else y
 
     @torch.jit.unused
-    def _pads_input(self, x: torch.Tensor) -> bool:
-        """Whether the conv runs on `x` padded with `pad` and the GELU as its post-op (see the docstring)."""
-        if self.pad is None or compute_dtype(x, self.conv.conv.weight) not in PADDED_GELU_DTYPES:
-            return False
+    def _padded_gelu_dtype(self, x: torch.Tensor) -> Optional[torch.dtype]:
+        """The dtype the conv computes in where it runs on `x` padded with `pad` and the GELU as its post-op
+        (see the docstring), else None."""
+        dtype = compute_dtype(x, self.conv.conv.weight)
+        if self.pad is None or dtype not in PADDED_GELU_DTYPES:
+            return None
         if torch.compiler.is_compiling():
             # exported graphs (ONNX, the int8 program, whose int8 convs take no GELU post-op) keep the correction
-            return x.device.type == 'cpu' and not torch.compiler.is_exporting()
-        return onednn_applies(x, self.conv.conv.weight)
+            applies = x.device.type == 'cpu' and not torch.compiler.is_exporting()
+        else:
+            applies = onednn_applies(x, self.conv.conv.weight)
+        return dtype if applies else None
 
     @torch.jit.unused
     def _padded(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

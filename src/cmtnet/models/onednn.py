@@ -217,9 +217,13 @@ class OneDNNConv(nn.Module):
 
     @torch.jit.unused
     def unpadded_gelu(self, x: torch.Tensor) -> torch.Tensor:
-        """GELU(conv of `x` with no padding): one oneDNN call, for an input its caller has padded itself
-        (`EdgeCorrectedConv`) and that the fast path serves (`onednn_applies`); in `compute_dtype`."""
-        return self._onednn(x, None, gelu=True, padding=(0, 0))
+        """GELU(conv of `x` with no padding), for an input its caller has padded itself (`EdgeCorrectedConv`):
+        one oneDNN call in `compute_dtype` where the fast path serves it, else the plain ops (which a compiler
+        fuses into one call)."""
+        if onednn_applies(x, self.conv.weight):
+            return self._onednn(x, None, gelu=True, padding=(0, 0))
+        conv = self.conv
+        return F.gelu(F.conv2d(x, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups))
 
     def __getstate__(self):
         # the packed weight is an opaque oneDNN tensor: not copied or pickled, rebuilt on the next call; a
