@@ -8,7 +8,7 @@ Under torchrun, `distributed()` joins the process group (NCCL on GPUs, gloo on C
 """
 import contextlib
 from dataclasses import dataclass
-from typing import Any, ContextManager, Iterator, Optional
+from typing import Any, ContextManager, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -76,15 +76,27 @@ def precision_dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-def in_precision(model: nn.Module, precision: str) -> nn.Module:
+def in_precision(model: nn.Module, precision: str, parts: Optional[Sequence[str]] = None) -> nn.Module:
     """`model` for inference at `--precision`: itself for fp32; for bf16, folded for inference first
-    (`timm.utils.reparameterize_model`, models/fuse.py), in channels-last memory, weights in bfloat16."""
+    (`timm.utils.reparameterize_model`, models/fuse.py), in channels-last memory, weights in bfloat16.
+
+    `parts` (dotted names of submodules; those a model lacks are passed over) puts only those parts in
+    bfloat16, each an `InPrecision`, and leaves the rest of the model in float32: a detector's or segmenter's
+    input transform and its decoding of the outputs (boxes, resized logits), which must not round."""
     dtype = precision_dtype(precision)
     if dtype == torch.float32:
         return model
     from timm.utils import reparameterize_model
     model = reparameterize_model(model.eval()).to(memory_format=torch.channels_last)
-    return InPrecision(model, dtype).eval()
+    if parts is None:
+        return InPrecision(model, dtype).eval()
+    for name in parts:
+        try:
+            part = model.get_submodule(name)
+        except AttributeError:  # a part this model has not (RetinaNet has no RoI heads)
+            continue
+        model.set_submodule(name, InPrecision(part, dtype))
+    return model.eval()
 
 
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:

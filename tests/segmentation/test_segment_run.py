@@ -17,7 +17,7 @@ from PIL import Image
 from cmtnet.cli import main
 from cmtnet.engine.optim import create_scheduler
 from cmtnet.engine.report import TIMING_COLUMNS
-from cmtnet.segmentation.checkpoint import checkpoint_meta
+from cmtnet.segmentation.models import SEGMENTATION
 from cmtnet.segmentation.commands import parse_options
 from killed_runs import ENV, TIMEOUT, kill_after_first_checkpoint
 
@@ -82,10 +82,10 @@ def test_the_run_logs_miou_macc_aacc_and_its_weights_carry_what_eval_needs(whole
     assert [r['epoch'] for r in rows] == ['1', '2']
     for row in rows:
         assert all(0 <= float(row[k]) <= 100 for k in ('mIoU', 'mAcc', 'aAcc')) and float(row['train_loss']) > 0
-    meta = checkpoint_meta(whole / 'model.safetensors')
+    meta = SEGMENTATION.meta(whole / 'model.safetensors')
     assert meta == dict(task='segmentation', head='fpn', model='cmt_ti', num_classes=3, class_names=CLASSES,
                         crop_size=64, scale=[128, 64], slide=False)
-    assert checkpoint_meta(whole / 'best.safetensors')['class_names'] == CLASSES
+    assert SEGMENTATION.meta(whole / 'best.safetensors')['class_names'] == CLASSES
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(whole, data, tmp_path):
@@ -197,3 +197,22 @@ def test_the_poly_schedule_decays_as_mmseg_does():
     for update in (0, 50, 90):
         scheduler.step_update(num_updates=update)
         assert optimizer.param_groups[0]['lr'] == pytest.approx((1 - update / 100) ** 0.9)
+
+
+def test_eval_and_predict_at_bf16_agree_with_fp32(whole, data, tmp_path, capsys):
+    checkpoint = str(whole / 'model.safetensors')
+    summary, masks = {}, {}
+    for precision in ('fp32', 'bf16'):
+        assert main(['segment', 'eval', '--checkpoint', checkpoint, *data[4:8], '--workers', '0',
+                     '--precision', precision]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1].split()
+        summary[precision] = dict(zip(last[::2], map(float, last[1::2])))
+        out = tmp_path / precision
+        assert main(['segment', 'predict', '--checkpoint', checkpoint, data[5], '--output', str(out),
+                     '--precision', precision]) == 0
+        masks[precision] = {p.name: np.asarray(Image.open(p)) for p in sorted((out / 'masks').iterdir())}
+    assert summary['fp32'].keys() == summary['bf16'].keys() == {'mIoU', 'mAcc', 'aAcc'}
+    assert all(abs(summary['bf16'][k] - summary['fp32'][k]) <= 2 for k in summary['fp32'])
+    assert masks['bf16'].keys() == masks['fp32'].keys() and len(masks['fp32']) == 2
+    for name, mask in masks['fp32'].items():
+        assert (masks['bf16'][name] == mask).mean() >= 0.97

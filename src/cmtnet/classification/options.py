@@ -12,7 +12,7 @@ build them directly:
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..engine.options import RunOptions, amp_option, device_option, option, precision_option
+from ..engine.options import RunOptions, amp_option, config_option, device_option, option, precision_option
 from ..models.variants import VARIANT_ARGS
 from .recipes import RECIPES
 
@@ -88,7 +88,7 @@ class ModelOptions:
     compile: bool = option(True, help='compile an int8 program (cmtnet quantize) to its int8 kernels; '
                                       '--no-compile runs its reference float ops instead, slowly but without '
                                       'the minutes compiling takes (they round otherwise than the kernels)')
-    config: Optional[str] = option(None, metavar='YAML', help='YAML file of options (the command line wins)')
+    config: Optional[str] = config_option()
 
 
 @dataclass

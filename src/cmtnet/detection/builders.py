@@ -11,27 +11,27 @@ its own sigmoid and have no background class: `num_classes` is the number of lab
 it, labels 1 .. num_classes - 1 (COCO: 80 and 81). `HAS_BACKGROUND` says which is which.
 
 `detector_from_checkpoint` rebuilds a detector from a weight file a detection run exported: the file's
-metadata (`checkpoint_meta`) names the detector, variant, sizes, anchors, class names and category ids.
+metadata (`DETECTION.meta`, engine/dense.py) names the detector, variant, sizes, anchors, class names and
+category ids.
 """
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
-import safetensors.torch
-import torch
 import torch.nn as nn
-from timm.utils import reparameterize_model
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-from ..checkpoints import PathLike, task_checkpoint_meta
+from ..checkpoints import PathLike
+from ..engine.dense import DenseKind
 from ..errors import InputError
-from ..runtime import InPrecision, precision_dtype
+from ..runtime import in_precision
 from .backbone import NUM_STAGES, CMTFeaturePyramid, cmt_fpn_backbone
 
-__all__ = ['DETECTORS', 'HAS_BACKGROUND', 'anchor_tuples', 'build_detector', 'checkpoint_meta',
+__all__ = ['DETECTION', 'DETECTORS', 'HAS_BACKGROUND', 'anchor_tuples', 'build_detector',
            'detector_from_checkpoint', 'detector_in_precision', 'fasterrcnn_cmt', 'fcos_cmt', 'maskrcnn_cmt',
            'retinanet_cmt']
 
+DETECTION = DenseKind('detection', 'detect', head='detector')  # its exports, commands and runs' folder
 PYRAMID_LEVELS = 5  # P3-P7 for the one-stage detectors, P2-P6 (max pool) for the R-CNNs
 HAS_BACKGROUND = {'retinanet': False, 'fcos': False, 'fasterrcnn': True, 'maskrcnn': True}
 # the aspect ratios of torchvision's default anchors, per detector
@@ -208,24 +208,16 @@ def anchor_tuples(detector: str, sizes: Optional[Sequence[float]]) -> Optional[T
     return tuple(tuple(float(s) * k for k in scales) for s in sizes)
 
 
-def checkpoint_meta(path: Optional[PathLike]) -> Dict[str, Any]:
-    """The metadata of a weight file a detection run exported (`model.safetensors`, `best.safetensors`, ...);
-    InputError if none is given, or the file is not one a detection run wrote."""
-    return task_checkpoint_meta(path, 'detection', 'cmtnet detect train')
+def _detector_of(meta: Dict[str, Any]) -> nn.Module:
+    """The detector that a detection run's exported weights, with metadata `meta`, load into."""
+    return build_detector(meta['detector'], meta['model'], meta['num_classes'], min_size=meta['min_size'],
+                          max_size=meta['max_size'], anchor_sizes=anchor_tuples(meta['detector'], meta['anchor_sizes']))
 
 
 def detector_from_checkpoint(path: PathLike, **overrides: Any) -> Tuple[nn.Module, Dict[str, Any]]:
     """(the detector in eval mode, its metadata) from a weight file a detection run exported; `overrides`
     replace stored sizes (`min_size`, `max_size`)."""
-    meta = dict(checkpoint_meta(path), **{k: v for k, v in overrides.items() if v is not None})
-    model = build_detector(meta['detector'], meta['model'], meta['num_classes'], min_size=meta['min_size'],
-                           max_size=meta['max_size'],
-                           anchor_sizes=anchor_tuples(meta['detector'], meta['anchor_sizes']))
-    try:
-        model.load_state_dict(safetensors.torch.load_file(str(path)))
-    except RuntimeError as e:
-        raise InputError(f'cannot load {path} into {meta["detector"]} on {meta["model"]}: {e}') from e
-    return model.eval(), meta
+    return DETECTION.load(path, _detector_of, **overrides)
 
 
 # the parts of torchvision's detectors that run on feature maps: the backbone and the heads
@@ -236,20 +228,7 @@ _MAP_PARTS = ('backbone', 'head', 'rpn.head', 'roi_heads.box_head', 'roi_heads.b
 def detector_in_precision(model: nn.Module, precision: str) -> nn.Module:
     """`model` (in eval mode) for inference at `--precision`: itself for fp32; for bf16, a copy with its CMT
     folded for inference (models/fuse.py) in channels-last memory, and the backbone and every head running
-    their weights in bfloat16 (`runtime.InPrecision`), while the image transform, anchors, box decoding,
+    their weights in bfloat16 (`runtime.in_precision`), while the image transform, anchors, box decoding,
     non-maximum suppression and RoI pooling stay in float32: a bfloat16 box coordinate would be off by up to
     4 pixels at 1333, and the scores' ranking must not round."""
-    dtype = precision_dtype(precision)
-    if dtype == torch.float32:
-        return model
-    model = reparameterize_model(model.eval())
-    model.backbone = model.backbone.to(memory_format=torch.channels_last)
-    for name in _MAP_PARTS:
-        *parents, last = name.split('.')
-        owner = model
-        for parent in parents:
-            owner = getattr(owner, parent, None)
-        part = getattr(owner, last, None)
-        if isinstance(part, nn.Module):
-            setattr(owner, last, InPrecision(part, dtype))
-    return model.eval()
+    return in_precision(model, precision, _MAP_PARTS)

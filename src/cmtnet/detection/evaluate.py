@@ -22,7 +22,7 @@ import torch.nn as nn
 from ..checkpoints import atomic_write
 from ..engine.data import eval_loader
 from ..runtime import amp_dtype, autocast, distributed
-from .builders import HAS_BACKGROUND, checkpoint_meta, detector_from_checkpoint, detector_in_precision
+from .builders import DETECTION, HAS_BACKGROUND, detector_from_checkpoint, detector_in_precision
 from .data import CocoSet, DetectionSamples, collate, data_paths, read_coco
 from .options import DetectEvalOptions
 
@@ -142,7 +142,7 @@ def evaluate_detector(
 def eval_command(options: DetectEvalOptions) -> Dict[str, float]:
     """Print the COCO summary of a checkpoint on val images and write coco_results.json; the metrics."""
     o = options
-    categories = checkpoint_meta(o.checkpoint)['category_ids']
+    categories = DETECTION.meta(o.checkpoint)['category_ids']
     checkpoint = Path(o.checkpoint)
     images, annotations = data_paths(o, splits=('val',))['val']
     val_set = read_coco(annotations, images, strict=o.strict, categories=categories)

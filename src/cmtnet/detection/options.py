@@ -6,15 +6,17 @@ learning rate divided by 10 after epochs 8 and 11, a linear warm-up over the fir
 thousandth of the rate, and images resized to a shorter side of 800 (longer side at most 1333).
 
 Each field carries its command-line spelling and help (engine/options.py); detection/commands.py turns them
-into `cmtnet detect train | eval | predict`.
+into `cmtnet detect train | eval | predict`. Eval and predict take what every dense task's do
+(`engine.dense.DenseOptions`: checkpoint, device, autocast, `--precision`, config) and detection's own flags.
 """
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from ..engine.options import RunOptions, amp_option, device_option, option, precision_option
+from ..engine.dense import DenseOptions, DensePredictOptions, DenseTrainOptions, images_option, workers_option
+from ..engine.options import option
 from ..models.variants import VARIANT_ARGS
 from .backbone import BATCH_NORM_MODES
-from .builders import DETECTORS
+from .builders import DETECTION, DETECTORS
 
 __all__ = ['DetectEvalOptions', 'DetectOptions', 'DetectPredictOptions']
 
@@ -22,10 +24,6 @@ __all__ = ['DetectEvalOptions', 'DetectOptions', 'DetectPredictOptions']
 def _data() -> Any:
     return option(None, metavar='ROOT', group='data',
                   help='a COCO 2017 tree: annotations/instances_{train,val}2017.json, {train,val}2017/')
-
-
-def _images(split: str) -> Any:
-    return option(None, metavar='DIR', group='data', help=f'folder of the {split} images')
 
 
 def _annotations(split: str) -> Any:
@@ -37,34 +35,18 @@ def _strict() -> Any:
                                             'category) instead of skipping it with a warning')
 
 
-def _workers() -> Any:
-    return option(2, metavar='N', group='data', help='data loading processes per process')
-
-
-def _checkpoint() -> Any:
-    return option(None, metavar='PATH',
-                  help='weights a detection run wrote (required), e.g. runs/detect/model.safetensors')
-
-
 def _side(help: str) -> Any:
     return option(None, metavar='PX', help=help, unset="the checkpoint's")
 
 
-def _config() -> Any:
-    return option(None, metavar='YAML', help='YAML file of options (the command line wins)')
-
-
-_AMP = 'mixed precision: auto is bf16 on CUDA, off on CPU'
-
-
 @dataclass
-class DetectOptions(RunOptions):
+class DetectOptions(DenseTrainOptions):
     """A detection run: data, detector and backbone, and the engine's options with the 1x defaults."""
     # data: a COCO 2017 tree (`data`), or the four paths; neither: the embedded digits set
     data: Optional[str] = _data()
-    train_images: Optional[str] = _images('train')
+    train_images: Optional[str] = images_option('train')
     train_annotations: Optional[str] = _annotations('train')
-    val_images: Optional[str] = _images('val')
+    val_images: Optional[str] = images_option('val')
     val_annotations: Optional[str] = _annotations('val')
     strict: bool = _strict()
     hflip: Optional[float] = option(None, metavar='P', group='data',
@@ -86,55 +68,40 @@ class DetectOptions(RunOptions):
     anchor_sizes: Optional[List[float]] = option(  # one base size per pyramid level (5)
         None, nargs=5, metavar='PX', group='model', unset="the detector's",
         help='base anchor size per pyramid level; RetinaNet adds x2^(1/3), x2^(2/3)')
-    # the engine's options, with the 1x schedule's values
+    # the engine's options, with the 1x schedule's values (and the dense recipes' shared ones)
     epochs: int = 12
-    batch_size: int = 2
     lr: Optional[float] = 1e-4
-    opt: str = 'adamw'
     weight_decay: float = 0.05
     sched: str = 'multistep'
     decay_milestones: List[int] = field(default_factory=lambda: [8, 11])
     decay_rate: float = 0.1
-    warmup_epochs: Optional[float] = 0
     warmup_updates: int = 500
     warmup_lr: float = 1e-7
-    min_lr: float = 0.0
     cooldown_epochs: int = 0
-    workers: int = _workers()
     output: str = 'runs/detect'
 
 
 @dataclass
-class DetectEvalOptions:
+class DetectEvalOptions(DenseOptions):
     """`cmtnet detect eval`: a checkpoint's COCO AP on a val set (or the embedded one's)."""
-    checkpoint: Optional[str] = _checkpoint()
+    checkpoint: Optional[str] = DETECTION.checkpoint_option()
     data: Optional[str] = _data()
-    val_images: Optional[str] = _images('val')
+    val_images: Optional[str] = images_option('val')
     val_annotations: Optional[str] = _annotations('val')
     strict: bool = _strict()
     min_size: Optional[int] = _side('shorter side')
     max_size: Optional[int] = _side('longest side')
     batch_size: int = option(2, metavar='N', help='images per batch')
-    workers: int = _workers()
+    workers: int = workers_option()
     output: Optional[str] = option(None, metavar='DIR', help='folder for coco_results.json',
                                    unset="the checkpoint's")
-    device: Optional[str] = device_option()
-    amp: str = amp_option(_AMP)
-    precision: str = precision_option()
-    config: Optional[str] = _config()
 
 
 @dataclass
-class DetectPredictOptions:
+class DetectPredictOptions(DensePredictOptions):
     """`cmtnet detect predict`: drawn detections and a JSON for image files and folders."""
-    inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
-                               help='image files and folders of images')
-    checkpoint: Optional[str] = _checkpoint()
+    checkpoint: Optional[str] = DETECTION.checkpoint_option()
     score_threshold: float = option(0.5, metavar='S', help='leave out detections scored below this')
     min_size: Optional[int] = _side('shorter side')
     max_size: Optional[int] = _side('longest side')
     output: str = option('runs/detect/predict', metavar='DIR', help='folder for the drawn images and the JSON')
-    device: Optional[str] = device_option()
-    amp: str = amp_option(_AMP)
-    precision: str = precision_option()
-    config: Optional[str] = _config()

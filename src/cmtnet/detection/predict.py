@@ -24,7 +24,7 @@ from ..checkpoints import atomic_write
 from ..engine.data import find_images, readable_files
 from ..errors import InputError
 from ..runtime import amp_dtype, autocast, distributed, is_main_process
-from .builders import HAS_BACKGROUND, checkpoint_meta, detector_from_checkpoint, detector_in_precision
+from .builders import DETECTION, HAS_BACKGROUND, detector_from_checkpoint, detector_in_precision
 from .options import DetectPredictOptions
 
 __all__ = ['draw_detections', 'predict_command', 'predict_files']
@@ -84,7 +84,7 @@ def predict_files(model: nn.Module, meta: Dict[str, Any], files: Sequence[Path],
 def predict_command(options: DetectPredictOptions) -> List[Dict[str, Any]]:
     """Draw the detections of each image and write detections.json; the detections."""
     o = options
-    checkpoint_meta(o.checkpoint)  # a missing or foreign checkpoint is named before the images are looked at
+    DETECTION.meta(o.checkpoint)  # a missing or foreign checkpoint is named before the images are looked at
     if not o.inputs:
         raise InputError('give at least one image file or folder of images to predict')
     files = find_images(o.inputs)

@@ -7,17 +7,17 @@ prediction need (`meta`): detector, variant, sizes, anchors, class names and cat
 `builders.detector_from_checkpoint` rebuilds the detector from the file alone, without this module.
 `train(options)` runs the task on the engine (`cmtnet detect train`).
 """
-from typing import Any, Dict, Set
+from typing import Any, Dict
 
 import torch
 import torch.nn as nn
 
-from ..engine.data import eval_loader, train_loader
-from ..engine.task import Losses, Task
+from ..engine.dense import DenseTask
+from ..engine.task import Losses
 from ..engine.trainer import fit
 from ..errors import InputError
-from ..runtime import Processes, amp_dtype
-from .builders import DETECTORS, HAS_BACKGROUND, anchor_tuples, build_detector
+from ..runtime import Processes
+from .builders import DETECTION, DETECTORS, HAS_BACKGROUND, anchor_tuples, build_detector
 from .data import DetectionSamples, collate, data_paths, read_coco, train_hflip
 from .evaluate import evaluate_detector, iou_types, metric_names
 from .options import DetectOptions
@@ -30,10 +30,9 @@ def train(options: DetectOptions) -> Dict[str, Any]:
     return fit(DetectionTask(options), options)
 
 
-class DetectionTask(Task):
+class DetectionTask(DenseTask):
     """Train a torchvision detector on a CMT backbone on COCO-format data; see the module docstring."""
-    best_metric = 'bbox_AP'
-    val_prefix = ''  # metrics.csv columns are COCO's names: bbox_AP, bbox_AP50, ...
+    best_metric = 'bbox_AP'  # metrics.csv columns are COCO's names: bbox_AP, bbox_AP50, ...
     curves = {
         'loss': [('train_loss', 'train')],
         'box AP (val)': [('bbox_AP', 'AP'), ('bbox_AP50', 'AP50')],
@@ -50,7 +49,6 @@ class DetectionTask(Task):
 
     def setup(self, processes: Processes) -> None:
         o = self.options
-        self.processes = processes
         paths = data_paths(o)
         self.train_set = read_coco(paths['train'][1], paths['train'][0], strict=o.strict, train=True)
         self.val_set = read_coco(paths['val'][1], paths['val'][0], strict=o.strict,
@@ -59,14 +57,7 @@ class DetectionTask(Task):
         train = DetectionSamples(self.train_set, masks=masks, hflip=train_hflip(o), strict=o.strict,
                                  first_label=self.first_label)
         val = DetectionSamples(self.val_set, strict=o.strict, first_label=self.first_label)
-        p = processes
-        self.train_loader = train_loader(train, o.batch_size, p.rank, p.world_size, o.seed, workers=o.workers,
-                                         collate_fn=collate)
-        self.val_loader = eval_loader(val, o.batch_size, p.rank, p.world_size, o.workers, collate_fn=collate)
-        self.amp = amp_dtype(o.amp, p.device)
-        if p.is_main:
-            print(self.train_set.describe())
-            print(self.val_set.describe())
+        self.start(processes, train, val, o.batch_size, collate, train_collate_fn=collate)
 
     @property
     def num_classes(self) -> int:
@@ -92,18 +83,9 @@ class DetectionTask(Task):
             model, self.val_loader, self.val_set, self.iou_types, self.processes.device, self.amp, self.first_label)
         return metrics
 
-    def batch_size(self, batch: Any) -> int:
-        return len(batch[0])
-
-    def skipped(self, batch: Any) -> int:
-        return sum(batch[2])
-
-    def no_weight_decay(self, model: nn.Module) -> Set[str]:
-        return {name for name, _ in model.named_parameters() if name.endswith('rel_pos_bias')}
-
     def meta(self) -> Dict[str, Any]:
         o = self.options
-        return dict(task='detection', detector=o.detector, model=o.model, num_classes=self.num_classes,
+        return dict(task=DETECTION.name, detector=o.detector, model=o.model, num_classes=self.num_classes,
                     class_names=self.train_set.class_names, category_ids=self.train_set.category_ids,
                     min_size=o.min_size, max_size=o.max_size, anchor_sizes=o.anchor_sizes)
 

@@ -25,8 +25,8 @@ import yaml
 
 from ..errors import InputError
 
-__all__ = ['SCHEDULES', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'device_option', 'option',
-           'options_from', 'parse', 'precision_option', 'write_config']
+__all__ = ['SCHEDULES', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'config_option', 'device_option',
+           'option', 'options_from', 'parse', 'precision_option', 'write_config']
 
 Options = TypeVar('Options')
 
@@ -79,6 +79,11 @@ def precision_option(**kwargs: Any) -> Any:
     """`--precision`, as every inference command has it: the weights' own precision (runtime.in_precision)."""
     return option('fp32', choices=['fp32', 'bf16'], help='inference precision: bf16 folds the model and runs '
                   'its weights in bfloat16 (an int8 model is a file written by cmtnet quantize)', **kwargs)
+
+
+def config_option(**kwargs: Any) -> Any:
+    """`--config`, as every command that is not a training run has it."""
+    return option(None, metavar='YAML', help='YAML file of options (the command line wins)', **kwargs)
 
 
 @dataclass

@@ -7,49 +7,42 @@
     cmtnet segment predict --checkpoint runs/segment/model.safetensors photos/ --output runs/segment/predict
 
 A checkpoint carries the head, variant, classes, crop size and evaluation scale, so eval and predict need
-no other flag.
+no other flag. The three commands are added as detection's are (`engine.dense.add_dense_commands`).
 """
 import argparse
-from typing import Any, Dict, Sequence
+from typing import Sequence
 
-from ..engine.options import add_command, parse
+from ..engine.dense import Command, add_dense_commands, task_train
+from ..engine.options import parse
 from .evaluate import eval_command
+from .models import SEGMENTATION
 from .options import SegmentEvalOptions, SegmentOptions, SegmentPredictOptions
 from .predict import predict_command
 
-__all__ = ['add_parser', 'eval_command', 'parse_options', 'predict_command', 'train_command']
-
-_DATA = {'data': 'data (ADE20K or image and mask folders; default: the embedded digits set)'}
-
-
-def train_command(options: SegmentOptions) -> Dict[str, Any]:
-    """`cmtnet segment train` (the engine is imported when a run starts)."""
-    from .task import train
-    return train(options)
+__all__ = ['add_parser', 'eval_command', 'parse_options', 'predict_command']
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `segment` with its `train`, `eval` and `predict` subcommands."""
-    parser = subparsers.add_parser('segment', help='semantic segmentation with a CMT backbone',
-                                   description='Semantic FPN and UPerNet on a CMT backbone, on ADE20K or on '
-                                               'folders of images and single-channel PNG masks.')
-    commands = parser.add_subparsers(dest='segment_command', metavar='COMMAND', required=True)
-    add_command(
-        commands, 'train', SegmentOptions, train_command, groups=dict(_DATA, model='model'),
-        help='train a segmenter',
-        description='Train Semantic FPN or UPerNet on a CMT backbone (default: on the embedded digits set), with '
-                    "the Semantic FPN ADE20K recipe as the default (AdamW, lr 1e-4 at a global batch of 16, poly "
-                    'schedule, 80k iterations on ADE20K). Every option can also be set in a YAML file (--config); '
-                    'the command line wins. Several processes: torchrun --nproc_per_node N -m cmtnet segment '
-                    'train ...')
-    add_command(
-        commands, 'eval', SegmentEvalOptions, eval_command, groups=_DATA, help="a checkpoint's mIoU, mAcc and aAcc",
-        description='Evaluate a segmentation checkpoint on val images and masks as ADE20K does: prints the '
-                    'per-class IoU and accuracy table, then the summary (mIoU, mAcc, aAcc).')
-    add_command(
-        commands, 'predict', SegmentPredictOptions, predict_command, help='segment image files',
-        description='Segment image files (and folders of them): a colour overlay (overlays/) and a label mask '
-                    '(masks/, value = class index) per image.')
+    add_dense_commands(
+        subparsers, SEGMENTATION, help='semantic segmentation with a CMT backbone',
+        description='Semantic FPN and UPerNet on a CMT backbone, on ADE20K or on folders of images and '
+                    'single-channel PNG masks.',
+        data='data (ADE20K or image and mask folders; default: the embedded digits set)',
+        train=Command(
+            SegmentOptions, task_train(__package__), 'train a segmenter',
+            'Train Semantic FPN or UPerNet on a CMT backbone (default: on the embedded digits set), with the '
+            'Semantic FPN ADE20K recipe as the default (AdamW, lr 1e-4 at a global batch of 16, poly schedule, '
+            '80k iterations on ADE20K). Every option can also be set in a YAML file (--config); the command line '
+            'wins. Several processes: torchrun --nproc_per_node N -m cmtnet segment train ...'),
+        eval=Command(
+            SegmentEvalOptions, eval_command, "a checkpoint's mIoU, mAcc and aAcc",
+            'Evaluate a segmentation checkpoint on val images and masks as ADE20K does: prints the per-class IoU '
+            'and accuracy table, then the summary (mIoU, mAcc, aAcc).'),
+        predict=Command(
+            SegmentPredictOptions, predict_command, 'segment image files',
+            'Segment image files (and folders of them): a colour overlay (overlays/) and a label mask (masks/, '
+            'value = class index) per image.'))
 
 
 def parse_options(argv: Sequence[str]) -> SegmentOptions:

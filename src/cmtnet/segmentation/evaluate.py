@@ -18,11 +18,11 @@ import torch.nn as nn
 from ..engine.data import eval_loader
 from ..errors import InputError
 from ..runtime import all_reduce, amp_dtype, autocast, distributed
-from .checkpoint import checkpoint_meta, segmenter_from_checkpoint
 from .data import (
     MaskSet, SegmentationSamples, class_names as flag_class_names, collate, data_paths, eval_transform, read_mask_set)
 from .inference import segment
 from .metrics import ConfusionMatrix
+from .models import SEGMENTATION, segmenter_from_checkpoint, segmenter_in_precision
 from .options import SegmentEvalOptions
 
 __all__ = ['METRICS', 'Protocol', 'eval_command', 'evaluate_segmenter', 'metrics_of', 'read_val_set']
@@ -111,10 +111,11 @@ def read_val_set(o: Any, class_names: Sequence[str]) -> MaskSet:
 def eval_command(options: SegmentEvalOptions) -> Dict[str, float]:
     """Print the per-class IoU table and the summary of a checkpoint on val images; the metrics."""
     o = options
-    meta = checkpoint_meta(o.checkpoint)  # a missing or foreign checkpoint is named before the data is read
+    meta = SEGMENTATION.meta(o.checkpoint)  # a missing or foreign checkpoint is named before the data is read
     protocol = Protocol.of(meta, o.slide, o.flip, o.scales)
     val_set = read_val_set(o, meta['class_names'])
     model, meta = segmenter_from_checkpoint(o.checkpoint)
+    model = segmenter_in_precision(model, o.precision)
     with distributed(o.device) as p:
         samples = SegmentationSamples(val_set, eval_transform(), strict=o.strict)
         loader = eval_loader(samples, 1, p.rank, p.world_size, o.workers, collate_fn=collate)

@@ -22,10 +22,15 @@ Both end as mmseg's decode heads do: dropout 0.1 and a 1x1 classifier at stride 
 the input. The model takes images in 0..1 and normalises them itself (ImageNet mean and std), as
 torchvision's detectors do; it pads the input on the right and bottom to a multiple of 32 (zeros after
 normalisation) and crops the logits back, so any input size works and the logits have the input's size.
+
+Every export of `cmtnet segment train` (`model.safetensors`, `best.safetensors`, `model_ema.safetensors`)
+carries in its header what evaluation and prediction need (`SegmentationTask.meta`), so that
+`segmenter_from_checkpoint` rebuilds the segmenter from the file alone (engine/dense.py, as detection's);
+`segmenter_in_precision` runs it at `--precision`.
 """
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,11 +41,16 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from ..checkpoints import PathLike, create_model
+from ..engine.dense import DenseKind
 from ..errors import InputError
 from ..models.variants import VARIANT_ARGS
+from ..runtime import in_precision
 
-__all__ = ['FPN_CHANNELS', 'FPN_HEAD_CHANNELS', 'HEADS', 'SIZE_DIVISOR', 'UPERNET_CHANNELS', 'CMTSegmenter',
-           'SemanticFPNDecoder', 'UPerNetDecoder', 'build_segmenter', 'semantic_fpn_cmt', 'upernet_cmt']
+__all__ = ['FPN_CHANNELS', 'FPN_HEAD_CHANNELS', 'HEADS', 'SEGMENTATION', 'SIZE_DIVISOR', 'UPERNET_CHANNELS',
+           'CMTSegmenter', 'SemanticFPNDecoder', 'UPerNetDecoder', 'build_segmenter', 'segmenter_from_checkpoint',
+           'segmenter_in_precision', 'semantic_fpn_cmt', 'upernet_cmt']
+
+SEGMENTATION = DenseKind('segmentation', 'segment', head='head')  # its exports, commands and runs' folder
 
 FPN_CHANNELS = 256  # Semantic FPN: the pyramid's channels
 FPN_HEAD_CHANNELS = 128  # Semantic FPN: the semantic branch's channels
@@ -157,3 +167,18 @@ def build_segmenter(head: str, variant: str, num_classes: int, **kwargs: Any) ->
     if head not in HEADS:
         raise InputError(f'unknown segmentation head {head!r}; expected one of {", ".join(HEADS)}')
     return HEADS[head](variant, num_classes, **kwargs)
+
+
+def segmenter_from_checkpoint(path: PathLike) -> Tuple[CMTSegmenter, Dict[str, Any]]:
+    """(the segmenter in eval mode, its metadata) from a weight file a segmentation run exported: its header
+    (`SEGMENTATION.meta`) names the head, the variant, the classes, the crop size and the evaluation scale, and
+    whether the run evaluated with sliding windows."""
+    return SEGMENTATION.load(path, lambda meta: build_segmenter(meta['head'], meta['model'], meta['num_classes']))
+
+
+def segmenter_in_precision(model: CMTSegmenter, precision: str) -> nn.Module:
+    """`model` (in eval mode) for inference at `--precision`: itself for fp32; for bf16, a copy with its CMT
+    folded for inference (models/fuse.py) in channels-last memory, and the backbone, decoder and classifier
+    running their weights in bfloat16 (`runtime.in_precision`), while the normalisation of the input and the
+    resize of the logits to it stay in float32."""
+    return in_precision(model, precision, ('body', 'decoder', 'classifier'))

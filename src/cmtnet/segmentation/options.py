@@ -9,14 +9,16 @@ schedule is counted in epochs so that it scales too: ADE20K's 20,210 training im
 stretches the epochs of a small set by a whole factor until the schedule has at least N updates.)
 
 Each field carries its command-line spelling and help (engine/options.py); segmentation/commands.py turns
-them into `cmtnet segment train | eval | predict`.
+them into `cmtnet segment train | eval | predict`. Eval and predict take what every dense task's do
+(`engine.dense.DenseOptions`: checkpoint, device, autocast, `--precision`, config) and segmentation's own flags.
 """
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from ..engine.options import RunOptions, amp_option, device_option, option
+from ..engine.dense import DenseOptions, DensePredictOptions, DenseTrainOptions, images_option, workers_option
+from ..engine.options import option
 from ..models.variants import VARIANT_ARGS
-from .models import HEADS
+from .models import HEADS, SEGMENTATION
 
 __all__ = ['SegmentEvalOptions', 'SegmentOptions', 'SegmentPredictOptions']
 
@@ -27,10 +29,6 @@ def _data() -> Any:
     return option(None, metavar='ROOT', group='data',
                   help="ADE20K's release: ADEChallengeData2016/{images,annotations}/{training,validation} "
                        '(150 classes, mask value 0 not labelled)')
-
-
-def _images(split: str) -> Any:
-    return option(None, metavar='DIR', group='data', help=f'folder of the {split} images')
 
 
 def _masks(split: str) -> Any:
@@ -53,15 +51,6 @@ def _strict() -> Any:
                                             'value outside the classes) instead of skipping it with a warning')
 
 
-def _workers() -> Any:
-    return option(2, metavar='N', group='data', help='data loading processes per process')
-
-
-def _checkpoint() -> Any:
-    return option(None, metavar='PATH',
-                  help='weights a segmentation run wrote (required), e.g. runs/segment/model.safetensors')
-
-
 def _flip() -> Any:
     return option(False, help='also score the mirrored image (averaged)')
 
@@ -76,21 +65,14 @@ def _slide_override() -> Any:
                   unset="the checkpoint's")
 
 
-def _config() -> Any:
-    return option(None, metavar='YAML', help='YAML file of options (the command line wins)')
-
-
-_AMP = 'mixed precision: auto is bf16 on CUDA, off on CPU'
-
-
 @dataclass
-class SegmentOptions(RunOptions):
+class SegmentOptions(DenseTrainOptions):
     """A segmentation run: data, head and backbone, and the engine's options with the Semantic FPN recipe."""
     # data: ADE20K (`data`), or the four folders; neither: the embedded digits set
     data: Optional[str] = _data()
-    train_images: Optional[str] = _images('train')
+    train_images: Optional[str] = images_option('train')
     train_masks: Optional[str] = _masks('train')
-    val_images: Optional[str] = _images('val')
+    val_images: Optional[str] = images_option('val')
     val_masks: Optional[str] = _masks('val')
     classes: Optional[str] = _classes()
     num_classes: Optional[int] = _num_classes()
@@ -110,28 +92,23 @@ class SegmentOptions(RunOptions):
     model: str = option('cmt_s', choices=list(VARIANT_ARGS), group='model', help='CMT variant of the backbone')
     backbone_weights: Optional[str] = option(None, metavar='PATH', group='model',
                                              help='CMT weights for the backbone (a released checkpoint or ours)')
-    # the engine's options, with the Semantic FPN ADE20K recipe
+    # the engine's options, with the Semantic FPN ADE20K recipe (and the dense recipes' shared ones)
     epochs: int = ADE20K_EPOCHS
-    batch_size: int = 2
     lr_base: float = 1e-4
     lr_base_size: int = 16
-    opt: str = 'adamw'
     weight_decay: float = 1e-4
     sched: str = 'poly'
     decay_rate: float = 0.9
     decay_milestones: List[int] = field(default_factory=list)
-    warmup_epochs: Optional[float] = 0
-    min_lr: float = 0.0
-    workers: int = _workers()
     output: str = 'runs/segment'
 
 
 @dataclass
-class SegmentEvalOptions:
+class SegmentEvalOptions(DenseOptions):
     """`cmtnet segment eval`: a checkpoint's mIoU on a val set (or the embedded one's)."""
-    checkpoint: Optional[str] = _checkpoint()
+    checkpoint: Optional[str] = SEGMENTATION.checkpoint_option()
     data: Optional[str] = _data()
-    val_images: Optional[str] = _images('val')
+    val_images: Optional[str] = images_option('val')
     val_masks: Optional[str] = _masks('val')
     classes: Optional[str] = _classes("the checkpoint's; if given, checked against them")
     num_classes: Optional[int] = _num_classes()
@@ -139,23 +116,15 @@ class SegmentEvalOptions:
     slide: Optional[bool] = _slide_override()
     flip: bool = _flip()
     scales: List[float] = _scales()
-    workers: int = _workers()
-    device: Optional[str] = device_option()
-    amp: str = amp_option(_AMP)
-    config: Optional[str] = _config()
+    workers: int = workers_option()
 
 
 @dataclass
-class SegmentPredictOptions:
+class SegmentPredictOptions(DensePredictOptions):
     """`cmtnet segment predict`: a colour overlay and a label mask for image files and folders."""
-    inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
-                               help='image files and folders of images')
-    checkpoint: Optional[str] = _checkpoint()
+    checkpoint: Optional[str] = SEGMENTATION.checkpoint_option()
     slide: Optional[bool] = _slide_override()
     flip: bool = _flip()
     scales: List[float] = _scales()
     output: str = option('runs/segment/predict', metavar='DIR',
                          help='folder for overlays/ (colour overlays) and masks/ (label PNGs)')
-    device: Optional[str] = device_option()
-    amp: str = amp_option(_AMP)
-    config: Optional[str] = _config()

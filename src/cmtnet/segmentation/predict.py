@@ -23,8 +23,8 @@ from torchvision.utils import draw_segmentation_masks
 from ..engine.data import find_images, readable_files
 from ..errors import InputError
 from ..runtime import amp_dtype, autocast, distributed, is_main_process
-from .checkpoint import checkpoint_meta, segmenter_from_checkpoint
 from .evaluate import Protocol
+from .models import SEGMENTATION, segmenter_from_checkpoint, segmenter_in_precision
 from .options import SegmentPredictOptions
 
 __all__ = ['class_colours', 'overlay', 'predict_command', 'predict_files']
@@ -84,12 +84,13 @@ def predict_files(model: nn.Module, meta: Dict[str, Any], files: Sequence[Path],
 def predict_command(options: SegmentPredictOptions) -> List[Dict[str, Any]]:
     """Write the overlay and label mask of each image; per image, the files and the classes' shares."""
     o = options
-    meta = checkpoint_meta(o.checkpoint)  # a missing or foreign checkpoint is named before the images
+    meta = SEGMENTATION.meta(o.checkpoint)  # a missing or foreign checkpoint is named before the images
     protocol = Protocol.of(meta, o.slide, o.flip, o.scales)
     if not o.inputs:
         raise InputError('give at least one image file or folder of images to segment')
     files = find_images(o.inputs)
     model, meta = segmenter_from_checkpoint(o.checkpoint)
+    model = segmenter_in_precision(model, o.precision)
     with distributed(o.device) as p:
         if not is_main_process():
             return []

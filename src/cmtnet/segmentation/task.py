@@ -12,24 +12,23 @@ module only says what the data, the model, the loss and the metrics are:
   picking best.safetensors.
 
 Every exported weight file carries what evaluation and prediction need (`meta`: head, variant, classes,
-crop size, evaluation scale, sliding windows), so that `checkpoint.segmenter_from_checkpoint` rebuilds the
+crop size, evaluation scale, sliding windows), so that `models.segmenter_from_checkpoint` rebuilds the
 segmenter from the file alone. `train(options)` runs the task on the engine (`cmtnet segment train`).
 """
-from typing import Any, Dict, Set
+from typing import Any, Dict
 
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..engine.data import eval_loader, train_loader
-from ..engine.task import Losses, Task
+from ..engine.dense import DenseTask
+from ..engine.task import Losses
 from ..engine.trainer import fit
 from ..errors import InputError
-from ..runtime import Processes, amp_dtype
-from .checkpoint import TASK
+from ..runtime import Processes
 from .data import SegmentationSamples, class_names, collate, data_paths, eval_transform, read_mask_set, train_transform
 from .evaluate import Protocol, evaluate_segmenter, metrics_of
 from .metrics import IGNORE_INDEX
-from .models import HEADS, SIZE_DIVISOR, build_segmenter
+from .models import HEADS, SEGMENTATION, SIZE_DIVISOR, build_segmenter
 from .options import SegmentOptions
 
 __all__ = ['SegmentationTask', 'train']
@@ -56,11 +55,10 @@ def check_options(o: SegmentOptions) -> None:
                          '--sync-bn over several processes: its pyramid-pooling BatchNorm cannot normalise one image')
 
 
-class SegmentationTask(Task):
+class SegmentationTask(DenseTask):
     """Train a segmentation head on CMT on image and mask folders; see the module docstring."""
-    best_metric = 'mIoU'
+    best_metric = 'mIoU'  # metrics.csv columns: mIoU, mAcc, aAcc
     ema_metrics = ('mIoU',)  # with --model-ema, the EMA weights' mIoU too (ema_mIoU)
-    val_prefix = ''  # metrics.csv columns: mIoU, mAcc, aAcc
     curves = {
         'loss': [('train_loss', 'train')],
         'val (%)': [('mIoU', 'mIoU'), ('mAcc', 'mAcc'), ('aAcc', 'aAcc')],
@@ -73,7 +71,6 @@ class SegmentationTask(Task):
 
     def setup(self, processes: Processes) -> None:
         o = self.options
-        self.processes = processes
         source = data_paths(o)
         names = class_names(o.classes, o.num_classes, default=source.class_names)
         self.train_set, self.val_set = (
@@ -83,13 +80,7 @@ class SegmentationTask(Task):
         hflip = source.hflip if o.hflip is None else o.hflip
         train = SegmentationSamples(self.train_set, train_transform(o.crop_size, scale, hflip=hflip), strict=o.strict)
         val = SegmentationSamples(self.val_set, eval_transform(), strict=o.strict)
-        p = processes
-        self.train_loader = train_loader(train, o.batch_size, p.rank, p.world_size, o.seed, workers=o.workers)
-        self.val_loader = eval_loader(val, 1, p.rank, p.world_size, o.workers, collate_fn=collate)
-        self.amp = amp_dtype(o.amp, p.device)
-        if p.is_main:
-            print(self.train_set.describe())
-            print(self.val_set.describe())
+        self.start(processes, train, val, 1, collate)
 
     @property
     def num_classes(self) -> int:
@@ -110,18 +101,9 @@ class SegmentationTask(Task):
                                                  self.processes.device, self.amp)
         return metrics_of(self.last_confusion)
 
-    def batch_size(self, batch: Any) -> int:
-        return len(batch[0])
-
-    def skipped(self, batch: Any) -> int:
-        return int(batch[2].sum())
-
-    def no_weight_decay(self, model: nn.Module) -> Set[str]:
-        return {name for name, _ in model.named_parameters() if name.endswith('rel_pos_bias')}
-
     def meta(self) -> Dict[str, Any]:
         o = self.options
-        return dict(task=TASK, head=o.head, model=o.model, num_classes=self.num_classes,
+        return dict(task=SEGMENTATION.name, head=o.head, model=o.model, num_classes=self.num_classes,
                     class_names=self.train_set.class_names, crop_size=o.crop_size, scale=list(self.protocol.scale),
                     slide=o.slide)
 
