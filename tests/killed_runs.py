@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Sequence
 
-from cmtnet.engine.checkpoint import load_state
+from cmtnet.engine.state_files import load_state
 
 # subprocesses: one thread each (reproducible sums, no oversubscription), and the same interpreter
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')

@@ -22,7 +22,7 @@ from cmtnet.classification import ClassificationTask, TrainOptions
 from cmtnet.classification.commands import parse_options
 from cmtnet.cli import main
 from cmtnet.engine import Trainer
-from cmtnet.engine.checkpoint import load_state
+from cmtnet.engine.state_files import load_state
 from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.models import resize_rel_pos_bias
 from cmtnet.runtime import Processes

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cmtnet.engine import RunOptions, Task, Trainer, fit
-from cmtnet.engine.checkpoint import load_state, save_state
+from cmtnet.engine.state_files import load_state, save_state
 from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.engine.sampling import ResumableSampler
 from cmtnet.engine.state import RunState, restore_rng

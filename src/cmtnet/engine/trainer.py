@@ -35,7 +35,7 @@ from timm.utils import dispatch_clip_grad, distribute_bn
 from ..checkpoints import atomic_write, export_weights
 from ..errors import CommandError, InputError
 from ..runtime import Processes, amp_dtype, autocast, check_device, distributed, prepare_model, random_seed
-from .checkpoint import load_state, save_state
+from .state_files import load_state, save_state
 from .optim import check_optimisation, create_ema, create_optimizer, create_scaler, create_scheduler, learning_rate
 from .options import RunOptions, write_config
 from .report import metrics_csv, plot_curves, progress_bar
