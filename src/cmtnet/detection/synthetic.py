@@ -17,7 +17,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -25,7 +25,7 @@ from PIL import Image
 from ..engine.data import digits_split
 from ..errors import InputError
 
-__all__ = ['SyntheticSpec', 'default_root', 'write_synthetic_coco']
+__all__ = ['SyntheticSpec', 'default_root', 'write_synthetic_coco', 'write_whole']
 
 _VERSION = 1
 _DONE = 'complete.json'
@@ -136,29 +136,39 @@ def _make_split(split: str, count: int, spec: SyntheticSpec, folder: Path, rng: 
     }
 
 
-def write_synthetic_coco(root: Optional[Union[str, Path]] = None, spec: SyntheticSpec = SyntheticSpec()) -> Path:
-    """Generate the embedded set into `root` (default: `default_root(spec)`) unless it is there already;
-    returns `root`. Generation writes to a temporary folder renamed into place, so a set is whole or absent."""
-    root = Path(root) if root is not None else default_root(spec)
+def write_whole(root: Path, what: str, write: Callable[[Path], Dict[str, Any]]) -> Path:
+    """Make the generated set `root` unless it is there already, and return it: `write(folder)` fills a
+    temporary folder and returns what the set's marker file records, and the folder is renamed into place,
+    so that a set is whole or absent. `what` names the set in the error for a `root` that holds another."""
     if (root / _DONE).is_file():
         return root
     tmp = root.with_name(f'.{root.name}.{os.getpid()}.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / 'annotations').mkdir(parents=True)
-    digits = digits_split()  # the classification demo's split: its test digits are the val set's
-    pools = {'train': digits.train, 'val': digits.test}
-    photos = _photos()
-    for i, (split, count) in enumerate((('train', spec.train_images), ('val', spec.val_images))):
-        folder = tmp / f'{split}2017'
-        folder.mkdir()
-        rng = np.random.default_rng([spec.seed, i])
-        coco = _make_split(split, count, spec, folder, rng, digits.images / 16.0, digits.targets, pools[split], photos)
-        (tmp / 'annotations' / f'instances_{split}2017.json').write_text(json.dumps(coco))
-    (tmp / _DONE).write_text(json.dumps(asdict(spec)))
+    tmp.mkdir(parents=True)
+    (tmp / _DONE).write_text(json.dumps(write(tmp)))
     try:
         os.replace(tmp, root)
     except OSError:  # another process (torchrun) finished first, or `root` is a folder of other files
         shutil.rmtree(tmp, ignore_errors=True)
         if not (root / _DONE).is_file():
-            raise InputError(f'cannot write the embedded detection set to {root}: it exists and is not one')
+            raise InputError(f'cannot write the embedded {what} set to {root}: it exists and is not one')
     return root
+
+
+def write_synthetic_coco(root: Optional[Union[str, Path]] = None, spec: SyntheticSpec = SyntheticSpec()) -> Path:
+    """Generate the embedded set into `root` (default: `default_root(spec)`) unless it is there already;
+    returns `root`. Generation writes to a temporary folder renamed into place, so a set is whole or absent."""
+    def write(tmp: Path) -> Dict[str, Any]:
+        (tmp / 'annotations').mkdir()
+        digits = digits_split()  # the classification demo's split: its test digits are the val set's
+        pools = {'train': digits.train, 'val': digits.test}
+        photos = _photos()
+        for i, (split, count) in enumerate((('train', spec.train_images), ('val', spec.val_images))):
+            folder = tmp / f'{split}2017'
+            folder.mkdir()
+            rng = np.random.default_rng([spec.seed, i])
+            coco = _make_split(split, count, spec, folder, rng, digits.images / 16.0, digits.targets, pools[split],
+                               photos)
+            (tmp / 'annotations' / f'instances_{split}2017.json').write_text(json.dumps(coco))
+        return asdict(spec)
+    return write_whole(Path(root) if root is not None else default_root(spec), 'detection', write)

@@ -9,22 +9,19 @@ reads as a user's own folders would; the val digits are the detection set's, whi
 demo never trains on.
 """
 import json
-import os
 import shutil
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 from PIL import Image
 
-from ..detection.synthetic import SyntheticSpec, default_root as detection_root, write_synthetic_coco
-from ..errors import InputError
+from ..detection.synthetic import SyntheticSpec, default_root as detection_root, write_synthetic_coco, write_whole
 
 __all__ = ['CLASS_NAMES', 'default_root', 'write_synthetic_masks']
 
 CLASS_NAMES = ('background', *(str(d) for d in range(10)))
 _VERSION = 1
-_DONE = 'complete.json'
 
 
 def default_root(spec: SyntheticSpec = SyntheticSpec()) -> Path:
@@ -56,21 +53,10 @@ def write_synthetic_masks(root: Optional[Union[str, Path]] = None, spec: Synthet
     """Generate the embedded set into `root` (default: `default_root(spec)`) unless it is there already;
     returns `root`. The detection set is generated first if needed. Generation writes to a temporary folder
     renamed into place, so a set is whole or absent."""
-    root = Path(root) if root is not None else default_root(spec)
-    if (root / _DONE).is_file():
-        return root
-    coco_root = write_synthetic_coco(spec=spec)
-    tmp = root.with_name(f'.{root.name}.{os.getpid()}.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split in ('train', 'val'):
-        _write_split(coco_root, split, tmp / split)
-    (tmp / 'classes.txt').write_text('\n'.join(CLASS_NAMES) + '\n')
-    (tmp / _DONE).write_text(json.dumps({'version': _VERSION, 'detection_set': coco_root.name}))
-    try:
-        os.replace(tmp, root)
-    except OSError:  # another process (torchrun) finished first, or `root` is a folder of other files
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (root / _DONE).is_file():
-            raise InputError(f'cannot write the embedded segmentation set to {root}: it exists and is not one')
-    return root
+    def write(tmp: Path) -> Dict[str, Any]:
+        coco_root = write_synthetic_coco(spec=spec)
+        for split in ('train', 'val'):
+            _write_split(coco_root, split, tmp / split)
+        (tmp / 'classes.txt').write_text('\n'.join(CLASS_NAMES) + '\n')
+        return {'version': _VERSION, 'detection_set': coco_root.name}
+    return write_whole(Path(root) if root is not None else default_root(spec), 'segmentation', write)
