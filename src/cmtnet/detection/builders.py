@@ -211,7 +211,8 @@ def anchor_tuples(detector: str, sizes: Optional[Sequence[float]]) -> Optional[T
 def _detector_of(meta: Dict[str, Any]) -> nn.Module:
     """The detector that a detection run's exported weights, with metadata `meta`, load into."""
     return build_detector(meta['detector'], meta['model'], meta['num_classes'], min_size=meta['min_size'],
-                          max_size=meta['max_size'], anchor_sizes=anchor_tuples(meta['detector'], meta['anchor_sizes']))
+                          max_size=meta['max_size'],
+                          anchor_sizes=anchor_tuples(meta['detector'], meta['anchor_sizes']))
 
 
 def detector_from_checkpoint(path: PathLike, **overrides: Any) -> Tuple[nn.Module, Dict[str, Any]]:

@@ -57,7 +57,7 @@ class DetectionTask(DenseTask):
         train = DetectionSamples(self.train_set, masks=masks, hflip=train_hflip(o), strict=o.strict,
                                  first_label=self.first_label)
         val = DetectionSamples(self.val_set, strict=o.strict, first_label=self.first_label)
-        self.start(processes, train, val, o.batch_size, collate, train_collate_fn=collate)
+        self.finish_setup(processes, train, val, o.batch_size, collate, train_collate_fn=collate)
 
     @property
     def num_classes(self) -> int:

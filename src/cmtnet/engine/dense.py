@@ -34,10 +34,10 @@ from .data import eval_loader, train_loader
 from .options import RunOptions, add_command, amp_option, config_option, device_option, option, precision_option
 from .task import Task
 
-__all__ = ['AMP_HELP', 'Command', 'DenseKind', 'DenseOptions', 'DensePredictOptions', 'DenseTask',
+__all__ = ['Command', 'DenseKind', 'DenseOptions', 'DensePredictOptions', 'DenseTask',
            'DenseTrainOptions', 'add_dense_commands', 'images_option', 'task_train', 'workers_option']
 
-AMP_HELP = 'mixed precision: auto is bf16 on CUDA, off on CPU'
+_AMP_HELP = 'mixed precision: auto is bf16 on CUDA, off on CPU'
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class DenseOptions:
     `checkpoint`'s help, `DenseKind.checkpoint_option`), where and how they run."""
     checkpoint: Optional[str] = option(None, metavar='PATH', help='weights a run wrote (required)')
     device: Optional[str] = device_option()
-    amp: str = amp_option(AMP_HELP)
+    amp: str = amp_option(_AMP_HELP)
     precision: str = precision_option()
     config: Optional[str] = config_option()
 
@@ -140,12 +140,12 @@ def add_dense_commands(subparsers: argparse._SubParsersAction, kind: DenseKind, 
 
 class DenseTask(Task):
     """What a detection or segmentation training task shares: `setup` reads `train_set` and `val_set` (each
-    with `describe()`) and calls `start`; batches are (images, targets, skipped)."""
+    with `describe()`) and ends with `finish_setup`; batches are (images, targets, skipped)."""
     val_prefix = ''  # metrics.csv columns are the task's own names: bbox_AP, mIoU, ...
     options: Any  # the task's options: batch_size, seed, workers, amp
 
-    def start(self, processes: Processes, train: Dataset, val: Dataset, val_batch_size: int,
-              collate_fn: Callable, train_collate_fn: Optional[Callable] = None) -> None:
+    def finish_setup(self, processes: Processes, train: Dataset, val: Dataset, val_batch_size: int,
+                     collate_fn: Callable, train_collate_fn: Optional[Callable] = None) -> None:
         """Make the loaders of the samples `train` and `val` and the autocast dtype, and print the sets."""
         o = self.options
         p = self.processes = processes

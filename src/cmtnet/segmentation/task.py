@@ -80,7 +80,7 @@ class SegmentationTask(DenseTask):
         hflip = source.hflip if o.hflip is None else o.hflip
         train = SegmentationSamples(self.train_set, train_transform(o.crop_size, scale, hflip=hflip), strict=o.strict)
         val = SegmentationSamples(self.val_set, eval_transform(), strict=o.strict)
-        self.start(processes, train, val, 1, collate)
+        self.finish_setup(processes, train, val, 1, collate)
 
     @property
     def num_classes(self) -> int:
