@@ -2,7 +2,8 @@
 the rest (processes, optimisation, EMA, checkpoints and exact resume, NaN stop, progress, metrics).
 
 The trainer's names (`Trainer`, `TrainingDiverged`, `fit`) are imported on first use, so that the parts a
-task's options, data or evaluation need (`options`, `sampling`, `task`) come without the training loop.
+task's options, data or evaluation need (`options`, `sampling`, `task`, and `dense`, the skeleton detection
+and segmentation share) come without the training loop.
 """
 from typing import Any
 
