@@ -134,6 +134,7 @@ class DetectPredictOptions:
     min_size: Optional[int] = _side('shorter side')
     max_size: Optional[int] = _side('longest side')
     output: str = option('runs/detect/predict', metavar='DIR', help='folder for the drawn images and the JSON')
+    json: bool = option(False, help='print a JSON object per image (the answer of cmtnet serve) instead of text')
     device: Optional[str] = device_option()
     amp: str = amp_option(_AMP)
     precision: str = precision_option()

@@ -156,6 +156,7 @@ class SegmentPredictOptions:
     scales: List[float] = _scales()
     output: str = option('runs/segment/predict', metavar='DIR',
                          help='folder for overlays/ (colour overlays) and masks/ (label PNGs)')
+    json: bool = option(False, help='print a JSON object per image (the answer of cmtnet serve) instead of text')
     device: Optional[str] = device_option()
     amp: str = amp_option(_AMP)
     config: Optional[str] = _config()
