@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..errors import InputError
-from .batching import Batcher, QueueFull
+from .batching import Batcher, QueueFull, Ticket
 from .handlers import Handler, Params
 from .metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from .uploads import UploadError, decode_image, read_upload
@@ -137,33 +137,30 @@ def create_app(handler: Handler, limits: Limits = Limits()) -> FastAPI:
             return unauthorised()
         batcher: Batcher = state['batcher']
         try:
-            batcher.admit()
+            ticket = batcher.admit()
         except QueueFull as e:
             seconds = max(1, math.ceil(batcher.waiting * limits.batch_timeout + 1))
             return _error(503, f'the service is busy: {e}; retry later', {'Retry-After': str(seconds)})
-        submitted = False
         try:
             params = _params(request)
             data = await read_upload(request, limits.max_upload)
             image, _ = await run_in_threadpool(decode_image, data)
-            submitted = True
-            return await _unless_disconnected(request, work(image, params))
+            return await _unless_disconnected(request, work(image, params, ticket))
         except UploadError as e:
             return _error(e.status, e.message)
         except InputError as e:
             return _error(400, str(e))
         finally:
-            if not submitted:
-                batcher.leave()
+            batcher.release(ticket)
 
-    async def predict_one(image: Any, params: Params) -> Any:
+    async def submit(image: Any, params: Params, ticket: Ticket) -> Any:
+        """The batch's answer for `image`."""
         prepared = await run_in_threadpool(handler.prepare, image)
-        return await state['batcher'].submit((prepared, params))
+        return await state['batcher'].submit((prepared, params), ticket)
 
-    async def cam_one(image: Any, params: Params) -> Any:
-        batcher: Batcher = state['batcher']
-        top = await batcher.submit((await run_in_threadpool(handler.prepare, image), Params(top_k=1)))
-        drawn = await batcher.call(handler.activation_map, image)  # with gradients: on its own, not batched
+    async def cam_one(image: Any, params: Params, ticket: Ticket) -> Any:
+        top = await submit(image, Params(top_k=1), ticket)
+        drawn = await state['batcher'].call(handler.activation_map, image)  # with gradients: alone, not batched
         return dict(top[0], **drawn)
 
     async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Response:
@@ -178,7 +175,7 @@ def create_app(handler: Handler, limits: Limits = Limits()) -> FastAPI:
 
     @app.post('/predict', summary='the task\'s prediction for one image (Hugging Face Inference API JSON)')
     async def predict(request: Request) -> Response:
-        return await answer(request, predict_one)
+        return await answer(request, submit)
 
     @app.post('/cam', summary='the Grad-CAM overlay of the top class of one image (classification)')
     async def cam(request: Request) -> Response:

@@ -13,11 +13,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
-__all__ = ['Batcher', 'QueueFull']
+__all__ = ['Batcher', 'QueueFull', 'Ticket']
 
 
 class QueueFull(Exception):
     """More requests wait than the queue holds."""
+
+
+class Ticket:
+    """An admitted request's place: given back once, unless the queue took it over."""
+    queued = False
+    released = False
 
 
 class Batcher:
@@ -37,19 +43,23 @@ class Batcher:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix='cmtnet-model')
         self._loop_task: Optional[asyncio.Task] = None
 
-    def admit(self) -> None:
-        """Take a place in the queue, or raise QueueFull; each admitted request calls `submit` or `leave`."""
+    def admit(self) -> 'Ticket':
+        """A place in the queue, or QueueFull; the place passes to the batch with `submit(item, ticket)`, and
+        `release(ticket)` gives back a place that never got there (a refused upload, a client gone)."""
         if self.waiting >= self.max_queue:
             raise QueueFull(f'{self.waiting} requests are waiting, the queue holds {self.max_queue} (--max-queue)')
         self.waiting += 1
+        return Ticket()
 
-    def leave(self) -> None:
-        """Give an admitted request's place back without a result (its upload was refused)."""
-        self.waiting -= 1
+    def release(self, ticket: 'Ticket') -> None:
+        if not ticket.queued and not ticket.released:
+            ticket.released = True
+            self.waiting -= 1
 
-    async def submit(self, item: Any) -> Any:
+    async def submit(self, item: Any, ticket: 'Ticket') -> Any:
         """The result of `item`, from the batch it joins."""
         future = asyncio.get_running_loop().create_future()
+        ticket.queued = True
         self._queue.append((item, future))
         self._arrived.set()
         try:

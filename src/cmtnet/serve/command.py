@@ -6,6 +6,7 @@ stops taking connections, finishes the requests in flight and exits 0.
 import argparse
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Optional
 
@@ -75,6 +76,9 @@ def serve_command(options: ServeOptions) -> int:
     config = uvicorn.Config(create_app(handler, limits), host=options.host, port=options.port,
                             log_level='info', timeout_graceful_shutdown=60)
     server = uvicorn.Server(config)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found; with
+    # the default one that kills the process, and a clean stop would not exit 0
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     return 0 if server.started else 1
 

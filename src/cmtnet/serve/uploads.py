@@ -8,6 +8,7 @@ neither, bytes that are not an image, an image whose header promises more pixels
 decompression bomb: a 30000x30000 PNG is under 1 MB), and a truncated or corrupt image.
 """
 import io
+import re
 from typing import Optional, Tuple
 
 from PIL import Image, UnidentifiedImageError
@@ -91,8 +92,10 @@ def decode_image(data: bytes, max_pixels: Optional[int] = None) -> Tuple[Image.I
     except UnidentifiedImageError:
         raise UploadError(400, f'not an image: the {len(data)} bytes sent are no format the service reads '
                                f'(JPEG, PNG, WebP, GIF, BMP, TIFF, ...)') from None
-    except Image.DecompressionBombError as e:
-        raise UploadError(413, f'image too large to decode: {e}') from None
+    except Image.DecompressionBombError as e:  # PIL refuses, before a size is known, past twice its limit
+        pixels = re.search(r'\((\d+) pixels\)', str(e))
+        raise UploadError(413, f'image of {pixels.group(1) if pixels else "more"} pixels is over the limit of '
+                               f'{limit} pixels (a decompression bomb?)') from None
     except UNREADABLE as e:
         raise UploadError(400, f'unreadable image: {e}') from None
     width, height = image.size
