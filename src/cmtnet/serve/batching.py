@@ -3,7 +3,8 @@
 A request takes a place in the queue when it arrives (`admit`; past `max_queue` waiting requests it is
 refused, and the service answers 503), hands its prepared image over (`submit`), and waits. One loop
 forms the batches: from the first waiting request it gathers up to `max_batch_size` of them, waiting at
-most `timeout` seconds for more, and runs the batch on the model's one thread, so that the next batch
+most `timeout` seconds for those already admitted (whose uploads are still being read; a request alone
+does not wait), and runs the batch on the model's one thread, so that the next batch
 gathers while this one runs. A request whose client went away is dropped from the batch it has not yet
 joined and never holds one up; an error in a forward fails that batch's requests, not the loop.
 """
@@ -86,7 +87,10 @@ class Batcher:
             self._arrived.clear()
             await self._arrived.wait()
         deadline = time.monotonic() + self.timeout
-        while len(self._queue) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+        # wait only for requests already on their way (admitted, their images still being read): a request
+        # alone goes at once, and a batch fills from those that arrived together
+        while (len(self._queue) < min(self.max_batch_size, self.waiting)
+               and (left := deadline - time.monotonic()) > 0):
             self._arrived.clear()
             try:
                 await asyncio.wait_for(self._arrived.wait(), left)
