@@ -61,15 +61,26 @@ def segmenter(servers):
     return servers[2]
 
 
-def _open(browser, server, viewport=WIDE, key=None):
-    page = browser.new_page(viewport=viewport)
-    page.goto(server.url)
-    if key is not None:
-        page.wait_for_selector('#key-form:not([hidden])')
-        page.fill('#key', key)
-        page.click('#key-form button')
-    page.wait_for_function("document.querySelector('#model').textContent.includes('·')")
-    return page
+@pytest.fixture
+def open_page(browser):
+    """The page of a server in a browser tab of its own (a new session), once it shows the model (`shown`);
+    with `key`, entered in the API key field first."""
+    pages = []
+
+    def open_page(server, viewport=WIDE, key=None, shown=True):
+        page = browser.new_page(viewport=viewport)
+        pages.append(page)
+        page.goto(server.url)
+        if key is not None:
+            page.wait_for_selector('#key-form:not([hidden])')
+            page.fill('#key', key)
+            page.click('#key-form button')
+        if shown:
+            page.wait_for_function("document.querySelector('#model').textContent.includes('·')")
+        return page
+    yield open_page
+    for page in pages:
+        page.close()
 
 
 def _data_url(path: Path) -> str:
@@ -98,8 +109,8 @@ def _api(server, photo: Path, **params):
     return response.json()
 
 
-def test_classification_draws_the_top_classes_and_the_activation_map(browser, classifier, photo, tmp_path):
-    page = _open(browser, classifier, key=KEY)
+def test_classification_draws_the_top_classes_and_the_activation_map(open_page, classifier, photo, tmp_path):
+    page = open_page(classifier, key=KEY)
     assert page.text_content('#model') == 'cmt_ti · classification · fp32'
     page.set_input_files('#file', str(photo))
     assert wait_for_result(page) == 'done', page.text_content('#error')
@@ -110,14 +121,16 @@ def test_classification_draws_the_top_classes_and_the_activation_map(browser, cl
     assert [bars.nth(i).get_attribute('data-label') for i in range(bars.count())] == [e['label'] for e in expected]
     assert page.text_content('#top-label') == expected[0]['label']
     assert page.text_content('.bar .pct') == f'{100 * expected[0]["score"]:.1f}%'
+    drawn = page.locator('.bar').evaluate_all(
+        'rows => rows.map(r => r.querySelector(".fill").offsetWidth / r.querySelector(".track").offsetWidth)')
+    assert drawn == pytest.approx([e['score'] for e in expected], abs=0.01)  # bar lengths are the scores
     assert page.eval_on_selector('img#cam', 'image => image.complete && image.naturalWidth') > 0
     assert expected[0]['label'] in page.get_attribute('img#cam', 'alt')
     assert page.get_attribute('img#preview', 'alt')
 
 
-def test_the_page_asks_for_the_api_key_and_shows_the_services_error(browser, classifier, photo, tmp_path):
-    page = browser.new_page(viewport=WIDE)
-    page.goto(classifier.url)
+def test_the_page_asks_for_the_api_key_and_shows_the_services_error(open_page, classifier, tmp_path):
+    page = open_page(classifier, shown=False)
     page.wait_for_selector('#key-form:not([hidden])')
     assert page.text_content('#model') == 'API key required'
     page.fill('#key', 'wrong')
@@ -141,14 +154,14 @@ def test_the_page_asks_for_the_api_key_and_shows_the_services_error(browser, cla
     keep_screenshot(page, tmp_path, 'page_error')
 
 
-def test_detection_draws_each_box_the_api_finds(browser, detector, photo, tmp_path):
+def test_detection_draws_each_box_the_api_finds(open_page, detector, photo, tmp_path):
     scores = sorted((d['score'] for d in _api(detector, photo, threshold=0)), reverse=True)
     assert scores, 'the detector finds nothing even at threshold 0'
     threshold = int(scores[min(3, len(scores) - 1)] * 100) / 100  # a few boxes: the slider's steps are 0.01
-    page = _open(browser, detector)
+    page = open_page(detector)
     assert page.is_visible('#threshold')
-    page.eval_on_selector('#threshold', '(input, value) => { input.value = value; input.dispatchEvent(new Event("change")); }',
-                          str(threshold))
+    page.eval_on_selector('#threshold', '(slider, value) => { slider.value = value; '
+                                        'slider.dispatchEvent(new Event("change")); }', str(threshold))
     assert page.text_content('#threshold-value') == f'{threshold:.2f}'
     page.set_input_files('#file', str(photo))
     assert wait_for_result(page) == 'done', page.text_content('#error')
@@ -163,8 +176,8 @@ def test_detection_draws_each_box_the_api_finds(browser, detector, photo, tmp_pa
     assert page.eval_on_selector('canvas#drawing', 'c => [c.width, c.height]') == [800, round(height * 800 / width)]
 
 
-def test_segmentation_colours_each_class_with_its_legend(browser, segmenter, photo, tmp_path):
-    page = _open(browser, segmenter)
+def test_segmentation_colours_each_class_with_its_legend(open_page, segmenter, photo, tmp_path):
+    page = open_page(segmenter)
     assert page.is_hidden('#threshold')
     page.set_input_files('#file', str(photo))
     assert wait_for_result(page) == 'done', page.text_content('#error')
@@ -177,8 +190,8 @@ def test_segmentation_colours_each_class_with_its_legend(browser, segmenter, pho
     assert page.eval_on_selector('canvas#drawing', _MEAN_CHANGE, _data_url(photo)) > 20
 
 
-def test_the_page_fits_a_narrow_screen(browser, segmenter, photo, tmp_path):
-    page = _open(browser, segmenter, viewport={'width': 390, 'height': 844})
+def test_the_page_fits_a_narrow_screen(open_page, segmenter, photo, tmp_path):
+    page = open_page(segmenter, viewport={'width': 390, 'height': 844})
     page.set_input_files('#file', str(photo))
     assert wait_for_result(page) == 'done', page.text_content('#error')
     keep_screenshot(page, tmp_path, 'page_narrow')

@@ -6,7 +6,8 @@
 const $ = (selector) => document.querySelector(selector);
 const KEY_STORE = 'cmtnet-api-key';
 const TOP_K = 5;
-const DRAWING_SIDE = 800;  // the drawing's longer side in canvas pixels, so that lines and text read alike at any input size
+// the drawing's longer side in canvas pixels, so that its lines and text read alike whatever the input's size
+const DRAWING_SIDE = 800;
 const TASK_NAMES = {
   'image-classification': 'classification',
   'object-detection': 'detection',
@@ -78,10 +79,12 @@ function showError(message) {
   $('#error').hidden = false;
 }
 
-function askForKey(message) {
+// The key field, with the service's refusal when a key was sent.
+function askForKey(refusal) {
   $('#key-form').hidden = false;
   $('#key').focus();
-  showError(message);
+  if (page.key) showError(`The key was refused: ${refusal}`);
+  else setState('idle', 'This service needs an API key: enter it to start.');
 }
 
 async function loadInfo() {
@@ -89,7 +92,7 @@ async function loadInfo() {
     page.info = await api('/info');
   } catch (e) {
     $('#model').textContent = e.status === 401 ? 'API key required' : 'Service unavailable';
-    if (e.status === 401) askForKey(page.key ? `The key was refused: ${e.message}` : 'Enter the API key of this service.');
+    if (e.status === 401) askForKey(e.message);
     else showError(e.message);
     return;
   }
@@ -98,6 +101,11 @@ async function loadInfo() {
   $('#model').textContent = `${model} · ${TASK_NAMES[task] || task} · ${precision}`;
   $('#result').dataset.task = task;
   $('#threshold-row').hidden = task !== 'object-detection';
+  const {labels, img_size: side, max_upload_bytes: limit} = page.info;
+  $('#classes').textContent = `${labels.length}: ${labels.slice(0, 6).join(', ')}${labels.length > 6 ? ', …' : ''}`;
+  $('#input-size').textContent = side ? `${side} × ${side} px` : 'any size';
+  $('#upload-limit').textContent = `up to ${(limit / 2 ** 20).toFixed(limit % 2 ** 20 ? 1 : 0)} MB`;
+  $('#details').hidden = false;
   setState('idle', 'Choose an image to see what the model finds.');
   if (page.file) predict();
 }
@@ -121,7 +129,7 @@ async function predict() {
     if (current()) setState('done', '');
   } catch (e) {
     if (!current()) return;
-    if (e.status === 401) askForKey(`The key was refused: ${e.message}`);
+    if (e.status === 401) askForKey(e.message);
     else showError(e.message);
   }
 }
@@ -182,7 +190,8 @@ function showLegend(entries) {
     const item = document.createElement('li');
     item.dataset.label = label;
     item.dataset.score = score;
-    item.innerHTML = '<span class="swatch" aria-hidden="true"></span><span class="label"></span><span class="pct"></span>';
+    item.innerHTML = '<span class="swatch" aria-hidden="true"></span><span class="label"></span>'
+      + '<span class="pct"></span>';
     item.querySelector('.swatch').style.background = css(colourOf(label));
     item.querySelector('.label').textContent = text || label;
     item.querySelector('.pct').textContent = percent(score);
@@ -244,13 +253,14 @@ async function segment(file, current) {
   const pending = loadImage(page.url);
   pending.catch(() => {});
   const segments = await api('/predict', file);
-  const [image, ...masks] = await Promise.all([pending, ...segments.map((s) => loadImage(`data:image/png;base64,${s.mask}`))]);
+  const masks = segments.map((s) => loadImage(`data:image/png;base64,${s.mask}`));
+  const [image, ...layers] = await Promise.all([pending, ...masks]);
   if (!current()) return;
   const names = segments.map((s) => s.label).join(', ');
   const {canvas, ctx} = drawBase(image, `${file.name} with the classes found coloured over it: ${names}`);
   ctx.globalAlpha = 0.5;
   ctx.imageSmoothingEnabled = false;  // crisp class borders when a small image is drawn large
-  segments.forEach(({label}, i) => ctx.drawImage(tint(masks[i], colourOf(label)), 0, 0, canvas.width, canvas.height));
+  segments.forEach(({label}, i) => ctx.drawImage(tint(layers[i], colourOf(label)), 0, 0, canvas.width, canvas.height));
   ctx.globalAlpha = 1;
   canvas.dataset.segments = segments.length;
   delete canvas.dataset.boxes;
