@@ -102,6 +102,23 @@ _MEAN_CHANGE = '''async (canvas, url) => {
 }'''
 
 
+# the result's states as the page goes through them
+_RECORD_STATES = '''() => {
+    const result = document.querySelector('#result');
+    window.states = [];
+    new MutationObserver(() => window.states.push(result.dataset.state))
+        .observe(result, {attributes: true, attributeFilter: ['data-state']});
+}'''
+
+# a file dropped on the page, as a browser delivers one dragged from the desktop
+_DROP = '''async ([name, url]) => {
+    const blob = await (await fetch(url)).blob();
+    const dropped = new DataTransfer();
+    dropped.items.add(new File([blob], name, {type: blob.type}));
+    document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dropped, bubbles: true, cancelable: true}));
+}'''
+
+
 def _api(server, photo: Path, **params):
     with server.client(headers={'Authorization': f'Bearer {KEY}'}) as client:
         response = client.post('/predict', params=params, files={'image': (photo.name, photo.read_bytes())})
@@ -112,8 +129,10 @@ def _api(server, photo: Path, **params):
 def test_classification_draws_the_top_classes_and_the_activation_map(open_page, classifier, photo, tmp_path):
     page = open_page(classifier, key=KEY)
     assert page.text_content('#model') == 'cmt_ti · classification · fp32'
+    page.evaluate(_RECORD_STATES)
     page.set_input_files('#file', str(photo))
     assert wait_for_result(page) == 'done', page.text_content('#error')
+    assert page.evaluate('window.states') == ['busy', 'done']
     keep_screenshot(page, tmp_path, 'page_classification')
     expected = _api(classifier, photo, top_k=5)
     bars = page.locator('.bar')
@@ -133,6 +152,8 @@ def test_the_page_asks_for_the_api_key_and_shows_the_services_error(open_page, c
     page = open_page(classifier, shown=False)
     page.wait_for_selector('#key-form:not([hidden])')
     assert page.text_content('#model') == 'API key required'
+    assert page.get_attribute('#result', 'data-state') == 'idle' and 'API key' in page.text_content('#status')
+    keep_screenshot(page, tmp_path, 'page_key')
     page.fill('#key', 'wrong')
     page.click('#key-form button')
     with classifier.client(headers={'Authorization': 'Bearer wrong'}) as client:
@@ -179,7 +200,7 @@ def test_detection_draws_each_box_the_api_finds(open_page, detector, photo, tmp_
 def test_segmentation_colours_each_class_with_its_legend(open_page, segmenter, photo, tmp_path):
     page = open_page(segmenter)
     assert page.is_hidden('#threshold')
-    page.set_input_files('#file', str(photo))
+    page.evaluate(_DROP, ['dropped.png', _data_url(photo)])  # dropped on the page rather than chosen
     assert wait_for_result(page) == 'done', page.text_content('#error')
     keep_screenshot(page, tmp_path, 'page_segmentation')
     expected = _api(segmenter, photo)
