@@ -6,7 +6,7 @@
 const $ = (selector) => document.querySelector(selector);
 const KEY_STORE = 'cmtnet-api-key';
 const TOP_K = 5;
-// the drawing's longer side in canvas pixels, so that its lines and text read alike whatever the input's size
+// the drawing's longer side in canvas pixels: sharp on a large screen, whatever the input's size
 const DRAWING_SIDE = 800;
 const TASK_NAMES = {
   'image-classification': 'classification',
@@ -172,28 +172,35 @@ async function classify(file, current) {
   $('#classification').hidden = false;
 }
 
-// The image on the canvas at DRAWING_SIDE, and the scale from the image's pixels to the canvas's.
+// The image on the canvas at DRAWING_SIDE; the scale from the image's pixels to the canvas's, and canvas
+// pixels per pixel on the screen (for lines and text of one size on the screen, however large it is shown).
 function drawBase(image, description) {
   const canvas = $('#drawing');
   const scale = DRAWING_SIDE / Math.max(image.naturalWidth, image.naturalHeight);
   canvas.width = Math.round(image.naturalWidth * scale);
   canvas.height = Math.round(image.naturalHeight * scale);
   canvas.setAttribute('aria-label', description);
+  $('#dense').hidden = false;
+  const shown = canvas.getBoundingClientRect().width;
   const ctx = canvas.getContext('2d');
   ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
-  $('#dense').hidden = false;
-  return {canvas, ctx, scale};
+  return {canvas, ctx, scale, px: shown ? canvas.width / shown : 1};
 }
 
+// One line per class or box: its colour, label (and where it is) and score.
 function showLegend(entries) {
-  $('#legend').replaceChildren(...entries.map(({label, score, text}) => {
+  $('#legend').replaceChildren(...entries.map(({label, score, where}) => {
     const item = document.createElement('li');
     item.dataset.label = label;
     item.dataset.score = score;
     item.innerHTML = '<span class="swatch" aria-hidden="true"></span><span class="label"></span>'
       + '<span class="pct"></span>';
     item.querySelector('.swatch').style.background = css(colourOf(label));
-    item.querySelector('.label').textContent = text || label;
+    item.querySelector('.label').textContent = label;
+    if (where) {
+      const small = item.querySelector('.label').appendChild(document.createElement('small'));
+      small.textContent = where;
+    }
     item.querySelector('.pct').textContent = percent(score);
     return item;
   }));
@@ -206,28 +213,30 @@ async function detect(file, current) {
   const image = await pending;
   if (!current()) return;
   const names = boxes.map((b) => b.label).join(', ');
-  const {canvas, ctx, scale} = drawBase(image, `${file.name} with ${boxes.length} detected object(s)${
+  const {canvas, ctx, scale, px} = drawBase(image, `${file.name} with ${boxes.length} detected object(s)${
     boxes.length ? `: ${names}` : ''}`);
-  ctx.lineWidth = 3;
-  ctx.font = '600 15px system-ui, sans-serif';
-  ctx.textBaseline = 'top';
+  const [line, height] = [2 * px, 18 * px];
+  ctx.lineWidth = line;
+  ctx.font = `600 ${12 * px}px system-ui, sans-serif`;
+  ctx.textBaseline = 'middle';
   for (const {label, score, box} of [...boxes].reverse()) {  // the best box drawn last, on top
-    const colour = colourOf(label);
+    const colour = css(colourOf(label));
     const [x, y] = [box.xmin * scale, box.ymin * scale];
-    ctx.strokeStyle = css(colour);
+    ctx.strokeStyle = colour;
     ctx.strokeRect(x, y, (box.xmax - box.xmin) * scale, (box.ymax - box.ymin) * scale);
     const tag = `${label} ${percent(score)}`;
-    const width = ctx.measureText(tag).width + 10;
-    const top = y >= 22 ? y - 22 : y;
-    ctx.fillStyle = css(colour);
-    ctx.fillRect(Math.min(x - 1.5, canvas.width - width), top, width, 22);
+    const width = ctx.measureText(tag).width + 8 * px;
+    const [left, top] = [Math.max(0, Math.min(x - line / 2, canvas.width - width)), y >= height ? y - height : y];
+    ctx.fillStyle = colour;
+    ctx.fillRect(left, top, width, height);
     ctx.fillStyle = '#fff';
-    ctx.fillText(tag, Math.min(x - 1.5, canvas.width - width) + 5, top + 4);
+    ctx.fillText(tag, left + 4 * px, top + height / 2);
   }
   canvas.dataset.boxes = boxes.length;
   delete canvas.dataset.segments;
-  showLegend(boxes.map(({label, score, box}) => ({label, score, text: `${label} at (${
-    Math.round(box.xmin)}, ${Math.round(box.ymin)})–(${Math.round(box.xmax)}, ${Math.round(box.ymax)})`})));
+  const at = (v) => Math.round(v);
+  showLegend(boxes.map(({label, score, box}) => ({label, score, where: `(${at(box.xmin)}, ${at(box.ymin)})–(${
+    at(box.xmax)}, ${at(box.ymax)})`})));
 }
 
 // A mask (white on the class) as a canvas of the class's colour, transparent elsewhere.
