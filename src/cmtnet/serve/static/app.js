@@ -26,13 +26,17 @@ class ApiError extends Error {
 // The service's JSON answer, or an ApiError with its one-line message.
 async function api(path, file) {
   const headers = page.key ? {Authorization: `Bearer ${page.key}`} : {};
-  let response;
+  const options = {headers};
   if (file) {
-    const body = new FormData();
-    body.append('image', file);
-    response = await fetch(path, {method: 'POST', headers, body});
-  } else {
-    response = await fetch(path, {headers});
+    options.method = 'POST';
+    options.body = new FormData();
+    options.body.append('image', file);
+  }
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {
+    throw new ApiError(0, `The service cannot be reached (${e.message}).`);
   }
   const answer = await response.json().catch(() => null);
   if (!response.ok) {
