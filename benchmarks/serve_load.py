@@ -9,6 +9,10 @@ batch of one, in interleaved rounds (`cmtnet bench`'s timer). Then a `cmtnet ser
 weights answers --seconds of requests at each concurrency: that many client threads, each sending its next
 request when the previous one is answered (a raw JPEG body, 256x256, of a photo that scikit-image ships).
 
+`--compare-litserve` also serves the same handler from a LitServe server (its batching, its worker
+process) and loads both servers with multipart uploads (what LitServe takes), at the lowest and highest
+concurrency: the measurement behind serving on FastAPI and uvicorn directly (docs/serve.md).
+
 The targets: at concurrency 64, served images/s at least 0.85x the bare model's at --max-batch-size; at
 concurrency 1, the median latency at most the bare batch-1 latency + 15 ms. The weights are random (the
 speed does not depend on them) unless --checkpoint is given.
@@ -17,6 +21,7 @@ import argparse
 import http.client
 import io
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -57,7 +62,8 @@ def bare(options: ServeOptions, image: bytes, rounds: int, threads: int) -> Tupl
     return options.max_batch_size / statistics.median(times['batch']), statistics.median(times['one'])
 
 
-def load(port: int, image: bytes, concurrency: int, seconds: float) -> Tuple[float, List[float], Dict[int, int]]:
+def load(port: int, image: bytes, concurrency: int, seconds: float,
+         content_type: str = 'image/jpeg') -> Tuple[float, List[float], Dict[int, int]]:
     """(answered requests/s, latencies in s, count by status) of `concurrency` closed-loop clients."""
     latencies: List[float] = []
     statuses: Dict[int, int] = {}
@@ -68,7 +74,7 @@ def load(port: int, image: bytes, concurrency: int, seconds: float) -> Tuple[flo
         connection = http.client.HTTPConnection('127.0.0.1', port, timeout=600)
         while time.monotonic() < stop:
             start = time.perf_counter()
-            connection.request('POST', '/predict', body=image, headers={'Content-Type': 'image/jpeg'})
+            connection.request('POST', '/predict', body=image, headers={'Content-Type': content_type})
             response = connection.getresponse()
             response.read()
             took = time.perf_counter() - start
@@ -87,21 +93,64 @@ def load(port: int, image: bytes, concurrency: int, seconds: float) -> Tuple[flo
     return len(latencies) / (time.perf_counter() - began), latencies, statuses
 
 
+def run_litserve(port: int, checkpoint: str, precision: str, max_batch_size: int) -> None:
+    """A LitServe server of the service's handler (the comparison of --compare-litserve)."""
+    import litserve as ls
+
+    from cmtnet.serve.uploads import decode_image
+
+    class CMTAPI(ls.LitAPI):
+        def setup(self, device: str) -> None:
+            self.handler = load_handler(ServeOptions(checkpoint=checkpoint, precision=precision,
+                                                     max_batch_size=max_batch_size))
+            self.handler.warm_up()
+
+        def decode_request(self, request):
+            image, _ = decode_image(request['image'].file.read())
+            return self.handler.prepare(image)
+
+        def batch(self, inputs):
+            return list(inputs)
+
+        def predict(self, images):
+            return self.handler.run([(image, Params()) for image in images])
+
+        def unbatch(self, output):
+            return output
+
+        def encode_response(self, output):
+            return output
+
+    server = ls.LitServer(CMTAPI(max_batch_size=max_batch_size, batch_timeout=0.005), accelerator='cpu',
+                          workers_per_device=1, timeout=600)
+    server.run(port=port, generate_client_file=False)
+
+
+def multipart(image: bytes) -> Tuple[bytes, str]:
+    boundary = 'cmtnetboundary'
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n'
+            f'Content-Type: image/jpeg\r\n\r\n').encode() + image + f'\r\n--{boundary}--\r\n'.encode()
+    return body, f'multipart/form-data; boundary={boundary}'
+
+
 def percentile(values: List[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method='inclusive')[q - 1] if len(values) > 1 else values[0]
 
 
-def serve(checkpoint: str, precision: str, port: int, max_batch_size: int, log: Path) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, '-m', 'cmtnet', 'serve', '--checkpoint', checkpoint, '--precision', precision,
-         '--port', str(port), '--max-batch-size', str(max_batch_size), '--max-queue', '1024'],
-        stdout=open(log, 'wb'), stderr=subprocess.STDOUT)
+def serve(checkpoint: str, precision: str, port: int, max_batch_size: int, log: Path,
+          litserve: bool = False) -> subprocess.Popen:
+    if litserve:
+        argv = [sys.executable, __file__, '--litserve-server', str(port), checkpoint, precision, str(max_batch_size)]
+    else:
+        argv = [sys.executable, '-m', 'cmtnet', 'serve', '--checkpoint', checkpoint, '--precision', precision,
+                '--port', str(port), '--max-batch-size', str(max_batch_size), '--max-queue', '1024']
+    process = subprocess.Popen(argv, stdout=open(log, 'wb'), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f'cmtnet serve exited: {log.read_text()}')
+            raise RuntimeError(f'the server exited: {log.read_text()}')
         try:
-            if httpx.get(f'http://127.0.0.1:{port}/ready', timeout=5).status_code == 200:
+            if httpx.get(f'http://127.0.0.1:{port}/{"health" if litserve else "ready"}', timeout=5).status_code == 200:
                 return process
         except httpx.TransportError:
             pass
@@ -121,7 +170,14 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=5, help='timed rounds of the bare model')
     parser.add_argument('--threads', type=int, default=0, help='torch threads of the bare model (0: torch\'s)')
     parser.add_argument('--port', type=int, default=8731)
+    parser.add_argument('--compare-litserve', action='store_true', help='also load a LitServe server of the '
+                        'same handler, both with multipart uploads')
+    parser.add_argument('--litserve-server', nargs=4, metavar=('PORT', 'CHECKPOINT', 'PRECISION', 'BATCH'),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.litserve_server:
+        port, checkpoint, precision, batch = args.litserve_server
+        return run_litserve(int(port), checkpoint, precision, int(batch))
 
     image = payload()
     print(f'# {machine(args.threads)}; payload: a {len(image)}-byte 256x256 JPEG; {args.seconds:g} s per row')
@@ -155,8 +211,31 @@ def main() -> None:
                     print(f'| {precision} | {concurrency} | {rate:.2f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | '
                           f'{refused} | {bare_rate:.2f} | {1000 * bare_one:.1f} | {target} | {met} |', flush=True)
             finally:
-                process.terminate()
-                process.wait(120)
+                stop(process)
+            if args.compare_litserve:
+                compare_litserve(args, checkpoint, precision, image, Path(work))
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the server and the worker processes it started."""
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(120)
+
+
+def compare_litserve(args: argparse.Namespace, checkpoint: str, precision: str, image: bytes, work: Path) -> None:
+    body, kind = multipart(image)
+    print(f'\n| precision | server | concurrency | img/s | p50 ms | p95 ms | refused |\n|---|---|---:|---:|---:|---:|---:|')
+    for name, litserve in (('cmtnet serve', False), ('LitServe', True)):
+        process = serve(checkpoint, precision, args.port, args.max_batch_size, work / f'{name}.log', litserve)
+        try:
+            load(args.port, body, 1, 3.0, kind)
+            for concurrency in (min(args.concurrency), max(args.concurrency)):
+                rate, latencies, statuses = load(args.port, body, concurrency, args.seconds, kind)
+                p50, p95 = (1000 * percentile(latencies, q) for q in (50, 95))
+                print(f'| {precision} | {name}, multipart | {concurrency} | {rate:.2f} | {p50:.1f} | {p95:.1f} | '
+                      f'{sum(n for s, n in statuses.items() if s != 200)} |', flush=True)
+        finally:
+            stop(process)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
 """`cmtnet serve` as a client meets it: a real server process, concurrent clients, bad uploads, a full queue,
 clients that go away, an API key, and SIGTERM with requests in flight."""
+import ast
 import concurrent.futures
 import io
 import json
@@ -214,3 +215,15 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(checkpoint, files, 
             answers = [f.result() for f in pending]
         assert [r.status_code for r in answers] == [200] * 3
         assert server.process.wait(60) == 0
+
+
+def test_the_readme_client_gets_the_top_classes(server, files, tmp_path):
+    from markdown_blocks import ROOT, blocks
+    [client] = [b for b in blocks(ROOT / 'README.md') if b.lang == 'python' and '/predict' in b.code]
+    (tmp_path / 'digit.png').write_bytes(files[1].read_bytes())
+    code = client.code.replace('http://127.0.0.1:8000', server.url)
+    out = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    shown = ast.literal_eval(out.stdout.strip())  # the printed list of dicts
+    assert [d['label'] for d in shown] == [d['label'] for d in httpx.post(
+        server.url + '/predict?top_k=3', files={'image': ('d.png', files[1].read_bytes())}).json()]

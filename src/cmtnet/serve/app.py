@@ -34,7 +34,7 @@ from .handlers import Handler, Params
 from .metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from .uploads import UploadError, decode_image, read_upload
 
-__all__ = ['Limits', 'create_app']
+__all__ = ['Limits', 'Service', 'create_app']
 
 _logger = logging.getLogger('cmtnet.serve')
 _STATIC = resources.files('cmtnet.serve') / 'static'
@@ -79,71 +79,63 @@ async def _until_disconnected(request: Request) -> None:
         pass
 
 
-def create_app(handler: Handler, limits: Limits = Limits()) -> FastAPI:
-    """The service of `handler` within `limits`."""
-    state: dict = {'ready': False, 'batcher': None}
+class Service:
+    """The endpoints of one handler within its limits; `create_app` routes them."""
 
-    def queue_depth() -> float:
-        return state['batcher'].waiting if state['batcher'] else 0
-
-    metrics = ServiceMetrics(queue_depth)
+    def __init__(self, handler: Handler, limits: Limits):
+        self.handler = handler
+        self.limits = limits
+        self.ready = False
+        self.batcher: Optional[Batcher] = None
+        self.metrics = ServiceMetrics(lambda: self.batcher.waiting if self.batcher else 0)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher = Batcher(handler.run, limits.max_batch_size, limits.batch_timeout, limits.max_queue,
-                          metrics.observe_batch)
-        state['batcher'] = batcher
-        batcher.start()
-
-        async def warm_up() -> None:
-            await batcher.call(handler.warm_up)
-            state['ready'] = True
-            _logger.info('ready: %s warmed up', handler.info['model'])
-
-        warming = asyncio.get_running_loop().create_task(warm_up())
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """The batching loop runs while the app does; the model warms up behind it (/ready waits for that)."""
+        self.batcher = Batcher(self.handler.run, self.limits.max_batch_size, self.limits.batch_timeout,
+                               self.limits.max_queue, self.metrics.observe_batch)
+        self.batcher.start()
+        warming = asyncio.get_running_loop().create_task(self._warm_up())
         try:
             yield
         finally:
             warming.cancel()
-            await batcher.stop()
+            await self.batcher.stop()
 
-    app = FastAPI(title='cmtnet serve', summary='CMT models over HTTP: classification, detection, segmentation',
-                  version='1', lifespan=lifespan)
-    app.mount('/static', StaticFiles(directory=str(_STATIC)), name='static')
+    async def _warm_up(self) -> None:
+        await self.batcher.call(self.handler.warm_up)
+        self.ready = True
+        _logger.info('ready: %s warmed up', self.handler.info['model'])
 
-    @app.middleware('http')
-    async def count(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def count(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """Every answer counted by endpoint and status; /predict and /cam timed."""
         start = time.perf_counter()
         route = request.url.path if request.url.path in _ROUTES else 'other'
         response = await call_next(request)
-        metrics.requests.labels(route, str(response.status_code)).inc()
+        self.metrics.requests.labels(route, str(response.status_code)).inc()
         if route in ('/predict', '/cam'):
-            metrics.latency.labels(route).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
         return response
 
-    def authorised(request: Request) -> bool:
-        if limits.api_key is None:
+    def _authorised(self, request: Request) -> bool:
+        if self.limits.api_key is None:
             return True
-        sent = request.headers.get('authorization', '')
-        scheme, _, token = sent.partition(' ')
-        return scheme.lower() == 'bearer' and hmac.compare_digest(token.strip().encode(), limits.api_key.encode())
+        scheme, _, token = request.headers.get('authorization', '').partition(' ')
+        return scheme.lower() == 'bearer' and hmac.compare_digest(token.strip().encode(), self.limits.api_key.encode())
 
-    def unauthorised() -> JSONResponse:
-        return _error(401, 'missing or wrong API key: send the header Authorization: Bearer KEY',
-                      {'WWW-Authenticate': 'Bearer'})
-
-    async def answer(request: Request, work: Callable[[Any, Params], Awaitable[Any]]) -> Response:
-        if not authorised(request):
-            return unauthorised()
-        batcher: Batcher = state['batcher']
+    async def _answer(self, request: Request, work: Callable[[Any, Params, Ticket], Awaitable[Any]]) -> Response:
+        """Admit the request, read and check its image, and answer `work`'s result; 4xx for what was wrong."""
+        if not self._authorised(request):
+            return _unauthorised()
+        batcher = self.batcher
         try:
             ticket = batcher.admit()
         except QueueFull as e:
-            seconds = max(1, math.ceil(batcher.waiting * limits.batch_timeout + 1))
+            seconds = max(1, math.ceil(batcher.waiting * self.limits.batch_timeout + 1))
             return _error(503, f'the service is busy: {e}; retry later', {'Retry-After': str(seconds)})
         try:
             params = _params(request)
-            data = await read_upload(request, limits.max_upload)
+            data = await read_upload(request, self.limits.max_upload)
             image, _ = await run_in_threadpool(decode_image, data)
             return await _unless_disconnected(request, work(image, params, ticket))
         except UploadError as e:
@@ -153,71 +145,95 @@ def create_app(handler: Handler, limits: Limits = Limits()) -> FastAPI:
         finally:
             batcher.release(ticket)
 
-    async def submit(image: Any, params: Params, ticket: Ticket) -> Any:
-        """The batch's answer for `image`."""
-        prepared = await run_in_threadpool(handler.prepare, image)
-        return await state['batcher'].submit((prepared, params), ticket)
+    async def _submit(self, image: Any, params: Params, ticket: Ticket) -> Any:
+        prepared = await run_in_threadpool(self.handler.prepare, image)
+        return await self.batcher.submit((prepared, params), ticket)
 
-    async def cam_one(image: Any, params: Params, ticket: Ticket) -> Any:
-        top = await submit(image, Params(top_k=1), ticket)
-        drawn = await state['batcher'].call(handler.activation_map, image)  # with gradients: alone, not batched
-        return dict(top[0], **drawn)
+    async def _cam(self, image: Any, params: Params, ticket: Ticket) -> Any:
+        [top] = await self._submit(image, Params(top_k=1), ticket)
+        drawn = await self.batcher.call(self.handler.activation_map, image)  # with gradients: alone, not batched
+        return dict(top, **drawn)
 
-    async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Response:
-        job = asyncio.ensure_future(work)
-        gone = asyncio.ensure_future(_until_disconnected(request))
-        done, _ = await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if job not in done:  # the client went away: its request leaves the queue, the batch goes on
-            job.cancel()
-            return _error(499, 'the client closed the connection')
-        gone.cancel()
-        return JSONResponse(job.result())
+    async def predict(self, request: Request) -> Response:
+        """The task's answer for one image, in the Hugging Face Inference API's JSON."""
+        return await self._answer(request, self._submit)
 
-    @app.post('/predict', summary='the task\'s prediction for one image (Hugging Face Inference API JSON)')
-    async def predict(request: Request) -> Response:
-        return await answer(request, submit)
+    async def cam(self, request: Request) -> Response:
+        """The top class of one image and its Grad-CAM overlay (classification)."""
+        if not self.handler.info['cam']:
+            return _error(404, self.handler.info['cam_unavailable'])
+        return await self._answer(request, self._cam)
 
-    @app.post('/cam', summary='the Grad-CAM overlay of the top class of one image (classification)')
-    async def cam(request: Request) -> Response:
-        if not handler.info['cam']:
-            return _error(404, handler.info['cam_unavailable'])
-        return await answer(request, cam_one)
+    async def info(self, request: Request) -> Response:
+        """What is served: task, model, labels, precision, limits."""
+        if not self._authorised(request):
+            return _unauthorised()
+        shown = {k: v for k, v in self.handler.info.items() if k != 'cam_unavailable'}
+        return JSONResponse(dict(shown, max_batch_size=self.limits.max_batch_size,
+                                 max_upload_bytes=self.limits.max_upload))
 
-    @app.get('/info', summary='what is served')
-    async def info(request: Request) -> Response:
-        if not authorised(request):
-            return unauthorised()
-        shown = {k: v for k, v in handler.info.items() if k != 'cam_unavailable'}
-        return JSONResponse(dict(shown, max_batch_size=limits.max_batch_size,
-                                 max_upload_bytes=limits.max_upload))
-
-    @app.get('/health', summary='the process is alive')
-    async def health() -> Response:
+    async def health(self) -> Response:
+        """The process is alive."""
         return JSONResponse({'status': 'alive'})
 
-    @app.get('/ready', summary='the model is loaded and warmed up')
-    async def ready() -> Response:
-        if not state['ready']:
+    async def ready_state(self) -> Response:
+        """The model is loaded and warmed up (503 until then)."""
+        if not self.ready:
             return _error(503, 'warming up: the model is not ready yet', {'Retry-After': '1'})
-        return JSONResponse({'status': 'ready', 'model': handler.info['model'], 'task': handler.info['task']})
+        return JSONResponse({'status': 'ready', 'model': self.handler.info['model'], 'task': self.handler.info['task']})
 
-    @app.get('/metrics', summary='Prometheus metrics')
-    async def prometheus() -> Response:
-        return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus(self) -> Response:
+        """Prometheus metrics."""
+        return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get('/', include_in_schema=False)
-    async def page() -> Response:
-        return FileResponse(str(_STATIC / 'index.html'))
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException) -> Response:
-        message = f'no such endpoint: {request.method} {request.url.path}' if e.status_code == 404 else str(e.detail)
-        return _error(e.status_code, message, getattr(e, 'headers', None))
+def _unauthorised() -> JSONResponse:
+    return _error(401, 'missing or wrong API key: send the header Authorization: Bearer KEY',
+                  {'WWW-Authenticate': 'Bearer'})
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, e: RequestValidationError) -> Response:
-        return _error(422, '; '.join(str(err.get('msg')) for err in e.errors()) or 'invalid request')
 
+async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Response:
+    """`work`'s result as JSON, or, if the client goes away first, `work` cancelled: its request leaves the
+    queue, and the batch goes on without it."""
+    job = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_until_disconnected(request))
+    done, _ = await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if job not in done:
+        job.cancel()
+        return _error(499, 'the client closed the connection')
+    gone.cancel()
+    return JSONResponse(job.result())
+
+
+async def _page() -> Response:
+    return FileResponse(str(_STATIC / 'index.html'))
+
+
+async def _http_error(request: Request, e: HTTPException) -> Response:
+    message = f'no such endpoint: {request.method} {request.url.path}' if e.status_code == 404 else str(e.detail)
+    return _error(e.status_code, message, getattr(e, 'headers', None))
+
+
+async def _invalid(request: Request, e: RequestValidationError) -> Response:
+    return _error(422, '; '.join(str(err.get('msg')) for err in e.errors()) or 'invalid request')
+
+
+def create_app(handler: Handler, limits: Limits = Limits()) -> FastAPI:
+    """The service of `handler` within `limits`."""
+    service = Service(handler, limits)
+    app = FastAPI(title='cmtnet serve', summary='CMT models over HTTP: classification, detection, segmentation',
+                  version='1', lifespan=service.lifespan)
+    app.mount('/static', StaticFiles(directory=str(_STATIC)), name='static')
+    app.middleware('http')(service.count)
+    app.add_api_route('/predict', service.predict, methods=['POST'])
+    app.add_api_route('/cam', service.cam, methods=['POST'])
+    app.add_api_route('/info', service.info, methods=['GET'])
+    app.add_api_route('/health', service.health, methods=['GET'])
+    app.add_api_route('/ready', service.ready_state, methods=['GET'])
+    app.add_api_route('/metrics', service.prometheus, methods=['GET'])
+    app.add_api_route('/', _page, methods=['GET'], include_in_schema=False)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
     return app
 
 
