@@ -13,7 +13,7 @@ TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,detection,export,segmentation]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,detection,export,segmentation,serve]'
 	touch $@
 
 demo: $(STAMP)

@@ -22,8 +22,9 @@ def _command_modules() -> List[Any]:
     from .classification import commands as classification
     from .detection import commands as detection
     from .segmentation import commands as segmentation
+    from .serve import command as serve
     return [classification, info, complexity, scaling, ablation, detection, segmentation, export, quantize,
-            speed]
+            speed, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

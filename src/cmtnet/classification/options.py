@@ -107,3 +107,6 @@ class PredictOptions(ModelOptions):
     inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
                                help='image files and folders of images')
     top_k: int = option(5, metavar='K', help='classes to show per image')
+    json: bool = option(False, help='print a JSON object per image (the answer of cmtnet serve) instead of text')
+    cam: Optional[str] = option(None, metavar='DIR', help='write each image\'s class activation map (Grad-CAM '
+                                'on the last stage, for its top class) over the image to DIR')

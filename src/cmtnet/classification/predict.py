@@ -3,12 +3,17 @@
     cmtnet predict --checkpoint runs/demo/model.safetensors digit.png more_digits/
     cmtnet predict --checkpoint cmt_small.pth --model cmt_s cat.jpg
     cmtnet predict --checkpoint cmt_s_int8.pt2 cat.jpg                 # an int8 program (cmtnet quantize)
+    cmtnet predict --checkpoint runs/demo/model.safetensors --json digit.png   # a JSON line per image
+    cmtnet predict --checkpoint runs/demo/model.safetensors --cam cams/ digit.png  # class activation maps
 
 Labels are the class names stored with our weights (the dataset's folders), the ImageNet class names for
-a 1000-class model without stored names, and class indices otherwise.
+a 1000-class model without stored names, and class indices otherwise. `--json` prints, per image, the
+Hugging Face Inference API's image-classification answer (`predictions_json`), exactly what `cmtnet serve`
+answers for the same file.
 """
+import json
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from timm.data import ImageNetInfo
@@ -20,7 +25,7 @@ from .data import eval_transform
 from .evaluate import load_for_inference
 from .options import PredictOptions
 
-__all__ = ['class_labels', 'predict', 'predict_command']
+__all__ = ['class_labels', 'predict', 'predict_command', 'predictions_json', 'top_classes']
 
 
 def class_labels(num_classes: int, class_names: Optional[Sequence[str]] = None) -> List[str]:
@@ -31,6 +36,17 @@ def class_labels(num_classes: int, class_names: Optional[Sequence[str]] = None) 
         info = ImageNetInfo()
         return [info.index_to_description(i) for i in range(num_classes)]
     return [str(i) for i in range(num_classes)]
+
+
+def top_classes(logits: torch.Tensor, labels: Sequence[str], top_k: int) -> List[List[Tuple[str, float]]]:
+    """[(label, probability), ...] best first, the `top_k` of each row of `logits`."""
+    probs, indices = logits.float().softmax(dim=-1).topk(min(top_k, len(labels)), dim=-1)
+    return [[(labels[c], q) for c, q in zip(i, p)] for p, i in zip(probs.tolist(), indices.tolist())]
+
+
+def predictions_json(top: Sequence[Tuple[str, float]]) -> List[Dict[str, Any]]:
+    """One image's top classes as the Hugging Face Inference API answers image classification."""
+    return [{'label': label, 'score': score} for label, score in top]
 
 
 @torch.no_grad()
@@ -48,7 +64,6 @@ def predict(
     """(path, [(label, probability), ...] best first) for each readable image; unreadable ones are left out
     with a warning."""
     model.eval()
-    top_k = min(top_k, len(labels))
     loader = eval_loader(ReadableImages(ImageFiles(paths), transform), batch_size, workers=0)
     results = []
     for start, batch in zip(range(0, len(paths), batch_size), loader):
@@ -57,15 +72,14 @@ def predict(
             continue
         with autocast(device, amp):
             logits = model(to_device(images, device, channels_last))
-        probs, indices = logits.float().softmax(dim=-1).topk(top_k, dim=-1)
         kept_paths = [p for p, k in zip(paths[start:start + batch_size], kept.tolist()) if k]
-        for path, p, i in zip(kept_paths, probs.tolist(), indices.tolist()):
-            results.append((path, [(labels[c], q) for c, q in zip(i, p)]))
+        results.extend(zip(kept_paths, top_classes(logits, labels, top_k)))
     return results
 
 
 def predict_command(options: PredictOptions) -> List[Tuple[Path, List[Tuple[str, float]]]]:
-    """`cmtnet predict`: print each image's path, then its top-k labels with probabilities."""
+    """`cmtnet predict`: print each image's path, then its top-k labels with probabilities (or, with `--json`,
+    a JSON object per image); with `--cam DIR`, write each image's class activation map there."""
     if not options.inputs:
         raise InputError('give at least one image file or folder of images')
     if options.top_k < 1:
@@ -78,7 +92,15 @@ def predict_command(options: PredictOptions) -> List[Tuple[Path, List[Tuple[str,
     results = predict(setup['model'], paths, transform, labels, options.top_k, options.batch_size, device,
                       amp_dtype(options.amp, device), options.channels_last)
     for path, top in results:
+        if options.json:
+            print(json.dumps({'image': str(path), 'predictions': predictions_json(top)}))
+            continue
         print(path)
         for label, prob in top:
             print(f'  {100 * prob:6.2f}%  {label}')
+    if options.cam:
+        from .cam import write_cams
+        written = write_cams(options, [path for path, _ in results], setup, labels)
+        if not options.json:
+            print(f'{len(written)} class activation map(s) in {options.cam}')
     return results

@@ -10,6 +10,8 @@ that no two images share one. An image that cannot be read is named in a warning
 others are drawn.
 
 `predict_command` is `cmtnet detect predict`: a detector rebuilt from its exported weights, on image files.
+With `--json` it prints, per image, the Hugging Face Inference API's object-detection answer
+(`detections_json`), exactly what `cmtnet serve` answers for the same file.
 """
 import json
 from pathlib import Path
@@ -27,7 +29,7 @@ from ..runtime import amp_dtype, autocast, distributed, is_main_process
 from .builders import DETECTION, HAS_BACKGROUND, detector_from_checkpoint, detector_in_precision
 from .options import DetectPredictOptions
 
-__all__ = ['draw_detections', 'predict_command', 'predict_files']
+__all__ = ['detect', 'detection_entries', 'detections_json', 'draw_detections', 'predict_command', 'predict_files']
 
 _PALETTE = ['#e6194b', '#3cb44b', '#ffe119', '#4363d8', '#f58231', '#911eb4', '#46f0f0', '#f032e6', '#bcf60c',
             '#fabebe', '#008080', '#e6beff', '#9a6324', '#800000', '#aaffc3', '#808000', '#000075', '#808080']
@@ -49,6 +51,42 @@ def draw_detections(image: torch.Tensor, output: Dict[str, torch.Tensor], class_
 
 
 @torch.no_grad()
+def detect(model: nn.Module, images: Sequence[torch.Tensor], score_threshold: float, device: torch.device,
+           amp: Any = None) -> List[Dict[str, torch.Tensor]]:
+    """The detections (on the CPU, float32) scored at least `score_threshold` of uint8 (3, H, W) `images`, in
+    one forward: images of one size batch exactly as each alone would run."""
+    with autocast(device, amp):
+        results = model([F.to_dtype(image, torch.float32, scale=True).to(device) for image in images])
+    kept = []
+    for result in results:
+        keep = result['scores'] >= score_threshold
+        kept.append({k: v[keep].float().cpu() if k != 'labels' else v[keep].cpu() for k, v in result.items()})
+    return kept
+
+
+def detection_entries(result: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One image's detections as detections.json lists them: box [x1, y1, x2, y2] in its pixels, class name,
+    category id, score (and the mask's area)."""
+    first_label = 1 if HAS_BACKGROUND[meta['detector']] else 0
+    class_names, category_ids = meta['class_names'], meta['category_ids']
+    entries = []
+    for i, (box, label, score) in enumerate(zip(result['boxes'].tolist(), result['labels'].tolist(),
+                                                result['scores'].tolist())):
+        entry = {'box': [round(v, 1) for v in box], 'class': class_names[label - first_label],
+                 'category_id': category_ids[label - first_label], 'score': round(score, 4)}
+        if 'masks' in result:
+            entry['mask_area'] = int((result['masks'][i, 0] > 0.5).sum())
+        entries.append(entry)
+    return entries
+
+
+def detections_json(entries: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One image's `detection_entries` as the Hugging Face Inference API answers object detection."""
+    return [{'label': e['class'], 'score': e['score'], 'box': dict(zip(('xmin', 'ymin', 'xmax', 'ymax'), e['box']))}
+            for e in entries]
+
+
+@torch.no_grad()
 def predict_files(model: nn.Module, meta: Dict[str, Any], files: Sequence[Path], output: Path,
                   score_threshold: float, device: torch.device, amp: Any = None) -> List[Dict[str, Any]]:
     """Detect objects in each readable image file, writing `output`/<name>.png (a name of its own, see
@@ -56,27 +94,15 @@ def predict_files(model: nn.Module, meta: Dict[str, Any], files: Sequence[Path],
     if not 0 <= score_threshold <= 1:
         raise InputError(f'--score-threshold must be in [0, 1], got {score_threshold}')
     first_label = 1 if HAS_BACKGROUND[meta['detector']] else 0
-    class_names, category_ids = meta['class_names'], meta['category_ids']
     output.mkdir(parents=True, exist_ok=True)
     model = model.to(device).eval()
     found = []
     for path, drawn_name, image in readable_files(files):
-        with autocast(device, amp):
-            [result] = model([F.to_dtype(image, torch.float32, scale=True).to(device)])
-        keep = result['scores'] >= score_threshold
-        result = {k: v[keep].float().cpu() if k != 'labels' else v[keep].cpu() for k, v in result.items()}
-        drawn = draw_detections(image, result, class_names, first_label)
+        [result] = detect(model, [image], score_threshold, device, amp)
+        drawn = draw_detections(image, result, meta['class_names'], first_label)
         name = output / drawn_name
         F.to_pil_image(drawn).save(name)
-        detections = []
-        for i, (box, label, score) in enumerate(zip(result['boxes'].tolist(), result['labels'].tolist(),
-                                                    result['scores'].tolist())):
-            entry = {'box': [round(v, 1) for v in box], 'class': class_names[label - first_label],
-                     'category_id': category_ids[label - first_label], 'score': round(score, 4)}
-            if 'masks' in result:
-                entry['mask_area'] = int((result['masks'][i, 0] > 0.5).sum())
-            detections.append(entry)
-        found.append({'image': str(path), 'drawn': str(name), 'detections': detections})
+        found.append({'image': str(path), 'drawn': str(name), 'detections': detection_entries(result, meta)})
     atomic_write(output / 'detections.json', lambda f: f.write(json.dumps(found, indent=1).encode()))
     return found
 
@@ -96,8 +122,12 @@ def predict_command(options: DetectPredictOptions) -> List[Dict[str, Any]]:
         amp = amp_dtype(o.amp, p.device)
         found = predict_files(model, meta, files, Path(o.output), o.score_threshold, p.device, amp)
     for item in found:
+        if o.json:
+            print(json.dumps({'image': item['image'], 'predictions': detections_json(item['detections'])}))
+            continue
         shown = ', '.join(f'{d["class"]} {d["score"]:.2f}' for d in item['detections'][:5]) or 'nothing'
         more = f' (+{len(item["detections"]) - 5})' if len(item['detections']) > 5 else ''
         print(f'{item["image"]}: {shown}{more}')
-    print(f'drawn images and detections.json in {o.output}')
+    if not o.json:
+        print(f'drawn images and detections.json in {o.output}')
     return found

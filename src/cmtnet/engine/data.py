@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import InputError
 from .sampling import RepeatedAugmentationSampler, ResumableSampler, seeded
 
 __all__ = [
     'UNREADABLE', 'Digits', 'ImageFiles', 'ReadableImages', 'digits_split', 'eval_loader', 'find_images',
-    'output_names', 'own_images', 'readable_files', 'train_loader',
+    'output_names', 'own_images', 'read_image', 'readable_files', 'rgb_image', 'train_loader',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -81,6 +81,18 @@ def output_names(paths: Sequence[PathLike], suffix: str = '.png') -> List[str]:
     return names
 
 
+def rgb_image(image: Image.Image) -> Image.Image:
+    """A decoded picture in RGB, as torchvision's ImageFolder reads its files; the one conversion of an image
+    file and of an upload to `cmtnet serve`, so that both give the model the same pixels."""
+    return image.convert('RGB')
+
+
+def read_image(path: PathLike) -> Image.Image:
+    """An image file in RGB (`rgb_image`)."""
+    with open(path, 'rb') as f:
+        return rgb_image(Image.open(f))
+
+
 class ImageFiles(Dataset):
     """Image files without labels (target -1), read as torchvision's ImageFolder reads its files (RGB)."""
 
@@ -92,7 +104,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[Any, int]:
         path, target = self.samples[index]
-        return default_loader(path), target
+        return read_image(path), target
 
 
 class ReadableImages(Dataset):

@@ -107,6 +107,7 @@ class DensePredictOptions(DenseOptions):
     """What `predict` of every dense task takes besides: image files and folders."""
     inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
                                help='image files and folders of images')
+    json: bool = option(False, help='print a JSON object per image (the answer of cmtnet serve) instead of text')
 
 
 class Command(NamedTuple):
