@@ -22,6 +22,7 @@ import http.client
 import io
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument('--max-batch-size', type=int, default=16)
     parser.add_argument('--rounds', type=int, default=5, help='timed rounds of the bare model')
     parser.add_argument('--threads', type=int, default=0, help='torch threads of the bare model (0: torch\'s)')
-    parser.add_argument('--port', type=int, default=8731)
+    parser.add_argument('--port', type=int, default=0, help='port of the servers (0: a free one)')
     parser.add_argument('--compare-litserve', action='store_true', help='also load a LitServe server of the '
                         'same handler, both with multipart uploads')
     parser.add_argument('--litserve-server', nargs=4, metavar=('PORT', 'CHECKPOINT', 'PRECISION', 'BATCH'),
@@ -179,6 +180,10 @@ def main() -> None:
         port, checkpoint, precision, batch = args.litserve_server
         return run_litserve(int(port), checkpoint, precision, int(batch))
 
+    if not args.port:
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            args.port = s.getsockname()[1]
     image = payload()
     print(f'# {machine(args.threads)}; payload: a {len(image)}-byte 256x256 JPEG; {args.seconds:g} s per row')
     with tempfile.TemporaryDirectory() as work:

@@ -1,4 +1,5 @@
-"""A `cmtnet serve` process for the tests: its own free port, ready when returned, stopped after."""
+"""A `cmtnet serve` process for the tests (its own free port, ready when returned, stopped after), and the
+weights it serves: a classifier, a detector and a segmenter of their own."""
 import contextlib
 import os
 import signal
@@ -18,6 +19,8 @@ from PIL import Image
 from cmtnet.checkpoints import export_weights
 
 CLASSES = ['cat', 'dog', 'owl']
+DETECTION_CLASSES = ['a', 'b']
+SEGMENTATION_CLASSES = ['sky', 'grass', 'road', 'wall']
 START_TIMEOUT = 180
 
 
@@ -33,6 +36,38 @@ def classifier_checkpoint(path: Path, seed: int = 0) -> Path:
     model = timm.create_model('cmt_ti', num_classes=len(CLASSES), img_size=32)
     export_weights(path, model.state_dict(), dict(model='cmt_ti', img_size=32, num_classes=len(CLASSES),
                                                   class_names=CLASSES, crop_pct=0.875, interpolation='bicubic'))
+    return path
+
+
+def detector_checkpoint(path: Path, seed: int = 0) -> Path:
+    """An FCOS on CMT-Ti at 64 px for the two `DETECTION_CLASSES`, as `cmtnet detect train` exports one; its
+    heads' last layers are scaled up so that, untrained, it scores boxes over torchvision's floor of 0.2 and
+    draws them with sides of some pixels."""
+    from cmtnet.detection import build_detector
+    torch.manual_seed(seed)
+    model = build_detector('fcos', 'cmt_ti', len(DETECTION_CLASSES), min_size=64, max_size=64)
+    scores, boxes = model.head.classification_head.cls_logits, model.head.regression_head.bbox_reg
+    with torch.no_grad():
+        scores.weight.mul_(40)
+        scores.bias.zero_()
+        boxes.weight.mul_(20)
+        boxes.bias.fill_(1.0)
+    export_weights(path, model.state_dict(), dict(
+        task='detection', detector='fcos', model='cmt_ti', num_classes=len(DETECTION_CLASSES),
+        class_names=DETECTION_CLASSES, category_ids=list(range(1, len(DETECTION_CLASSES) + 1)), min_size=64,
+        max_size=64, anchor_sizes=None))
+    return path
+
+
+def segmenter_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A Semantic FPN on CMT-Ti for the `SEGMENTATION_CLASSES`, evaluated at 64 px, as `cmtnet segment train`
+    exports one."""
+    from cmtnet.segmentation import build_segmenter
+    torch.manual_seed(seed)
+    model = build_segmenter('fpn', 'cmt_ti', len(SEGMENTATION_CLASSES))
+    export_weights(path, model.state_dict(), dict(
+        task='segmentation', head='fpn', model='cmt_ti', num_classes=len(SEGMENTATION_CLASSES),
+        class_names=SEGMENTATION_CLASSES, crop_size=64, scale=[64, 64], slide=False))
     return path
 
 

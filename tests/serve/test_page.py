@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from page_helpers import (DETECTION_CLASSES, SEGMENTATION_CLASSES, chromium, detector_checkpoint, keep_screenshot,
-                          sample_photo, segmenter_checkpoint, serving_together, wait_for_result)
-from servers import CLASSES, classifier_checkpoint
+from page_helpers import chromium, keep_screenshot, sample_photo, serving_together, wait_for_result
+from servers import (CLASSES, DETECTION_CLASSES, SEGMENTATION_CLASSES, classifier_checkpoint, detector_checkpoint,
+                     segmenter_checkpoint)
 
 sync_api = pytest.importorskip('playwright.sync_api', reason='the page tests drive Chromium with Playwright, '
                                                             'which is not installed')

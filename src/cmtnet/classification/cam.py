@@ -1,7 +1,8 @@
 """Class activation maps: where a CMT classifier looks when it names a class.
 
-Grad-CAM (the `grad-cam` package) on the last stage's output, the finest map that has seen every block,
-for the image's top class, laid over the image as the model sees it (resized and centre-cropped). It
+Grad-CAM (the `grad-cam` package) on the last stage's output, the map that has seen every block, for the
+image's top class; at an input so small that the last stage's map is under `MIN_MAP` cells a side (the
+digits' 32 px leave it 1x1, a map Grad-CAM can only fill evenly), on the deepest stage whose map is not, laid over the image as the model sees it (resized and centre-cropped). It
 needs the float weights and their gradients, so it runs an unfolded float32 copy of the model; an int8
 program has none. `cmtnet predict --cam DIR` writes the overlays, and `cmtnet serve` draws the same one
 on its page.
@@ -19,19 +20,33 @@ from ..engine.data import output_names, read_image
 from ..errors import InputError
 from .data import eval_transform
 
-__all__ = ['ActivationMaps', 'write_cams']
+__all__ = ['MIN_MAP', 'ActivationMaps', 'cam_stage', 'write_cams']
 
 _MIN_SIDE = 224  # small inputs (the 32 px digits) are drawn larger, to be seen
+MIN_MAP = 4
+
+
+def cam_stage(model: nn.Module, img_size: int) -> int:
+    """The index of the stage whose map the activation map is drawn from: the last one, or the deepest one
+    whose map is at least `MIN_MAP` cells a side at `img_size`."""
+    x = torch.zeros(1, 3, img_size, img_size)
+    sides = []
+    with torch.no_grad():
+        x = model.stem(x)
+        for stage in model.stages:
+            x = stage(x)
+            sides.append(min(x.shape[-2:]))
+    return max([i for i, side in enumerate(sides) if side >= MIN_MAP], default=len(sides) - 1)
 
 
 class ActivationMaps:
     """Grad-CAM overlays of a float classifier with `stages` (a CMT), for images as `transform` feeds it."""
 
-    def __init__(self, model: nn.Module, transform: Any):
+    def __init__(self, model: nn.Module, transform: Any, img_size: int):
         from pytorch_grad_cam import GradCAM
         self.model = model.eval()
         self.transform = transform
-        self.cam = GradCAM(model=self.model, target_layers=[self.model.stages[-1]])
+        self.cam = GradCAM(model=self.model, target_layers=[self.model.stages[cam_stage(self.model, img_size)]])
         normalize = next(t for t in transform.transforms if hasattr(t, 'mean'))
         self.mean = torch.as_tensor(normalize.mean).view(3, 1, 1)
         self.std = torch.as_tensor(normalize.std).view(3, 1, 1)
@@ -64,7 +79,8 @@ def float_classifier(checkpoint: str, setup: Dict[str, Any]) -> nn.Module:
 def write_cams(options: Any, paths: Sequence[Path], setup: Dict[str, Any], labels: Sequence[str]) -> List[Path]:
     """`cmtnet predict --cam DIR`: each image's overlay for its top class, as DIR/<name>.png (`output_names`)."""
     maps = ActivationMaps(float_classifier(options.checkpoint, setup),
-                          eval_transform(setup['img_size'], setup['crop_pct'], setup['interpolation']))
+                          eval_transform(setup['img_size'], setup['crop_pct'], setup['interpolation']),
+                          setup['img_size'])
     out = Path(options.cam)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -137,7 +137,7 @@ def _classifier(options: Any, device: torch.device) -> Handler:
         unavailable = f'{checkpoint} is an int8 program: activation maps need the float weights'
     else:
         from ..classification.cam import ActivationMaps, float_classifier
-        extra['cam'] = ActivationMaps(float_classifier(checkpoint, setup), transform)
+        extra['cam'] = ActivationMaps(float_classifier(checkpoint, setup), transform, setup['img_size'])
     info = dict(task='image-classification', model=setup['name'], img_size=setup['img_size'], labels=labels,
                 precision='int8' if quantized else options.precision, cam=not quantized,
                 cam_unavailable=unavailable)
