@@ -67,7 +67,7 @@ def quantized(model: torch.nn.Module, mode: str, setup: Dict, data: Optional[str
     """`model` int8-quantized in `mode`, calibrated on the first `calibration` images of the train split:
     compiled to int8 kernels, or with `reference_ops` the program's reference ops, in float, without the
     minutes inductor takes to compile on a small CPU (they round otherwise than the kernels)."""
-    from cmtnet.checkpoints import QuantizedProgram
+    from cmtnet.int8_program import QuantizedProgram
     from cmtnet.deploy.quantize import calibration_batches, compile_quantized, quantize_model
     batches = calibration_batches(setup['img_size'], setup['crop_pct'], setup['interpolation'], data=data,
                                   limit=calibration)

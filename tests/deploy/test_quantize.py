@@ -16,8 +16,9 @@ import torch
 from PIL import Image
 
 import cmtnet  # noqa: F401  (registers the models)
-from cmtnet.checkpoints import (QUANTIZED_META_FILE, QuantizedProgram, create_model, export_weights, is_quantized_file,
-                                load_quantized, quantized_versions)
+from cmtnet.checkpoints import create_model, export_weights
+from cmtnet.int8_program import (QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file, load_quantized,
+                                 quantized_versions)
 from cmtnet.classification.data import build_dataset, eval_transform
 from cmtnet.classification.evaluate import eval_command, load_for_inference
 from cmtnet.classification.options import EvalOptions, ModelOptions, PredictOptions

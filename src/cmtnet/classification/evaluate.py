@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from timm.utils import accuracy
 
-from ..checkpoints import checkpoint_info, create_model, is_quantized_file, load_quantized
+from ..checkpoints import checkpoint_info, create_model
+from ..int8_program import is_quantized_file, load_quantized
 from ..engine.data import ReadableImages, eval_loader, own_images
 from ..errors import InputError
 from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size

@@ -26,7 +26,7 @@ requantized, and the softmax's probabilities, mostly near zero, are what per-ten
 
 The file `save_quantized` writes (`.pt2`) is the `torch.export` archive of the converted program, with
 our metadata (model, classes, input size and transform, mode, torch and torchao versions) as an extra
-file; `checkpoints.load_quantized` reads it back (refusing other versions' files and any pickled
+file; `int8_program.load_quantized` reads it back (refusing other versions' files and any pickled
 object), so that `cmtnet eval` and `cmtnet predict` take it as `--checkpoint`.
 """
 import argparse
@@ -40,14 +40,15 @@ import torch.nn as nn
 from timm.utils import reparameterize_model
 from torch.utils.data import Dataset
 
-from ..checkpoints import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, atomic_write,
-                           is_quantized_file, quantized_versions)
+from ..checkpoints import atomic_write
 from ..classification.data import build_dataset, eval_transform
 from ..classification.evaluate import load_for_inference
 from ..classification.options import ModelOptions
 from ..engine.data import ImageFiles, ReadableImages, eval_loader, find_images, own_images
 from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
+from ..int8_program import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file,
+                            quantized_versions)
 from ..models.variants import VARIANT_ARGS
 
 __all__ = ['MODES', 'QuantizeOptions', 'add_parser', 'calibration_batches', 'check_calibration_flags',
