@@ -10,6 +10,7 @@ import contextlib
 import importlib.metadata
 import io
 import json
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -119,6 +120,8 @@ class QuantizedProgram(nn.Module):
         self.compiled = compile
         self._run = torch.compile(program) if compile else program
         self.compiled_batch_sizes: List[int] = []  # the batch sizes compiled so far, ascending
+        # batch size -> seconds of the call that compiled for it (inductor's caches make a later start shorter)
+        self.compile_seconds: Dict[int, float] = {}
 
     def train(self, mode: bool = True) -> 'QuantizedProgram':
         if mode:
@@ -141,11 +144,16 @@ class QuantizedProgram(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         bf16 = torch.autocast('cpu', torch.bfloat16) if self.mode == 'int8-bf16' else contextlib.nullcontext()
         n = images.shape[0]
+        compiles = self.compiled and not any(b >= n for b in self.compiled_batch_sizes)
         if self.compiled:
             images = self._padded(images)
         from torch._inductor import config
+        start = time.perf_counter()
         with torch.no_grad(), config.patch(freezing=True), bf16:
-            return self._run(images)[:n].float()
+            logits = self._run(images)[:n].float()
+        if compiles:
+            self.compile_seconds[images.shape[0]] = time.perf_counter() - start
+        return logits
 
 
 def _memory_format(images: torch.Tensor) -> torch.memory_format:

@@ -173,6 +173,8 @@ def eval_command(options: EvalOptions) -> Dict[str, Any]:
               f'{result["count"]} images, loss {result["loss"]:.4f}')
         if result['skipped']:
             print(f'skipped {result["skipped"]} unreadable image(s)')
+        for batch, seconds in getattr(setup['model'], 'compile_seconds', {}).items():
+            print(f'compiling the int8 program for batches of {batch}: {seconds:.1f} s (its first call)')
         if len(class_names) <= MAX_CONFUSION_CLASSES:
             print(format_confusion(result['confusion'], class_names))
         print(f'top-{min(5, len(class_names))} accuracy: {result["top5"]:.2f}%')
