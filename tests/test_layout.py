@@ -5,7 +5,8 @@ Layers, lowest first: errors; models; runtime; checkpoints (models from weight f
 int8_program (the int8 runtime that reads `cmtnet quantize` files); engine; the tasks (classification,
 detection, segmentation); analysis and deploy; the command line. A module may import its own layer and
 those below it, never one above, and the package never imports from tests/ or benchmarks/. No chain of
-imports leads from a module back to itself, not even through imports for type hints. No class is over 250 lines, no function over 100.
+imports leads from a module back to itself, not even through imports for type hints. No class is over 250
+lines, no function over 100.
 """
 import ast
 from pathlib import Path
