@@ -8,8 +8,6 @@ kernels (`cmtnet quantize` compiles for its check unless told not to).
 import argparse
 import json
 import re
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
@@ -289,30 +287,13 @@ def test_tuning_returns_the_most_sensitive_ops_to_float_until_within_max_drop(ru
     assert 'trial' not in capsys.readouterr().out
 
 
-def _peak_memory_loading(code):
-    """The peak resident memory (kB) of a fresh process that imports cmtnet and runs `code`, less the same
-    process's after the imports alone."""
-    script = ('import resource, torch, timm, cmtnet, cmtnet.int8_program, cmtnet.classification.evaluate, '
-              'torchao.quantization.pt2e\n'
-              'base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n'
-              f'{code}\n'
-              'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)')
-    done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, check=True)
-    return int(done.stdout.split()[-1])
-
-
-def test_the_file_holds_int8_weights_is_small_and_loads_in_less_memory_than_the_float_model(run):
+def test_the_file_holds_int8_weights_and_is_small(run):
     _, checkpoint, output, _ = run
     assert output.stat().st_size <= 0.3 * checkpoint.stat().st_size
     model, _ = load_quantized(output, compile=False)
     tensors = [*model.program.parameters(), *model.program.buffers()]
     weights = [t for t in tensors if t.dim() == 4]
     assert len(weights) >= 100 and all(t.dtype == torch.int8 for t in weights)
+    # the loaded program's tensors: the int8 weights and their scales, not the float weights beside them
     float_model = load_for_inference(ModelOptions(checkpoint=str(checkpoint)), torch.device('cpu'))['model']
     assert sum(t.nbytes for t in tensors) <= 0.3 * sum(t.nbytes for t in float_model.state_dict().values())
-    loaded_float = _peak_memory_loading(
-        'from cmtnet.classification.evaluate import load_for_inference\n'
-        'from cmtnet.classification.options import ModelOptions\n'
-        f'load_for_inference(ModelOptions(checkpoint={str(checkpoint)!r}), torch.device("cpu"))')
-    loaded_int8 = _peak_memory_loading(f'cmtnet.int8_program.load_quantized({str(output)!r}, compile=False)')
-    assert loaded_int8 <= loaded_float, (loaded_int8, loaded_float)
