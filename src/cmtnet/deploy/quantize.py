@@ -54,7 +54,7 @@ from ..errors import CommandError, InputError
 from ..int8_program import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file,
                             quantized_versions)
 from ..models.variants import VARIANT_ARGS
-from .drop_check import PairedOutcomes, decide
+from .drop_check import MAX_IMAGES, PairedOutcomes, decide
 from .int8_fallback import fallback_search, leave_in_float, op_labels, sensitivities
 
 __all__ = ['MODES', 'QuantizeOptions', 'add_parser', 'calibration_batches', 'check_calibration_flags',
@@ -387,9 +387,10 @@ def _report_drop(result: Dict[str, float], options: QuantizeOptions) -> str:
           f'outcomes: {outcomes.lost} image(s) lost, {outcomes.gained} gained)')
     if high - low > options.max_drop:
         needed = outcomes.images_needed(options.max_drop)
-        about = f'about {needed} would' if needed else 'no set of practical size would'
+        about = (f'about {needed} would be needed' if needed else
+                 f'no set of up to {MAX_IMAGES} images would narrow it enough')
         print(f'{outcomes.count} images are too few to decide --max-drop {options.max_drop:g}: the interval is '
-              f'wider than that; {about} be needed (at the same rates of lost and gained images)')
+              f'wider than that; {about} (at the same rates of lost and gained images)')
     return decide(outcomes, options.max_drop, options.strict_drop)
 
 
