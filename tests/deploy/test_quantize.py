@@ -17,8 +17,6 @@ from PIL import Image
 
 import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.checkpoints import create_model, export_weights
-from cmtnet.int8_program import (QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file, load_quantized,
-                                 quantized_versions)
 from cmtnet.classification.data import build_dataset, eval_transform
 from cmtnet.classification.evaluate import eval_command, load_for_inference
 from cmtnet.classification.options import EvalOptions, ModelOptions, PredictOptions
@@ -28,6 +26,8 @@ from cmtnet.deploy import quantize
 from cmtnet.deploy.quantize import calibration_batches, compare
 from cmtnet.engine.data import ReadableImages, digits_split, eval_loader
 from cmtnet.errors import InputError
+from cmtnet.int8_program import (QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file, load_quantized,
+                                 quantized_versions)
 from released import make_state, released_keys
 
 SIZE = 64
