@@ -4,8 +4,10 @@ For each checkpoint, on its held-out split (the digits test split, or the val/ s
 root), the model runs as `cmtnet eval` runs it (fp32), with its weights in bfloat16 after folding for
 inference (`cmtnet.runtime.in_precision(model, 'bf16')`, as `--precision bf16`), and int8-quantized
 (`cmtnet.deploy.quantize`, calibrated on the first images of the train split, `int8` and `int8-bf16`).
-Per precision it prints the top-1, its drop from fp32 in points (positive: worse) and the share of images
-whose top-1 class is the one fp32 gives, and whether the drop and agreement meet the targets:
+Per precision it prints the top-1, its drop from fp32 in points (positive: worse) with its exact 95% interval
+from the paired outcomes (`cmtnet.deploy.drop_check`), the share of images whose top-1 class is the one fp32
+gives, and whether the drop and agreement meet the targets. Each int8 mode has two rows, as `cmtnet quantize`
+makes them: every op quantized, then tuned to `--max-drop` (the ops it left in float counted):
 
     bf16: drop <= 0.2 point, agreement >= 99.5%      int8, int8-bf16: drop <= 1.0 point, agreement >= 98%
 
@@ -20,14 +22,17 @@ photo set and its model: the commands in `photo_classification_set.py`'s docstri
 """
 import argparse
 import sys
+import tempfile
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
 from cmtnet.classification.data import build_dataset, default_eval_split, eval_transform
 from cmtnet.classification.evaluate import load_for_inference
 from cmtnet.classification.options import ModelOptions
+from cmtnet.deploy.drop_check import PairedOutcomes
 from cmtnet.engine.data import ReadableImages, eval_loader, own_images
 from cmtnet.errors import InputError
 from cmtnet.runtime import in_precision
@@ -46,6 +51,8 @@ class Row:
     drop: float  # points below fp32
     agreement: float  # % of images with fp32's top-1 class
     count: int
+    interval: Tuple[float, float] = (0., 0.)  # the drop's exact 95% interval (cmtnet.deploy.drop_check)
+    float_ops: int = 0  # int8 ops that the tuning returned to float
 
 
 @torch.inference_mode()
@@ -62,21 +69,29 @@ def predictions(model: Callable, loader) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(classes), torch.cat(targets)
 
 
-def quantized(model: torch.nn.Module, mode: str, setup: Dict, data: Optional[str], calibration: int,
-              reference_ops: bool = False) -> Callable:
-    """`model` int8-quantized in `mode`, calibrated on the first `calibration` images of the train split:
-    compiled to int8 kernels, or with `reference_ops` the program's reference ops, in float, without the
-    minutes inductor takes to compile on a small CPU (they round otherwise than the kernels)."""
-    from cmtnet.checkpoints import QuantizedProgram
-    from cmtnet.deploy.quantize import calibration_batches, compile_quantized, quantize_model
-    batches = calibration_batches(setup['img_size'], setup['crop_pct'], setup['interpolation'], data=data,
-                                  limit=calibration)
-    program = quantize_model(model, batches, setup['img_size'], mode=mode)
-    return QuantizedProgram(program, mode, compile=False) if reference_ops else compile_quantized(program, mode)
+def quantized_rows(checkpoint: str, mode: str, data: Optional[str], calibration: int, batch_size: int,
+                   max_drop: float, reference_ops: bool = False) -> List[Row]:
+    """The rows of `checkpoint` int8-quantized in `mode` as `cmtnet quantize` does it, calibrated on the first
+    `calibration` images of the train split and checked on the held-out split: every op quantized, then
+    tuned to `max_drop` (the same row again when no tuning was needed). Compiled to int8 kernels, or with
+    `reference_ops` the program's reference ops, without the minutes inductor takes to compile on a small CPU
+    (they round otherwise than the kernels)."""
+    from cmtnet.deploy.quantize import QuantizeOptions, quantize_command
+    with tempfile.TemporaryDirectory() as tmp:
+        result = quantize_command(QuantizeOptions(
+            checkpoint=checkpoint, output=Path(tmp) / 'int8.pt2', mode=mode, data=data, calibration_size=calibration,
+            batch_size=batch_size, max_drop=max_drop, compile=not reference_ops, workers=0))
+    rows = []
+    for name, measured in ((mode, result['untuned']), (f'{mode} tuned', result)):
+        outcomes = PairedOutcomes(measured['count'], measured['lost'], measured['gained'])
+        rows.append(Row(name, measured['quantized'], outcomes.drop, measured['agreement'], measured['count'],
+                        outcomes.interval(), len(result['float_ops']) if measured is result else 0))
+    return rows
 
 
 def measure(checkpoint: str, data: Optional[str] = None, precisions: Sequence[str] = PRECISIONS,
-            batch_size: int = 32, calibration: int = 256, reference_ops: bool = False) -> List[Row]:
+            batch_size: int = 32, calibration: int = 256, reference_ops: bool = False,
+            max_drop: float = TARGETS['int8'][0]) -> List[Row]:
     """A `Row` per precision of `checkpoint` on the held-out split of `data` (None: the digits)."""
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
@@ -93,36 +108,39 @@ def measure(checkpoint: str, data: Optional[str] = None, precisions: Sequence[st
     fp32_top1 = 100 * (reference == targets).double().mean().item()
     rows = []
     for precision in precisions:
-        if precision == 'fp32':
-            classes = reference
+        if precision.startswith('int8'):
+            rows += quantized_rows(checkpoint, precision, data, calibration, batch_size, max_drop, reference_ops)
         else:
-            runner = in_precision(model, precision) if precision == 'bf16' else quantized(
-                model, precision, setup, data, calibration, reference_ops)
-            classes, _ = predictions(runner, loader)
-        top1 = 100 * (classes == targets).double().mean().item()
-        rows.append(Row(precision, top1, fp32_top1 - top1, 100 * (classes == reference).double().mean().item(),
-                        len(targets)))
+            classes = reference if precision == 'fp32' else predictions(in_precision(model, precision), loader)[0]
+            top1 = 100 * (classes == targets).double().mean().item()
+            reference_right, right = reference == targets, classes == targets
+            outcomes = PairedOutcomes(len(targets), int((reference_right & ~right).sum()),
+                                      int((~reference_right & right).sum()))
+            rows.append(Row(precision, top1, fp32_top1 - top1, 100 * (classes == reference).double().mean().item(),
+                            len(targets), outcomes.interval()))
         # the int8 rows compile first, which takes minutes on a CPU: show each row as it comes
-        print(f'{checkpoint} {precision}: top-1 {top1:.2f}%', file=sys.stderr, flush=True)
+        print(f'{checkpoint} {precision}: top-1 {rows[-1].top1:.2f}%', file=sys.stderr, flush=True)
     return rows
 
 
 def meets_target(row: Row) -> str:
     """'yes' or 'no' for a precision with a target (`TARGETS`), '' for fp32."""
-    if row.precision not in TARGETS:
+    precision = row.precision.replace(' tuned', '')
+    if precision not in TARGETS:
         return ''
-    drop, agreement = TARGETS[row.precision]
+    drop, agreement = TARGETS[precision]
     return 'yes' if row.drop <= drop and row.agreement >= agreement else 'no'
 
 
 def table(results: Sequence[Tuple[str, str, List[Row]]]) -> str:
     """A markdown table of the (checkpoint, data, rows) measured."""
-    lines = ['| checkpoint | data (images) | precision | top-1 (%) | drop vs fp32 (points) | '
-             'agreement with fp32 (%) | meets target |', '|---|---|---|---:|---:|---:|---|']
+    lines = ['| checkpoint | data (images) | precision | top-1 (%) | drop vs fp32 (points) | 95% interval | '
+             'agreement with fp32 (%) | ops in float | meets target |', '|---|---|---|---:|---:|---|---:|---:|---|']
     for checkpoint, data, rows in results:
         for row in rows:
             lines.append(f'| {checkpoint} | {data} ({row.count}) | {row.precision} | {row.top1:.2f} | '
-                         f'{row.drop:+.2f} | {row.agreement:.2f} | {meets_target(row)} |')
+                         f'{row.drop:+.2f} | [{row.interval[0]:+.2f}, {row.interval[1]:+.2f}] | '
+                         f'{row.agreement:.2f} | {row.float_ops} | {meets_target(row)} |')
     return '\n'.join(lines)
 
 
@@ -134,6 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument('--precisions', nargs='+', default=list(PRECISIONS), choices=PRECISIONS)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--calibration', type=int, default=256, help='int8 calibration images (train split)')
+    parser.add_argument('--max-drop', type=float, default=TARGETS['int8'][0],
+                        help='the tolerance the int8 programs are tuned to (cmtnet quantize --max-drop)')
     parser.add_argument('--reference-ops', action='store_true',
                         help='run the int8 programs through their reference ops instead of compiling them')
     args = parser.parse_args(argv)
@@ -142,7 +162,8 @@ def main(argv=None) -> int:
         if len(entry) > 2:
             parser.error(f'--eval takes a checkpoint and at most one data root, got {entry}')
         checkpoint, data = entry[0], (entry[1] if len(entry) == 2 else None)
-        rows = measure(checkpoint, data, args.precisions, args.batch_size, args.calibration, args.reference_ops)
+        rows = measure(checkpoint, data, args.precisions, args.batch_size, args.calibration, args.reference_ops,
+                       args.max_drop)
         source = f'{data}/{default_eval_split(data)}' if data else 'digits test'
         results.append((checkpoint, source, rows))
     print(table(results))

@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 
 import cmtnet  # noqa: F401  (registers the models)
-from cmtnet.checkpoints import (QUANTIZED_META_FILE, QuantizedProgram, create_model, export_weights, is_quantized_file,
-                                load_quantized, quantized_versions)
+from cmtnet.checkpoints import create_model, export_weights
 from cmtnet.classification.data import build_dataset, eval_transform
 from cmtnet.classification.evaluate import eval_command, load_for_inference
 from cmtnet.classification.options import EvalOptions, ModelOptions, PredictOptions
@@ -27,6 +26,8 @@ from cmtnet.deploy import quantize
 from cmtnet.deploy.quantize import calibration_batches, compare
 from cmtnet.engine.data import ReadableImages, digits_split, eval_loader
 from cmtnet.errors import InputError
+from cmtnet.int8_program import (QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file, load_quantized,
+                                 quantized_versions)
 from released import make_state, released_keys
 
 SIZE = 64
@@ -125,7 +126,7 @@ def test_loading_refuses_other_versions_and_other_files(run, tmp_path):
 
 def test_the_accuracy_check_runs_the_compiled_program_unless_told_not_to(run, tmp_path, monkeypatch, capsys):
     root, checkpoint, _, result = run
-    monkeypatch.setattr(quantize, 'quantize_model', lambda *args: result['program'])
+    monkeypatch.setattr(quantize, 'calibrated_graph', lambda *args, **kwargs: result['graph'])
     asked = []
 
     def program_recording_compile(program, mode, compile=True):
@@ -174,13 +175,15 @@ def test_a_compiled_program_pads_a_smaller_batch_instead_of_compiling_again(run,
 
 def test_a_drop_beyond_max_drop_writes_nothing(run, tmp_path, monkeypatch, capsys):
     root, checkpoint, _, result = run
-    # the quantization is the fixture's; the check reports a drop of 2 points
-    monkeypatch.setattr(quantize, 'quantize_model', lambda *args: result['program'])
-    monkeypatch.setattr(quantize, 'compare', lambda *args: dict(count=20, reference=60., quantized=58., agreement=90.))
+    # the quantization is the fixture's; the check reports a drop of 2 points, measured (--strict-drop)
+    monkeypatch.setattr(quantize, 'calibrated_graph', lambda *args, **kwargs: result['graph'])
+    monkeypatch.setattr(quantize, 'compare', lambda *args: dict(count=100, reference=60., quantized=58., agreement=98.,
+                                                                lost=2, gained=0))
     output = tmp_path / 'refused.pt2'
     args = _quantize_parser().parse_args([
         'quantize', '--checkpoint', str(checkpoint), '--val-images', str(root / 'digits' / 'val'),
-        '--calibration-size', '4', '--max-drop', '1.5', '--workers', '0', '--output', str(output)])
+        '--calibration-size', '4', '--max-drop', '1.5', '--workers', '0', '--output', str(output), '--strict-drop',
+        '--no-tune'])
     assert run_reporting_errors('quantize', lambda: args.func(args)) == 1
     assert not output.exists()
     err = capsys.readouterr().err.strip().splitlines()
@@ -215,3 +218,82 @@ def test_eval_in_bf16_agrees_with_fp32(run):
     evaluated = eval_command(EvalOptions(checkpoint=str(released), model='cmt_ti', img_size=SIZE, precision='bf16',
                                          data=str(root / 'digits'), workers=0))
     assert evaluated['count'] == 20
+
+
+def _quantize_args(root, checkpoint, output, *flags):
+    return _quantize_parser().parse_args([
+        'quantize', '--checkpoint', str(checkpoint), '--val-images', str(root / 'digits' / 'val'),
+        '--calibration-size', '2', '--workers', '0', '--no-compile', '--output', str(output), *flags])
+
+
+@pytest.mark.parametrize('counts, flags, written, said', [
+    # ten points lost on 1000 images: the whole interval is above a point
+    ((1000, 100, 0), [], False, 'more than --max-drop 1 and so is all of its 95% interval'),
+    # one image flipped in 60: 1.67 points measured, which 60 images cannot tell from none
+    ((60, 1, 0), [], True, '60 images are too few to decide --max-drop 1: the interval is wider than that; about'),
+    ((60, 1, 0), ['--strict-drop'], False, 'is 1.67 points below fp32, more than --max-drop 1'),
+])
+def test_the_drop_is_refused_only_when_the_images_can_tell(run, tmp_path, monkeypatch, capsys, counts, flags,
+                                                           written, said):
+    root, checkpoint, _, result = run
+    count, lost, gained = counts
+    monkeypatch.setattr(quantize, 'calibrated_graph', lambda *args, **kwargs: result['graph'])
+    monkeypatch.setattr(quantize, 'compare', lambda *args: dict(
+        count=count, reference=90., quantized=90 - 100 * (lost - gained) / count, agreement=100 * (1 - lost / count),
+        lost=lost, gained=gained))
+    output = tmp_path / 'q.pt2'
+    args = _quantize_args(root, checkpoint, output, '--max-drop', '1', '--no-tune', *flags)
+    assert run_reporting_errors('quantize', lambda: args.func(args)) == (0 if written else 1)
+    assert output.exists() == written
+    printed = capsys.readouterr()
+    assert said in printed.out + printed.err
+    assert re.search(r'drop \d+\.\d\d points, 95% interval \[-?\d+\.\d\d, \d+\.\d\d\]', printed.out)
+
+
+def _float_weights(program):
+    """How many convolutions and linears of `program` take a float weight rather than one dequantized from int8."""
+    computing = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+    return sum(1 for n in program.graph.nodes if n.target in computing and n.args[1].op == 'get_attr')
+
+
+def test_tuning_returns_the_most_sensitive_ops_to_float_until_within_max_drop(run, tmp_path, monkeypatch, capsys):
+    root, checkpoint, _, result = run
+    monkeypatch.setattr(quantize, 'calibrated_graph', lambda *args, **kwargs: result['graph'])
+    base = _float_weights(result['program'])
+
+    def compare_needing_three_ops_in_float(reference, runnable, loader):  # 5 points lost until 3 are float
+        drop = 0 if _float_weights(runnable.program) - base >= 3 else 5
+        return dict(count=1000, reference=90., quantized=90. - drop, agreement=100. - drop, lost=10 * drop, gained=0)
+    monkeypatch.setattr(quantize, 'compare', compare_needing_three_ops_in_float)
+    output = tmp_path / 'tuned.pt2'
+    args = _quantize_args(root, checkpoint, output, '--max-drop', '1')
+    args.func(args)
+    out = capsys.readouterr().out
+    trials = re.findall(r'trial \d+: (\d+) op\(s\) in float: top-1 [\d.]+% \(drop ([\d.]+) points\)', out)
+    assert trials == [('1', '5.00'), ('2', '5.00'), ('4', '0.00'), ('3', '0.00')]
+    ranked = re.search(r'most sensitive: (.*)', out).group(1)
+    most_sensitive = [re.sub(r' -?[\d.]+%$', '', part) for part in ranked.split(', ')]
+    _, meta = load_quantized(output, compile=False)
+    assert meta['float_ops'] == most_sensitive and f'left in float (3): {", ".join(most_sensitive)}' in out
+    assert 'speed of the fallback not measured: --no-compile' in out
+    model, _ = load_quantized(output, compile=False)
+    assert _float_weights(model.program) == base + 3
+    # too few trials to get there: the best of them is judged as without tuning
+    args = _quantize_args(root, checkpoint, tmp_path / 'refused.pt2', '--max-drop', '1', '--max-trials', '2')
+    assert run_reporting_errors('quantize', lambda: args.func(args)) == 1
+    assert not (tmp_path / 'refused.pt2').exists() and 'none within --max-drop 1' in capsys.readouterr().out
+    args = _quantize_args(root, checkpoint, tmp_path / 'untuned.pt2', '--max-drop', '1', '--no-tune')
+    assert run_reporting_errors('quantize', lambda: args.func(args)) == 1
+    assert 'trial' not in capsys.readouterr().out
+
+
+def test_the_file_holds_int8_weights_and_is_small(run):
+    _, checkpoint, output, _ = run
+    assert output.stat().st_size <= 0.3 * checkpoint.stat().st_size
+    model, _ = load_quantized(output, compile=False)
+    tensors = [*model.program.parameters(), *model.program.buffers()]
+    weights = [t for t in tensors if t.dim() == 4]
+    assert len(weights) >= 100 and all(t.dtype == torch.int8 for t in weights)
+    # the loaded program's tensors: the int8 weights and their scales, not the float weights beside them
+    float_model = load_for_inference(ModelOptions(checkpoint=str(checkpoint)), torch.device('cpu'))['model']
+    assert sum(t.nbytes for t in tensors) <= 0.3 * sum(t.nbytes for t in float_model.state_dict().values())

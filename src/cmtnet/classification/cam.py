@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from ..checkpoints import atomic_write, create_model, is_quantized_file
+from ..checkpoints import atomic_write, create_model
+from ..int8_program import is_quantized_file
 from ..engine.data import output_names, read_image
 from ..errors import InputError
 from .data import eval_transform

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from timm.utils import accuracy
 
-from ..checkpoints import checkpoint_info, create_model, is_quantized_file, load_quantized
+from ..checkpoints import checkpoint_info, create_model
+from ..int8_program import is_quantized_file, load_quantized
 from ..engine.data import ReadableImages, eval_loader, own_images
 from ..errors import InputError
 from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size
@@ -172,6 +173,8 @@ def eval_command(options: EvalOptions) -> Dict[str, Any]:
               f'{result["count"]} images, loss {result["loss"]:.4f}')
         if result['skipped']:
             print(f'skipped {result["skipped"]} unreadable image(s)')
+        for batch, seconds in getattr(setup['model'], 'compile_seconds', {}).items():
+            print(f'compiling the int8 program for batches of {batch}: {seconds:.1f} s (its first call)')
         if len(class_names) <= MAX_CONFUSION_CLASSES:
             print(format_confusion(result['confusion'], class_names))
         print(f'top-{min(5, len(class_names))} accuracy: {result["top5"]:.2f}%')

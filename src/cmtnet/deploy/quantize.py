@@ -26,29 +26,36 @@ requantized, and the softmax's probabilities, mostly near zero, are what per-ten
 
 The file `save_quantized` writes (`.pt2`) is the `torch.export` archive of the converted program, with
 our metadata (model, classes, input size and transform, mode, torch and torchao versions) as an extra
-file; `checkpoints.load_quantized` reads it back (refusing other versions' files and any pickled
+file; `int8_program.load_quantized` reads it back (refusing other versions' files and any pickled
 object), so that `cmtnet eval` and `cmtnet predict` take it as `--checkpoint`.
 """
 import argparse
+import copy
+import io
 import json
-from dataclasses import dataclass
+import time
+import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from timm.utils import reparameterize_model
 from torch.utils.data import Dataset
 
-from ..checkpoints import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, atomic_write,
-                           is_quantized_file, quantized_versions)
+from ..checkpoints import atomic_write
 from ..classification.data import build_dataset, eval_transform
 from ..classification.evaluate import load_for_inference
 from ..classification.options import ModelOptions
 from ..engine.data import ImageFiles, ReadableImages, eval_loader, find_images, own_images
 from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
+from ..int8_program import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file,
+                            quantized_versions)
 from ..models.variants import VARIANT_ARGS
+from .drop_check import MAX_IMAGES, PairedOutcomes, decide
+from .int8_fallback import fallback_search, leave_in_float, op_labels, sensitivities
 
 __all__ = ['MODES', 'QuantizeOptions', 'add_parser', 'calibration_batches', 'check_calibration_flags',
            'compare', 'compile_quantized', 'quantize_command', 'quantize_model', 'save_quantized']
@@ -59,6 +66,15 @@ MODES = ('int8', 'int8-bf16')
 
 # whether the attention's two matmuls are quantized too (see the module docstring)
 QUANTIZE_ATTENTION = False
+
+# how activations are calibrated, the observer of their per-tensor range: histogram, the x86 quantizer's own
+# (HistogramObserver: the range that minimizes the quantization error of the values seen), or minmax (the
+# values' extremes)
+CALIBRATIONS = ('histogram', 'minmax')
+DEFAULT_CALIBRATION = 'histogram'
+
+# the calibration images the tuning measures each op's sensitivity on
+SENSITIVITY_IMAGES = 32
 
 # the largest batch the exported program accepts (torch.export needs a bound on a dynamic dimension)
 MAX_BATCH = 4096
@@ -120,29 +136,72 @@ def _export(model: nn.Module, img_size: int) -> torch.export.ExportedProgram:
     return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
 
-@torch.no_grad()
-def quantize_model(model: nn.Module, batches: Iterable[torch.Tensor], img_size: int,
-                   mode: str = 'int8', fold: bool = True) -> torch.fx.GraphModule:
-    """The int8 program (converted PT2E graph, not compiled) of the float `model`, its activation scales
-    calibrated on `batches`; `mode` only says how it will run (`compile_quantized`), the graph is the same.
-    `model` is folded first (`reparameterize_model`, on a copy) unless `fold` is False, for a model folded
-    already: not every timm reparameterization takes a second pass (FastViT's RepMixer fails on one)."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+def _quantizer(calibration: str):
+    """torchao's x86 quantizer: weights per output channel (min-max), activations per tensor with the
+    observer `calibration` names."""
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
-    _check_mode(mode)
-    folded = reparameterize_model(model.eval()) if fold else model.eval()
+    from torchao.quantization.pt2e.observer import MinMaxObserver
     config = x86.get_default_x86_inductor_quantization_config()
+    if calibration == 'minmax':
+        activation = replace(config.input_activation, observer_or_fake_quant_ctr=MinMaxObserver)
+        config = replace(config, input_activation=activation, output_activation=activation)
     quantizer = x86.X86InductorQuantizer().set_global(config)
     if QUANTIZE_ATTENTION:
         quantizer.set_function_type_qconfig(torch.matmul, config)
-    prepared = prepare_pt2e(_export(folded, img_size).module(), quantizer)
+    return quantizer
+
+
+@torch.no_grad()
+def calibrated_graph(model: nn.Module, batches: Iterable[torch.Tensor], img_size: int, fold: bool = True,
+                     calibration: str = DEFAULT_CALIBRATION) -> torch.fx.GraphModule:
+    """The converted PT2E graph of the float `model`, its activation scales calibrated on `batches`, its
+    weights still float behind their quantize / dequantize pairs: what `quantized_program` makes programs
+    of, with or without ops left in float (deploy/int8_fallback.py). `model` is folded first
+    (`reparameterize_model`, on a copy) unless `fold` is False, for a model folded already: not every timm
+    reparameterization takes a second pass (FastViT's RepMixer fails on one)."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    if calibration not in CALIBRATIONS:
+        raise InputError(f'calibration must be one of {", ".join(CALIBRATIONS)}, got {calibration!r}')
+    folded = reparameterize_model(model.eval()) if fold else model.eval()
+    prepared = prepare_pt2e(_export(folded, img_size).module(), _quantizer(calibration))
     seen = 0
     for batch in batches:
         prepared(batch)
         seen += len(batch)
     if not seen:
         raise InputError('no calibration image could be read')
-    return convert_pt2e(prepared)
+    return convert_pt2e(prepared, fold_quantize=False)
+
+
+def _drop_unused_tensors(graph: torch.fx.GraphModule) -> None:
+    """Remove the parameters and buffers that no node reads: the float weights that int8 ones replaced stay
+    registered otherwise, and an export would save them."""
+    used = {n.target for n in graph.graph.nodes if n.op == 'get_attr'}
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in used:
+            owner, _, attr = name.rpartition('.')
+            delattr(graph.get_submodule(owner), attr)
+
+
+def quantized_program(graph: torch.fx.GraphModule, float_ops: Sequence[str] = ()) -> torch.fx.GraphModule:
+    """The int8 program of a `calibrated_graph` (left unchanged): the ops `float_ops` (node names, see
+    int8_fallback.quantized_ops) left in float, the other weights int8 constants with their scales."""
+    # torchao's own rule of which quantize nodes convert_pt2e folds into int8 constants
+    from torchao.quantization.pt2e.constant_fold import constant_fold
+    from torchao.quantization.pt2e.quantize_pt2e import _quant_node_constraint
+    program = leave_in_float(copy.deepcopy(graph), float_ops)
+    constant_fold(program, _quant_node_constraint)
+    _drop_unused_tensors(program)
+    return program
+
+
+def quantize_model(model: nn.Module, batches: Iterable[torch.Tensor], img_size: int, mode: str = 'int8',
+                   fold: bool = True, calibration: str = DEFAULT_CALIBRATION) -> torch.fx.GraphModule:
+    """The int8 program (converted PT2E graph with int8 weights, not compiled) of the float `model`, every op
+    the quantizer takes quantized (`calibrated_graph`, `quantized_program`); `mode` only says how it will
+    run (`compile_quantized`), the graph is the same."""
+    _check_mode(mode)
+    return quantized_program(calibrated_graph(model, batches, img_size, fold, calibration))
 
 
 def compile_quantized(program: nn.Module, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -155,15 +214,27 @@ def compile_quantized(program: nn.Module, mode: str) -> Callable[[torch.Tensor],
 
 def save_quantized(path: PathLike, program: nn.Module, meta: Dict[str, Any]) -> None:
     """Write the quantized `program` (`quantize_model`) as a `torch.export` archive, atomically, with `meta`
-    (model, num_classes, img_size, crop_pct, interpolation, class_names, mode) and the format and the
-    torch and torchao versions in its extra file."""
+    (model, num_classes, img_size, crop_pct, interpolation, class_names, mode; the tuning adds calibration and
+    float_ops) and the format and the torch and torchao versions in its extra file. The weights of the ops
+    quantized are stored in int8 with their scales."""
     missing = [k for k in (*_META_KEYS, 'mode') if k not in meta]
     if missing:
         raise ValueError(f'the metadata of a quantized program lacks {", ".join(missing)}')
     _check_mode(meta['mode'])
     extra = {QUANTIZED_META_FILE: json.dumps({**meta, 'format': QUANTIZED_FORMAT, **quantized_versions()})}
-    exported = _export(program, meta['img_size'])
-    atomic_write(path, lambda f: torch.export.save(exported, f, extra_files=extra))
+    archive = io.BytesIO()
+    torch.export.save(_export(program, meta['img_size']), archive, extra_files=extra)
+    atomic_write(path, lambda f: _deflate_json(archive, f))
+
+
+def _deflate_json(archive: io.BytesIO, out: BinaryIO) -> None:
+    """Copy the zip `archive` to `out` with its JSON entries (the serialized graph, as large as the int8
+    weights of a small model) deflated; `torch.export.load` reads deflated entries, the tensors stay stored."""
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(out, 'w') as target:
+        for item in source.infolist():
+            deflate = item.filename.endswith('.json')
+            target.writestr(item.filename, source.read(item),
+                            compress_type=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED)
 
 
 @dataclass
@@ -189,6 +260,16 @@ class QuantizeOptions:
     max_drop: float = option(1.0, metavar='POINTS',
                              help='refuse to write the program if its top-1 is lower than the float model\'s '
                                   'by more than this (percentage points)')
+    strict_drop: bool = option(False, help='refuse whenever the measured drop is above --max-drop; without, refuse '
+                                           'only when its whole 95%% interval is, and say when the images are too '
+                                           'few to decide')
+    tune: bool = option(True, help='when the drop is above --max-drop, return the quantized ops that cost the most '
+                                   'accuracy to float, the fewest that bring the drop within it; --no-tune writes '
+                                   'or refuses the program with every op quantized')
+    max_trials: int = option(10, metavar='N', help='programs the tuning builds and checks at most')
+    calibration: str = option(DEFAULT_CALIBRATION, choices=list(CALIBRATIONS),
+                              help='activation ranges: histogram (the range of least quantization error) or '
+                                   'minmax (the extremes seen)')
     batch_size: int = option(32, metavar='N', help='images per batch')
     compile: bool = option(True, help='check the accuracy on the compiled program, the int8 kernels that cmtnet '
                                       'eval and predict run; --no-compile checks its reference float ops instead, '
@@ -201,6 +282,8 @@ class QuantizeOptions:
             raise InputError(f'--batch-size must be positive, got {self.batch_size}')
         if self.max_drop < 0:
             raise InputError(f'--max-drop must not be negative, got {self.max_drop}')
+        if self.max_trials < 1:
+            raise InputError(f'--max-trials must be positive, got {self.max_trials}')
 
 
 def _val_set(options: QuantizeOptions, img_size: int) -> Tuple[Optional[Dataset], str]:
@@ -217,24 +300,105 @@ def _val_set(options: QuantizeOptions, img_size: int) -> Tuple[Optional[Dataset]
 
 @torch.no_grad()
 def compare(reference: nn.Module, quantized: nn.Module, loader: Iterable) -> Dict[str, float]:
-    """Top-1 (in %) of the float `reference` and of `quantized` (or any other model of it), and how often
-    their top-1 agree (in %), on the batches of a `ReadableImages` loader; both models are put in eval mode."""
+    """Top-1 (in %) of the float `reference` and of `quantized` (or any other model of it), how often their
+    top-1 agree (in %), and the paired outcomes: the images `lost` (the reference right, `quantized` wrong)
+    and `gained` (the reverse), on the batches of a `ReadableImages` loader; both models are put in eval mode."""
     reference.eval(), quantized.eval()
-    counts = torch.zeros(4, dtype=torch.int64)  # images, reference right, quantized right, agreeing
+    counts = torch.zeros(6, dtype=torch.int64)  # images, reference right, quantized right, agreeing, lost, gained
     for batch in loader:
         images, targets, _ = own_images(batch)
         if not len(images):
             continue
         a, b = reference(images).argmax(1), quantized(images).argmax(1)
-        counts += torch.stack([torch.tensor(len(images)), (a == targets).sum(), (b == targets).sum(), (a == b).sum()])
+        a_right, b_right = a == targets, b == targets
+        counts += torch.stack([torch.tensor(len(images)), a_right.sum(), b_right.sum(), (a == b).sum(),
+                               (a_right & ~b_right).sum(), (~a_right & b_right).sum()])
     n = max(int(counts[0]), 1)
     return dict(count=int(counts[0]), reference=100 * int(counts[1]) / n, quantized=100 * int(counts[2]) / n,
-                agreement=100 * int(counts[3]) / n)
+                agreement=100 * int(counts[3]) / n, lost=int(counts[4]), gained=int(counts[5]))
+
+
+@dataclass
+class _Check:
+    """A program, the ops it leaves in float, and its check against the float model (`compare`)."""
+    program: torch.fx.GraphModule
+    runnable: nn.Module
+    float_ops: Sequence[str]
+    result: Dict[str, float]
+
+    @property
+    def drop(self) -> float:
+        return self.result['reference'] - self.result['quantized']
+
+
+def _seconds_per_batch(runnable: nn.Module, images: torch.Tensor, rounds: int = 5) -> float:
+    """The median time of `rounds` calls of `runnable` on `images` (compiled for them already)."""
+    times = []
+    with torch.no_grad():
+        for _ in range(rounds):
+            start = time.perf_counter()
+            runnable(images)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _tune(graph: torch.fx.GraphModule, model: nn.Module, calibration: Sequence[torch.Tensor],
+          check: Callable[[Sequence[str]], _Check], first: _Check, options: QuantizeOptions) -> _Check:
+    """The program with the fewest ops left in float (deploy/int8_fallback.py) within --max-drop, else the
+    checked one of the smallest drop, printing each trial and what the fallback costs in speed."""
+    images = torch.cat(list(calibration))[:SENSITIVITY_IMAGES]
+    scores = sensitivities(graph, model, images)
+    ranked = sorted(scores, key=scores.get, reverse=True)
+    labels = dict(zip(ranked, op_labels(graph, ranked)))
+    top = ', '.join(f'{labels[op]} {100 * scores[op]:.1f}%' for op in ranked[:3])
+    print(f'tuning: {len(ranked)} quantized ops ranked by the share of the logit error on {len(images)} '
+          f'calibration images that leaving each alone in float removes; most sensitive: {top}')
+    trials = [first]
+
+    def within(ops: Sequence[str]) -> bool:
+        trials.append(check(ops))
+        r = trials[-1].result
+        print(f'trial {len(trials) - 1}: {len(ops)} op(s) in float: top-1 {r["quantized"]:.2f}% '
+              f'(drop {trials[-1].drop:.2f} points), agreement {r["agreement"]:.2f}%')
+        return trials[-1].drop <= options.max_drop
+    _, ran = fallback_search(ranked, within, options.max_trials)
+    passing = [t for t in trials if t.drop <= options.max_drop]
+    best = (min(passing, key=lambda t: len(t.float_ops)) if passing
+            else min(trials, key=lambda t: (t.drop, len(t.float_ops))))
+    names = ', '.join(labels[op] for op in best.float_ops) or 'none'
+    print(f'tuning: {ran} trial(s), {"a program within" if passing else "none within"} --max-drop '
+          f'{options.max_drop:g}; left in float ({len(best.float_ops)}): {names}')
+    if best is not first:
+        if options.compile:
+            images = next(iter(calibration))
+            full, tuned = (_seconds_per_batch(t.runnable, images) for t in (first, best))
+            print(f'speed: {1000 * tuned:.1f} ms a batch of {len(images)} with the ops left in float, '
+                  f'{1000 * full:.1f} ms with every op quantized ({tuned / full:.2f}x the time), timed in this run')
+        else:
+            print('speed of the fallback not measured: --no-compile runs the reference ops')
+    return best
+
+
+def _report_drop(result: Dict[str, float], options: QuantizeOptions) -> str:
+    """Print the drop with its interval and whether the images can decide --max-drop; return `decide`'s verdict."""
+    outcomes = PairedOutcomes(result['count'], result['lost'], result['gained'])
+    low, high = outcomes.interval()
+    print(f'drop {outcomes.drop:.2f} points, 95% interval [{low:.2f}, {high:.2f}] (exact, from the paired '
+          f'outcomes: {outcomes.lost} image(s) lost, {outcomes.gained} gained)')
+    if high - low > options.max_drop:
+        needed = outcomes.images_needed(options.max_drop)
+        about = (f'about {needed} would be needed' if needed else
+                 f'no set of up to {MAX_IMAGES} images would narrow it enough')
+        print(f'{outcomes.count} images are too few to decide --max-drop {options.max_drop:g}: the interval is '
+              f'wider than that; {about} (at the same rates of lost and gained images)')
+    return decide(outcomes, options.max_drop, options.strict_drop)
 
 
 def quantize_command(options: QuantizeOptions) -> Dict[str, Any]:
-    """`cmtnet quantize`: quantize, check the accuracy where labelled images are given, write the program.
-    Returns the program (`program`) and, where measured, the top-1 of both models and their agreement."""
+    """`cmtnet quantize`: quantize, check the accuracy where labelled images are given (tuning the program to
+    --max-drop), write the program. Returns the program (`program`), the calibrated graph (`graph`) and,
+    where measured, the top-1 of both models, their agreement and the paired outcomes, those of the program
+    with every op quantized (`untuned`), the ops left in float (`float_ops`) and the checked `runnable`."""
     if is_quantized_file(options.checkpoint):
         raise InputError(f'--checkpoint {options.checkpoint} is quantized already; give the float weights')
     setup = load_for_inference(ModelOptions(checkpoint=options.checkpoint, model=options.model,
@@ -244,29 +408,48 @@ def quantize_command(options: QuantizeOptions) -> Dict[str, Any]:
     if val is not None and len(val.classes) != setup['num_classes']:
         raise InputError(f'{options.checkpoint} classifies {setup["num_classes"]} classes, {source} has '
                          f'{len(val.classes)}')
-    batches = calibration_batches(size, setup['crop_pct'], setup['interpolation'], options.calibration_images,
-                                  options.data, options.calibration_size, options.batch_size)
-    program = quantize_model(model, batches, size, options.mode)
-    result: Dict[str, Any] = dict(program=program)
+    # kept: the tuning measures each op's sensitivity on them
+    calibration = list(calibration_batches(size, setup['crop_pct'], setup['interpolation'],
+                                           options.calibration_images, options.data, options.calibration_size,
+                                           options.batch_size))
+    graph = calibrated_graph(model, calibration, size, calibration=options.calibration)
+    float_ops: Sequence[str] = ()
+    result: Dict[str, Any] = dict(graph=graph)
     if val is None:
         print('accuracy not measured: no labelled images (give --val-images or --data)')
+        result['program'] = quantized_program(graph)
     else:
         transform = eval_transform(size, setup['crop_pct'], setup['interpolation'])
         loader = eval_loader(ReadableImages(val, transform), options.batch_size, workers=options.workers)
-        # compiled, the program is what eval and predict run; its reference ops round otherwise than the
-        # kernels, and their top-1 can differ
-        result.update(compare(model, QuantizedProgram(program, options.mode, compile=options.compile), loader))
-        drop = result['reference'] - result['quantized']
+
+        def check(ops: Sequence[str]) -> _Check:
+            program = quantized_program(graph, ops)
+            # compiled, the program is what eval and predict run; its reference ops round otherwise than the
+            # kernels, and their top-1 can differ
+            runnable = QuantizedProgram(program, options.mode, compile=options.compile)
+            return _Check(program, runnable, tuple(ops), compare(model, runnable, loader))
+        chosen = first = check(())
         ran = 'int8 kernels' if options.compile else 'reference ops'
-        print(f'on {source} ({result["count"]} images): top-1 fp32 {result["reference"]:.2f}%, '
-              f'{options.mode} ({ran}) {result["quantized"]:.2f}% (drop {drop:.2f} points); '
-              f'top-1 agreement {result["agreement"]:.2f}%')
-        if drop > options.max_drop:
-            raise CommandError(f'not written: the {options.mode} top-1 is {drop:.2f} points below fp32, more than '
-                               f'--max-drop {options.max_drop:g}')
+        print(f'on {source} ({first.result["count"]} images): top-1 fp32 {first.result["reference"]:.2f}%, '
+              f'{options.mode} ({ran}) {first.result["quantized"]:.2f}% (drop {first.drop:.2f} points); '
+              f'top-1 agreement {first.result["agreement"]:.2f}%')
+        if options.tune and first.drop > options.max_drop:
+            chosen = _tune(graph, model, calibration, check, first, options)
+        float_ops = op_labels(graph, chosen.float_ops)
+        result.update(chosen.result, program=chosen.program, runnable=chosen.runnable, untuned=first.result,
+                      float_ops=float_ops)
+        verdict = _report_drop(chosen.result, options)
+        if verdict == 'beyond':
+            surely = '' if options.strict_drop else ' and so is all of its 95% interval'
+            raise CommandError(f'not written: the {options.mode} top-1 is {chosen.drop:.2f} points below fp32, more '
+                               f'than --max-drop {options.max_drop:g}{surely}')
+        if verdict == 'undecided':
+            print(f'written although the images cannot decide whether the drop is within --max-drop '
+                  f'{options.max_drop:g} (--strict-drop refuses a measured drop above it)')
     meta = {k: setup[k] for k in ('num_classes', 'img_size', 'crop_pct', 'interpolation', 'class_names')}
     options.output.parent.mkdir(parents=True, exist_ok=True)
-    save_quantized(options.output, program, dict(meta, model=setup['name'], mode=options.mode))
+    save_quantized(options.output, result['program'], dict(meta, model=setup['name'], mode=options.mode,
+                                                           calibration=options.calibration, float_ops=float_ops))
     print(f'wrote {options.output} ({setup["name"]} at {size}px, {options.mode})')
     return result
 

@@ -20,7 +20,8 @@ import torch.nn as nn
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from ..checkpoints import checkpoint_info, is_quantized_file
+from ..checkpoints import checkpoint_info
+from ..int8_program import is_quantized_file
 from ..classification.data import eval_transform
 from ..classification.evaluate import load_for_inference
 from ..classification.options import ModelOptions
