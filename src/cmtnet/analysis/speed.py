@@ -7,7 +7,7 @@ code's speed), `channels_last`, `fused` (`timm.utils.reparameterize_model`, mode
 (reparameterized first where timm offers it). Training paths: `train_eager`, `train_cl`, `train_compiled`.
 
 Each path runs at each `--precision` that applies to it: `fp32`; `bf16`, the weights and the input in
-bfloat16 (the way `--precision bf16` runs inference, runtime.in_precision; every path but onnxruntime, and
+bfloat16 (the way `--precision bf16` runs inference, runtime.inference_model; every path but onnxruntime, and
 for training paths bfloat16 autocast, as `cmtnet train --amp bf16`); `int8`, static post-training
 quantization through torchao's PT2E flow, compiled (deploy/quantize.py; the compiled paths only, as int8
 is fast only once inductor lowers it), calibrated on the run's own random batch (speed does not depend on
