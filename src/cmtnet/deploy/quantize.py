@@ -16,9 +16,9 @@ What is quantized is the inference-folded model (`timm.utils.reparameterize_mode
 the unfused one. Captured by `torch.export` the folded model takes its plain-op graphs, and those suit
 the quantizer better: CMT puts its BatchNorms after its GELUs, and the quantizer folds a BatchNorm only
 into a conv before it, so in the unfused graph each stays a float pass between int8 ops, where the folded
-graph has them inside the convs already; the unfused attention is one `scaled_dot_product_attention`, a
-float op the quantizer cannot enter, where the folded one is explicit matmuls and a softmax. The folded
-graph's border corrections (models/fuse.py) stay float elementwise ops, which inductor fuses.
+graph has them inside the convs already (but the one before each zero-padded depthwise conv, which stays a
+float pass); the unfused attention is one `scaled_dot_product_attention`, a float op the quantizer cannot
+enter, where the folded one is made explicit matmuls and a softmax.
 
 The attention matmuls are left in float (`QUANTIZE_ATTENTION`; the quantizer takes them through
 `set_function_type_qconfig(torch.matmul, ...)`): each would need its softmax output and its keys and values
@@ -48,6 +48,7 @@ from ..classification.options import ModelOptions
 from ..engine.data import ImageFiles, ReadableImages, eval_loader, find_images, own_images
 from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
+from ..models import set_model_fused_attn
 from ..models.variants import VARIANT_ARGS
 
 __all__ = ['MODES', 'QuantizeOptions', 'add_parser', 'calibration_batches', 'check_calibration_flags',
@@ -131,6 +132,7 @@ def quantize_model(model: nn.Module, batches: Iterable[torch.Tensor], img_size: 
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     _check_mode(mode)
     folded = reparameterize_model(model.eval()) if fold else model.eval()
+    set_model_fused_attn(folded, False)  # explicit matmuls and softmax, which the quantizer enters (SDPA: one op)
     config = x86.get_default_x86_inductor_quantization_config()
     quantizer = x86.X86InductorQuantizer().set_global(config)
     if QUANTIZE_ATTENTION:

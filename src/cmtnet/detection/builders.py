@@ -18,14 +18,13 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import safetensors.torch
 import torch
 import torch.nn as nn
-from timm.utils import reparameterize_model
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from ..checkpoints import PathLike, task_checkpoint_meta
 from ..errors import InputError
-from ..runtime import InPrecision, precision_dtype
+from ..runtime import InPrecision, folded_for, precision_dtype
 from .backbone import NUM_STAGES, CMTFeaturePyramid, cmt_fpn_backbone
 
 __all__ = ['DETECTORS', 'HAS_BACKGROUND', 'anchor_tuples', 'build_detector', 'checkpoint_meta',
@@ -233,16 +232,16 @@ _MAP_PARTS = ('backbone', 'head', 'rpn.head', 'roi_heads.box_head', 'roi_heads.b
               'roi_heads.mask_head', 'roi_heads.mask_predictor')
 
 
-def detector_in_precision(model: nn.Module, precision: str) -> nn.Module:
-    """`model` (in eval mode) for inference at `--precision`: itself for fp32; for bf16, a copy with its CMT
-    folded for inference (models/fuse.py) in channels-last memory, and the backbone and every head running
+def detector_in_precision(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    """`model` (in eval mode) for inference on `device` at `--precision`: itself for fp32; for bf16, a copy with
+    its CMT folded for inference (runtime.folded_for: on the CPU fast path on a CPU) in channels-last memory, and the backbone and every head running
     their weights in bfloat16 (`runtime.InPrecision`), while the image transform, anchors, box decoding,
     non-maximum suppression and RoI pooling stay in float32: a bfloat16 box coordinate would be off by up to
     4 pixels at 1333, and the scores' ranking must not round."""
     dtype = precision_dtype(precision)
     if dtype == torch.float32:
         return model
-    model = reparameterize_model(model.eval())
+    model = folded_for(model, device)
     model.backbone = model.backbone.to(memory_format=torch.channels_last)
     for name in _MAP_PARTS:
         *parents, last = name.split('.')
