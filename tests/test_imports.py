@@ -67,8 +67,8 @@ before = state()
 {imports}
 after = state()
 changed = [name for name, a, b in zip(('warnings filters', 'environment'), before[:2], after[:2]) if a != b]
-changed += [f'logger {{n}}' for n, v in before[2].items() if after[2].get(n) != v]
-changed += [f'logger {{n}}' for n, v in after[2].items() if n not in before[2] and (v[1] or v[2])]
+changed += [f'logger {n}' for n, v in before[2].items() if after[2].get(n) != v]
+changed += [f'logger {n}' for n, v in after[2].items() if n not in before[2] and (v[1] or v[2])]
 print(changed)
 '''
 
@@ -80,7 +80,7 @@ def test_importing_the_package_and_its_commands_changes_no_process_wide_setting(
     for code, expected in ((imports, '[]'),
                            (imports + "; os.environ['X_CMTNET_CHECK'] = '1'; warnings.simplefilter('ignore')",
                             "['warnings filters', 'environment']")):
-        result = subprocess.run([sys.executable, '-c', _PROCESS_STATE.format(imports=code)], capture_output=True,
-                                text=True, timeout=300)
+        script = _PROCESS_STATE.replace('{imports}', code)
+        result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().splitlines()[-1] == expected

@@ -1,5 +1,5 @@
-"""The CPU fast path over a folded model (models/fast_path.py, models/onednn.py): one oneDNN call per conv with its GELU or residual, and micro-batches for
-the early stages. Each must give the plain ops' results, and be taken only where it applies."""
+"""The CPU fast path over a folded model (models/fast_path.py, models/onednn.py): one oneDNN call per conv
+with its GELU or residual, and micro-batches for the early stages. Each must give the plain ops' results, and be taken only where it applies."""
 import copy
 import pickle
 

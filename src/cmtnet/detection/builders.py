@@ -234,8 +234,8 @@ _MAP_PARTS = ('backbone', 'head', 'rpn.head', 'roi_heads.box_head', 'roi_heads.b
 
 def detector_in_precision(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
     """`model` (in eval mode) for inference on `device` at `--precision`: itself for fp32; for bf16, a copy with
-    its CMT folded for inference (runtime.folded_for: on the CPU fast path on a CPU) in channels-last memory, and the backbone and every head running
-    their weights in bfloat16 (`runtime.InPrecision`), while the image transform, anchors, box decoding,
+    its CMT folded for inference (`runtime.folded_for`: on the CPU fast path on a CPU) in channels-last memory,
+    and the backbone and every head running their weights in bfloat16 (`runtime.InPrecision`), while the image transform, anchors, box decoding,
     non-maximum suppression and RoI pooling stay in float32: a bfloat16 box coordinate would be off by up to
     4 pixels at 1333, and the scores' ranking must not round."""
     dtype = precision_dtype(precision)

@@ -1,5 +1,5 @@
-"""One oneDNN call per conv on CPU for the CPU fast path (models/fast_path.py): the weights pre-packed once, the GELU after the conv or
-the residual add after it done in the same call.
+"""One oneDNN call per conv for the CPU fast path (models/fast_path.py): the weights pre-packed once, the GELU
+after the conv or the residual add after it done in the same call.
 
 In eager mode on CPU, a conv followed by a GELU or by a residual add costs three passes over memory (the conv
 writes its map, the elementwise op reads it and writes another): on CMT's large early maps each pass costs as
