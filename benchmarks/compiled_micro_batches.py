@@ -1,7 +1,7 @@
 """The folded model compiled by inductor (freezing, static shapes) with its stem and first stage run in
 micro-batches, as in eager mode, against the same model compiled with the batch whole.
 
-`MicroBatched` splits a large CPU batch under `torch.compile` for static shapes (models/fuse.py): the
+`MicroBatched` splits a large CPU batch under `torch.compile` for static shapes (models/fast_path.py): the
 unrolled micro-batches keep the early stages' maps in the last-level cache between inductor's kernels. The
 "whole" copy has the `MicroBatched` wrappers taken off. Both run in turns with the unfused eager model in
 float32 (the baseline of `cmtnet bench`); times are ms per batch, the median round, and ratios to the
@@ -22,7 +22,8 @@ from timm.utils import reparameterize_model
 
 import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.analysis.speed import roomy_primitive_cache, torch_threads
-from cmtnet.models.fuse import MicroBatched
+from cmtnet.models import cpu_fast_path
+from cmtnet.models.fast_path import MicroBatched
 from timing import compiled_step, interleaved
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
@@ -54,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     model = timm.create_model(args.model, **({'img_size': args.img_size} if args.img_size else {})).eval()
     size = args.img_size or model.pretrained_cfg['input_size'][-1]
     x = torch.randn(args.batch_size, 3, size, size)
-    fused = reparameterize_model(copy.deepcopy(model)).to(memory_format=torch.channels_last)
+    fused = cpu_fast_path(reparameterize_model(model)).to(memory_format=torch.channels_last)
     if not any(isinstance(m, MicroBatched) for m in fused.modules()):
         parser.error(f'folded {args.model} has no micro-batched stage')
     steps = {'baseline': lambda: model(x)}

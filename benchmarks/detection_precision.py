@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> Dict[str, float]:
     height, width = args.size
     model = build_detector(args.detector, args.model, args.num_classes, min_size=min(height, width),
                            max_size=max(height, width)).eval()
-    fast = detector_in_precision(model, 'bf16')
+    fast = detector_in_precision(model, 'bf16', torch.device('cpu'))
     g = torch.Generator().manual_seed(0)
     images: List[torch.Tensor] = [torch.rand(3, height, width, generator=g) for _ in range(args.batch_size)]
 

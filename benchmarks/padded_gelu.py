@@ -5,7 +5,7 @@ Per call of `EdgeCorrectedConv` at each cmt_s IRFFN hidden map (batch 16), and o
 cmt_s, in float32 and bfloat16: the same module with the padded path on and off (`pad` cleared), in turns.
 With `--compiled`, the whole folded model also compiled both ways (inductor, freezing, static shapes), where
 the graph pads the input itself and inductor takes the GELU into the conv. This is the measurement behind
-`models.fuse.PADDED_GELU_DTYPES` (the dtypes the padded path runs in).
+`models.fast_path.PADDED_GELU_DTYPES` (the dtypes the padded path runs in).
 
     python benchmarks/padded_gelu.py --threads 2
     python benchmarks/padded_gelu.py --no-model --rounds 20
@@ -23,8 +23,8 @@ from timm.utils import reparameterize_model
 
 import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.analysis.speed import torch_threads
-from cmtnet.models import fuse
-from cmtnet.models.fuse import EdgeCorrectedConv, bn_scale_shift
+from cmtnet.models import cpu_fast_path, fast_path
+from cmtnet.models.fast_path import EdgeCorrectedConv
 from timing import compiled_step, interleaved
 
 # cmt_s: IRFFN hidden channels and map side per stage (224 input)
@@ -68,8 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     shapes = SHAPES if args.shapes is None else tuple(zip(args.shapes[::2], args.shapes[1::2]))
     rows: List[Dict[str, object]] = []
     torch.manual_seed(0)
-    saved = fuse.PADDED_GELU_DTYPES
-    fuse.PADDED_GELU_DTYPES = (torch.float32, torch.bfloat16)  # both ways in both dtypes, for the comparison
+    saved = fast_path.PADDED_GELU_DTYPES
+    fast_path.PADDED_GELU_DTYPES = (torch.float32, torch.bfloat16)  # both ways in both dtypes, for the comparison
     try:
         with torch_threads(args.threads):
             print('| what | dtype | correction + separate GELU (ms) | padded + GELU post-op (ms) | ratio |')
@@ -80,14 +80,14 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
                 with torch.no_grad():
                     bn.weight.uniform_(0.5, 1.5)
                     bn.bias.normal_()
-                    module = EdgeCorrectedConv(conv, *bn_scale_shift(bn), identity=True, gelu=True)
+                    module = EdgeCorrectedConv(conv, bn, gelu=True)
                 x = torch.randn(args.batch_size, chans, side, side).contiguous(memory_format=torch.channels_last)
                 for dtype in (torch.float32, torch.bfloat16):
                     rows.append(_report(f'{chans} x {side} x {side}', dtype, _ms(module.to(dtype), x.to(dtype),
                                                                                  args.warmup, args.rounds)))
             if not args.no_model:
                 kwargs = {'img_size': args.img_size} if args.img_size else {}
-                model = reparameterize_model(timm.create_model(args.model, **kwargs).eval())
+                model = cpu_fast_path(reparameterize_model(timm.create_model(args.model, **kwargs).eval()))
                 model = model.to(memory_format=torch.channels_last)
                 size = args.img_size or model.pretrained_cfg['input_size'][-1]
                 x = torch.randn(args.batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
@@ -98,7 +98,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
                         rows.append(_report(f'folded {args.model}, compiled ({args.backend})', dtype,
                                             _ms(model, x.to(dtype), args.warmup, args.rounds, args.backend)))
     finally:
-        fuse.PADDED_GELU_DTYPES = saved
+        fast_path.PADDED_GELU_DTYPES = saved
     return rows
 
 

@@ -2,7 +2,7 @@
 
 For each checkpoint, on its held-out split (the digits test split, or the val/ split of `--eval`'s ImageFolder
 root), the model runs as `cmtnet eval` runs it (fp32), with its weights in bfloat16 after folding for
-inference (`cmtnet.runtime.in_precision(model, 'bf16')`, as `--precision bf16`), and int8-quantized
+inference (`cmtnet.runtime.inference_model(model, 'cpu', 'bf16')`, as `--precision bf16`), and int8-quantized
 (`cmtnet.deploy.quantize`, calibrated on the first images of the train split, `int8` and `int8-bf16`).
 Per precision it prints the top-1, its drop from fp32 in points (positive: worse) with its exact 95% interval
 from the paired outcomes (`cmtnet.deploy.drop_check`), the share of images whose top-1 class is the one fp32
@@ -35,7 +35,7 @@ from cmtnet.classification.options import ModelOptions
 from cmtnet.deploy.drop_check import PairedOutcomes
 from cmtnet.engine.data import ReadableImages, eval_loader, own_images
 from cmtnet.errors import InputError
-from cmtnet.runtime import in_precision
+from cmtnet.runtime import inference_model
 
 PRECISIONS = ('fp32', 'bf16', 'int8', 'int8-bf16')
 # precision -> (largest drop from fp32 in points, smallest agreement with fp32 in %)
@@ -111,7 +111,7 @@ def measure(checkpoint: str, data: Optional[str] = None, precisions: Sequence[st
         if precision.startswith('int8'):
             rows += quantized_rows(checkpoint, precision, data, calibration, batch_size, max_drop, reference_ops)
         else:
-            classes = reference if precision == 'fp32' else predictions(in_precision(model, precision), loader)[0]
+            classes = reference if precision == 'fp32' else predictions(inference_model(model, 'cpu', precision), loader)[0]
             top1 = 100 * (classes == targets).double().mean().item()
             reference_right, right = reference == targets, classes == targets
             outcomes = PairedOutcomes(len(targets), int((reference_right & ~right).sum()),

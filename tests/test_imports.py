@@ -51,3 +51,36 @@ def test_the_packages_still_offer_their_training_names():
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == 'cmtnet.classification.train'
+
+
+# the process-wide state a library must leave alone: warnings filters, every logger's filters, handlers and
+# level, and the environment; printed before and after importing every command module, then compared
+_PROCESS_STATE = '''
+import logging, os, warnings
+import timm, torch, torchvision  # their own import-time set-up is not ours to check
+def state():
+    loggers = [logging.getLogger()] + [l for l in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(l, logging.Logger)]
+    return (repr(warnings.filters), dict(os.environ),
+            {l.name: (l.level, [repr(f) for f in l.filters], [repr(h) for h in l.handlers]) for l in loggers})
+before = state()
+{imports}
+after = state()
+changed = [name for name, a, b in zip(('warnings filters', 'environment'), before[:2], after[:2]) if a != b]
+changed += [f'logger {n}' for n, v in before[2].items() if after[2].get(n) != v]
+changed += [f'logger {n}' for n, v in after[2].items() if n not in before[2] and (v[1] or v[2])]
+print(changed)
+'''
+
+
+def test_importing_the_package_and_its_commands_changes_no_process_wide_setting():
+    """Logging and warnings filters and environment variables are set by the `cmtnet` entry point only (when a
+    command runs), never by an import; the check sees a change where one is made."""
+    imports = 'import cmtnet, cmtnet.models, cmtnet.runtime, cmtnet.cli; cmtnet.cli.build_parser()'
+    for code, expected in ((imports, '[]'),
+                           (imports + "; os.environ['X_CMTNET_CHECK'] = '1'; warnings.simplefilter('ignore')",
+                            "['warnings filters', 'environment']")):
+        script = _PROCESS_STATE.replace('{imports}', code)
+        result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().splitlines()[-1] == expected

@@ -3,12 +3,13 @@
 Every command (training, evaluation, prediction, detection, benchmarks) takes its device, autocast and
 distributed set-up from here, so that `--device`, `--amp`, `--precision` and `--channels-last` mean the same
 everywhere. `--amp` is autocast (float32 weights, chosen ops in bfloat16 or float16); `--precision bf16` runs
-inference with the weights themselves in bfloat16 (`in_precision`), the model folded for inference first.
+inference with the weights themselves in bfloat16, the model folded for inference first and, on a CPU, put on
+the CPU fast path (`inference_model`, the one function every inference command gets its model from).
 Under torchrun, `distributed()` joins the process group (NCCL on GPUs, gloo on CPU) and leaves it again.
 """
 import contextlib
 from dataclasses import dataclass
-from typing import Any, ContextManager, Iterator, Optional, Sequence
+from typing import Any, ContextManager, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -18,11 +19,12 @@ from torch.utils._pytree import tree_map
 from timm.utils.distributed import init_distributed_device_so
 
 from .errors import InputError
+from .models.fast_path import applies_on, cpu_fast_path
 
 __all__ = [
     'PRECISIONS', 'InPrecision', 'Processes', 'all_reduce', 'amp_dtype', 'autocast', 'default_device',
-    'distributed', 'in_precision', 'is_main_process', 'precision_dtype', 'prepare_model', 'random_seed',
-    'to_device',
+    'distributed', 'folded_for', 'inference_model', 'is_main_process', 'precision_dtype', 'prepare_model',
+    'random_seed', 'to_device',
 ]
 
 # what `--precision` takes for a float model (an int8 model is a file of its own, written by `cmtnet quantize`)
@@ -76,27 +78,36 @@ def precision_dtype(precision: str) -> torch.dtype:
     return PRECISIONS[precision]
 
 
-def in_precision(model: nn.Module, precision: str, parts: Optional[Sequence[str]] = None) -> nn.Module:
-    """`model` for inference at `--precision`: itself for fp32; for bf16, folded for inference first
-    (`timm.utils.reparameterize_model`, models/fuse.py), in channels-last memory, weights in bfloat16.
+def folded_for(model: nn.Module, device: Union[str, torch.device]) -> nn.Module:
+    """A copy of `model` folded for inference (`timm.utils.reparameterize_model`, models/fuse.py), in eval mode,
+    and put on the CPU fast path (models/fast_path.py) where `device` is a CPU."""
+    from timm.utils import reparameterize_model
+    folded = reparameterize_model(model.eval())
+    return cpu_fast_path(folded) if applies_on(device) else folded
+
+
+def inference_model(model: nn.Module, device: Union[str, torch.device], precision: str = 'fp32',
+                    channels_last: bool = False, parts: Optional[Sequence[str]] = None) -> nn.Module:
+    """`model` prepared for inference on `device` at `--precision`: for fp32, the model itself (its logits are
+    the checkpoint's own); for bf16, `folded_for` the device, in channels-last memory, weights in bfloat16
+    (`InPrecision`). On `device`, in channels-last memory if asked.
 
     `parts` (dotted names of submodules; those a model lacks are passed over) puts only those parts in
     bfloat16, each an `InPrecision`, and leaves the rest of the model in float32: a detector's or segmenter's
     input transform and its decoding of the outputs (boxes, resized logits), which must not round."""
     dtype = precision_dtype(precision)
-    if dtype == torch.float32:
-        return model
-    from timm.utils import reparameterize_model
-    model = reparameterize_model(model.eval()).to(memory_format=torch.channels_last)
-    if parts is None:
-        return InPrecision(model, dtype).eval()
-    for name in parts:
-        try:
-            part = model.get_submodule(name)
-        except AttributeError:  # a part this model has not (RetinaNet has no RoI heads)
-            continue
-        model.set_submodule(name, InPrecision(part, dtype))
-    return model.eval()
+    if dtype != torch.float32:
+        model = folded_for(model, device).to(memory_format=torch.channels_last)
+        if parts is None:
+            model = InPrecision(model, dtype)
+        for name in parts or ():
+            try:
+                part = model.get_submodule(name)
+            except AttributeError:  # a part this model has not (RetinaNet has no RoI heads)
+                continue
+            model.set_submodule(name, InPrecision(part, dtype))
+        model = model.eval()
+    return prepare_model(model, torch.device(device), channels_last)
 
 
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:

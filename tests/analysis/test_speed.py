@@ -161,13 +161,18 @@ def test_an_int8_step_quantizes_the_model_as_its_path_folds_it(tmp_path, monkeyp
     assert len(convs) == 52
 
 
-def test_the_bench_asks_onednn_for_room_for_every_steps_kernels(monkeypatch):
+def test_the_bench_command_asks_onednn_for_room_for_every_steps_kernels_and_the_library_does_not(monkeypatch,
+                                                                                                   capsys):
     from cmtnet.analysis.speed import PRIMITIVE_CACHE, roomy_primitive_cache
     import os
     monkeypatch.delenv('ONEDNN_PRIMITIVE_CACHE_CAPACITY', raising=False)
     run_bench(BenchOptions(models=['cmt_ti'], paths=['eager'], baseline='cmt_ti:eager', batch_size=1, warmup=0,
                            rounds=1), log=lambda msg: None)
-    # CMT-S alone builds about 100 primitives; oneDNN's default cache holds 1,024
+    assert 'ONEDNN_PRIMITIVE_CACHE_CAPACITY' not in os.environ  # the library leaves the environment alone
+    assert main(['bench', '--models', 'cmt_ti', '--paths', 'eager', '--baseline', 'cmt_ti:eager', '--batch-size',
+                 '1', '--warmup', '0', '--rounds', '1', '--peak-gflops', '1']) == 0
+    capsys.readouterr()
+    # the command's entry point sets it: CMT-S alone builds about 100 primitives; oneDNN's default cache holds 1,024
     assert int(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY']) == PRIMITIVE_CACHE >= 10_000
     monkeypatch.setenv('ONEDNN_PRIMITIVE_CACHE_CAPACITY', '64')  # the user's own setting stays
     roomy_primitive_cache()

@@ -139,18 +139,23 @@ def test_eval_and_predict_in_bf16_find_what_fp32_finds(whole, data, tmp_path, ca
 
 def test_a_detector_in_bf16_runs_its_backbone_and_heads_in_bfloat16_and_decodes_in_float32():
     from cmtnet.detection.builders import detector_in_precision
+    from cmtnet.models.fast_path import FastCMTBlock
     from cmtnet.models.fuse import FusedCMTBlock
     from cmtnet.runtime import InPrecision
     model = build_detector('maskrcnn', 'cmt_ti', 3, min_size=96, max_size=96).eval()
-    fast = detector_in_precision(model, 'bf16')
+    fast = detector_in_precision(model, 'bf16', torch.device('cpu'))
     assert isinstance(fast.backbone, InPrecision) and isinstance(fast.roi_heads.mask_predictor, InPrecision)
-    assert any(isinstance(m, FusedCMTBlock) for m in fast.modules())
-    assert not any(isinstance(m, FusedCMTBlock) for m in model.modules())  # the fp32 model is left as it was
+    assert any(isinstance(m, FastCMTBlock) for m in fast.modules())  # folded, on the CPU fast path
+    assert not any(isinstance(m, (FusedCMTBlock, FastCMTBlock)) for m in model.modules())  # the fp32 model is left
+    # for another device: the plain fold, without the CPU fast path
+    other = detector_in_precision(model, 'bf16', torch.device('meta'))
+    assert any(isinstance(m, FusedCMTBlock) for m in other.modules())
+    assert not any(isinstance(m, FastCMTBlock) for m in other.modules())
     with torch.inference_mode():
         out = fast([torch.rand(3, 96, 96)])[0]
     assert out['boxes'].dtype == out['scores'].dtype == out['masks'].dtype == torch.float32
     with pytest.raises(InputError, match='fp16'):
-        detector_in_precision(model, 'fp16')
+        detector_in_precision(model, 'fp16', torch.device('cpu'))
 
 
 def test_bad_input_is_one_line_before_any_model_is_built(tmp_path, capsys):

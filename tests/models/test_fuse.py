@@ -1,18 +1,15 @@
-"""Exact inference folding through timm's own entry point: fused logits equal unfused ones."""
-import copy
-
+"""Exact inference folding through timm's own entry point: fused logits equal unfused ones, from standard
+layers only."""
 import pytest
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.utils import reparameterize_model
 
 import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.models import VARIANT_ARGS, CMTBlock, set_model_fused_attn
-from cmtnet.models import fuse
-from cmtnet.models.fuse import EdgeCorrectedConv, FusedAttention, FusedCMTBlock, bn_scale_shift
-from cmtnet.models.onednn import OneDNNConv
+from cmtnet.models.cmt import CMT, CMTStage, CMTStages, ConvStem, PatchAggregation
+from cmtnet.models.fuse import FusedAttention, FusedCMTBlock, FusedIRFFN
 from norms import randomise_norms as _randomise_norms, rel_err as _rel_err
 
 VARIANTS = {'cmt_ti': (160, 64), 'cmt_xs': (192, 96), 'cmt_s': (224, 64), 'cmt_b': (256, 64)}
@@ -27,8 +24,12 @@ def _model(name: str) -> nn.Module:
 def test_fused_logits_equal_unfused(name):
     model = _model(name)
     fused = reparameterize_model(model)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.stages.modules())
-    assert sum(isinstance(m, FusedCMTBlock) for m in fused.modules()) == sum(VARIANT_ARGS[name]['depths'])
+    depth = sum(VARIANT_ARGS[name]['depths'])
+    # one BatchNorm per block is left, the IRFFN's before its zero-padded depthwise conv, which no plain conv
+    # absorbs (the CPU fast path folds it, tests/models/test_fast_path.py)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fused.stages.modules()) == depth
+    assert all(isinstance(m.norm, nn.BatchNorm2d) for m in fused.modules() if isinstance(m, FusedIRFFN))
+    assert sum(isinstance(m, FusedCMTBlock) for m in fused.modules()) == depth
     for size in VARIANTS[name]:
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(size))
         with torch.no_grad():
@@ -69,8 +70,8 @@ def test_fused_in_both_memory_formats(channels_last):
 
 
 def test_fused_attention_follows_set_model_fused_attn_and_stays_exact():
-    """`set_model_fused_attn` reaches the fused attention (SDPA off the CPU); on the CPU the explicit form runs
-    either way (tests/models/test_onednn.py checks it against SDPA)."""
+    """`set_model_fused_attn` reaches the fused attention, on every device as in the unfolded model (the CPU
+    fast path runs the explicit form, tests/models/test_onednn.py checks it against SDPA)."""
     model = _model('cmt_ti')
     fused = reparameterize_model(model)
     attentions = [m for m in fused.modules() if isinstance(m, FusedAttention)]
@@ -83,114 +84,54 @@ def test_fused_attention_follows_set_model_fused_attn_and_stays_exact():
             assert _rel_err(fused(x), expected) <= 1e-5
 
 
+# what a folded CMT is made of: torch's and timm's layers, the network's own containers and the folded parts
+STANDARD = {
+    CMT, CMTStages, CMTStage, ConvStem, PatchAggregation, FusedCMTBlock, FusedAttention, FusedIRFFN,
+    nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.GELU, nn.SiLU, nn.Identity, nn.Dropout, nn.Flatten, nn.ModuleList,
+    nn.AdaptiveAvgPool2d, timm.layers.LayerNorm2d, timm.layers.ClassifierHead, timm.layers.ConvNormAct,
+    timm.layers.BatchNormAct2d, timm.layers.SelectAdaptivePool2d,
+}
+
+
+def test_the_folded_model_is_made_of_standard_layers():
+    """No execution policy in the fold: no oneDNN call, no micro-batch, no border correction, whatever the
+    device; every conv has its bias; keys and values are one projection."""
+    fused = reparameterize_model(_model('cmt_s'))
+    types = {type(m) for m in fused.modules()}
+    assert types <= STANDARD, types - STANDARD
+    assert not any(type(m).__module__ in ('cmtnet.models.fast_path', 'cmtnet.models.onednn') for m in fused.modules())
+    assert all(m.bias is not None for m in fused.stages.modules() if isinstance(m, nn.Conv2d))
+    attentions = [m for m in fused.modules() if isinstance(m, FusedAttention)]
+    assert len(attentions) == sum(VARIANT_ARGS['cmt_s']['depths'])
+    for attn in attentions:
+        dim = attn.proj.in_channels
+        assert attn.kv.out_channels == (3 if attn.q is None else 2) * dim  # (q,) k and v in one projection
+
+
+def test_a_block_fold_returns_a_new_block_and_leaves_its_own_untouched():
+    """`fuse()` returns a new module and shares nothing with the block, which stays as it was (the
+    convention `fuse()`'s docstring names)."""
+    torch.manual_seed(0)
+    block = _randomise_norms(CMTBlock(16, 2, 2)).eval()
+    children = dict(block.named_modules())
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    fused = block.fuse()
+    assert isinstance(fused, FusedCMTBlock) and fused is not block
+    assert dict(block.named_modules()) == children
+    assert all(torch.equal(block.state_dict()[k], v) for k, v in before.items())
+    ours = {id(t) for t in block.state_dict(keep_vars=True).values()}
+    assert not any(id(t) in ours for t in fused.state_dict(keep_vars=True).values())
+    assert not any(m is n for m in fused.modules() for n in block.modules())
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        assert _rel_err(fused(x, None), block(x, None)) <= 1e-5
+
+
 def test_fused_model_refuses_training():
     fused = reparameterize_model(_model('cmt_ti'))
     with pytest.raises(RuntimeError, match='fused for inference'):
         fused.train()
     fused.eval()  # eval stays allowed
-
-
-@pytest.mark.parametrize('size', [(1, 1), (1, 5), (2, 2), (5, 3), (7, 7)])
-@pytest.mark.parametrize('depthwise', [True, False])
-def test_edge_corrected_conv_folds_an_affine_before_padding(size, depthwise):
-    """A per-channel affine before a zero-padded 3x3 conv (and a shortcut around a depthwise one) folds
-    exactly, border rows, columns and corners included, down to one-pixel maps."""
-    torch.manual_seed(0)
-    chans = 6
-    conv = nn.Conv2d(chans, chans, 3, padding=1, groups=chans if depthwise else 1)
-    bn = _randomise_norms(nn.BatchNorm2d(chans)).eval()
-    folded = EdgeCorrectedConv(conv, *bn_scale_shift(bn), identity=depthwise)
-    x = torch.randn(2, chans, *size)
-    with torch.no_grad():
-        y = bn(x)
-        expected = conv(y) + y if depthwise else conv(y)
-        assert _rel_err(folded(x), expected) <= 1e-5
-
-
-@pytest.mark.parametrize('size', [(1, 1), (2, 5), (7, 7)])
-@pytest.mark.parametrize('depthwise', [True, False])
-def test_edge_corrected_conv_with_its_gelu_pads_instead_of_correcting(size, depthwise, monkeypatch):
-    """With the GELU folded in, the CPU fast path pads the input with -shift/scale and runs the conv unpadded
-    with the GELU inside: the same values as the BatchNorm, the zero-padded conv and the GELU (exact in
-    float32, where it is switched on for the check). By default it runs in bfloat16 only; float32, traced
-    graphs and a channel with scale 0 (no finite pad value) take the correction and a separate GELU."""
-    torch.manual_seed(0)
-    chans = 6
-    conv = nn.Conv2d(chans, chans, 3, padding=1, groups=chans if depthwise else 1)
-    bn = _randomise_norms(nn.BatchNorm2d(chans)).eval()
-    calls = []
-    real = OneDNNConv.unpadded_gelu
-    monkeypatch.setattr(OneDNNConv, 'unpadded_gelu', lambda self, x: calls.append(x.shape) or real(self, x))
-    x = torch.randn(2, chans, *size)
-    padded = (2, chans, size[0] + 2, size[1] + 2)
-    with torch.no_grad():
-        y = bn(x)
-        expected = F.gelu(conv(y) + y if depthwise else conv(y))
-        folded = EdgeCorrectedConv(conv, *bn_scale_shift(bn), identity=depthwise, gelu=True)
-        assert _rel_err(folded(x), expected) <= 1e-5 and calls == []  # float32: the correction
-        with monkeypatch.context() as m:
-            m.setattr(fuse, 'PADDED_GELU_DTYPES', (torch.float32, torch.bfloat16))
-            assert _rel_err(folded(x), expected) <= 1e-5
-            assert calls == [padded]  # one call, on the padded input
-            with torch.jit.optimized_execution(False):  # traced: the plain ops and the correction map
-                traced = torch.jit.trace(folded, x, check_trace=False)
-            assert _rel_err(traced(x), expected) <= 1e-5 and len(calls) == 1
-        assert _rel_err(folded.to(torch.bfloat16)(x.bfloat16()).float(), expected) <= 2e-2
-        assert calls == [padded, padded]
-
-        bn.weight[2] = 0.  # scale 0 on one channel: nothing to pad with
-        y = bn(x)
-        expected = F.gelu(conv(y) + y if depthwise else conv(y))
-        folded = EdgeCorrectedConv(conv, *bn_scale_shift(bn), identity=depthwise, gelu=True)
-        assert folded.pad is None
-        assert _rel_err(folded.to(torch.bfloat16)(x.bfloat16()).float(), expected) <= 2e-2
-        assert len(calls) == 2
-
-
-def _conv_paddings(graph: torch.fx.Graph) -> list:
-    """The padding of each conv in a dynamo or exported graph, as (h, w)."""
-    paddings = []
-    for node in graph.nodes:
-        if node.op == 'call_function' and 'conv' in str(node.target):
-            padding = node.args[4] if len(node.args) > 4 else node.kwargs.get('padding', 0)
-            paddings.append(tuple(padding) if isinstance(padding, (tuple, list)) else (padding, padding))
-    return paddings
-
-
-def test_a_compiled_edge_corrected_conv_pads_its_input_in_bfloat16_and_an_exported_one_corrects():
-    """Compiled for the CPU in bfloat16, the conv with its GELU runs unpadded on the input padded in the graph
-    (so that inductor can take the GELU into the conv); compiled in float32, and exported, the graph keeps the
-    zero-padded conv and the correction. Each gives the values of the BatchNorm, the conv and the GELU."""
-    torch.manual_seed(0)
-    chans = 6
-    conv = nn.Conv2d(chans, chans, 3, padding=1, groups=chans)
-    bn = _randomise_norms(nn.BatchNorm2d(chans)).eval()
-    x = torch.randn(2, chans, 5, 7)
-    with torch.no_grad():
-        y = bn(x)
-        expected = F.gelu(conv(y) + y)
-    folded = EdgeCorrectedConv(conv, *bn_scale_shift(bn), identity=True, gelu=True)
-    graphs = []
-
-    def recorder(gm, example_inputs):
-        graphs.append(gm.graph)
-        return gm.forward
-
-    def compiled(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        torch._dynamo.reset()
-        graphs.clear()
-        with torch.no_grad():
-            return torch.compile(module, backend=recorder, fullgraph=True)(inputs).float()
-
-    assert _rel_err(compiled(folded, x), expected) <= 1e-5
-    assert [_conv_paddings(g) for g in graphs] == [[(1, 1)]]
-    half, xh = copy.deepcopy(folded).to(torch.bfloat16), x.bfloat16()
-    assert _rel_err(compiled(half, xh), expected) <= 2e-2
-    assert [_conv_paddings(g) for g in graphs] == [[(0, 0)]]
-    with torch.no_grad():
-        exported = torch.export.export(half, (xh,))
-        assert _rel_err(exported.module()(xh).float(), expected) <= 2e-2
-    assert _conv_paddings(exported.graph) == [(1, 1)]
 
 
 def test_fuses_projections_without_bias():

@@ -1,5 +1,5 @@
-"""The fused model's CPU fast path: one oneDNN call per conv with its GELU or residual, and micro-batches for
-the early stages. Each must give the plain ops' results, and be taken only where it applies."""
+"""The CPU fast path over a folded model (models/fast_path.py, models/onednn.py): one oneDNN call per conv
+with its GELU or residual, and micro-batches for the early stages. Each must give the plain ops' results, and be taken only where it applies."""
 import copy
 import pickle
 
@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from timm.utils import reparameterize_model
 
 import cmtnet  # noqa: F401  (registers the models)
-from cmtnet.models import fuse, onednn
-from cmtnet.models.fuse import FusedCMTBlock, MicroBatched, attend
+from cmtnet.models import fast_path, onednn
+from cmtnet.models.fast_path import FastCMTBlock, MicroBatched, cpu_fast_path
+from cmtnet.models.fuse import attend
 from cmtnet.models.onednn import OneDNNConv, fast_path_available, onednn_applies
 from norms import randomise_norms, rel_err
 
@@ -109,15 +110,17 @@ def _model() -> nn.Module:
 
 
 def test_early_stages_run_in_micro_batches_with_the_same_results(monkeypatch):
-    """Folding installs the micro-batches around the stem and the first stage only; the network's own
-    forward has no such branch (the unfused model runs its batch whole)."""
+    """The fast path installs the micro-batches around the stem and the first stage only; the network's own
+    forward has no such branch (the unfused and the plain folded model run their batch whole)."""
     model = _model()
-    fused = reparameterize_model(model)
+    folded = reparameterize_model(model)
+    fused = cpu_fast_path(folded)
+    assert not any(isinstance(m, MicroBatched) for m in folded.modules())
     assert isinstance(fused.stem, MicroBatched) and isinstance(fused.stages[0], MicroBatched)
     assert not any(isinstance(m, MicroBatched) for m in list(fused.stages)[1:])
     assert not any(isinstance(m, MicroBatched) for m in model.modules())
     x = torch.randn(5, 3, 96, 96)
-    monkeypatch.setattr(fuse, 'EARLY_MAP_BUDGET', 1)  # one image at a time
+    monkeypatch.setattr(fast_path, 'EARLY_MAP_BUDGET', 1)  # one image at a time
     assert fused.stem.micro_batch(x) == 1
     calls = {'stem': [], 'stage': []}
     fused.stem.module.register_forward_hook(lambda module, args, out: calls['stem'].append(args[0].shape[0]))
@@ -130,7 +133,7 @@ def test_early_stages_run_in_micro_batches_with_the_same_results(monkeypatch):
     assert calls == {'stem': [1] * 10, 'stage': [1] * 10}  # forward, then forward_intermediates
     assert rel_err(got, expected) <= 1e-5
     assert all(rel_err(a, b) <= 1e-5 for a, b in zip(intermediates, expected_intermediates))
-    monkeypatch.setattr(fuse, 'EARLY_MAP_BUDGET', 2 ** 40)  # a batch that fits is not split
+    monkeypatch.setattr(fast_path, 'EARLY_MAP_BUDGET', 2 ** 40)  # a batch that fits is not split
     assert fused.stem.micro_batch(x) == 0 and fused.stages[0].micro_batch(x) == 0
 
 
@@ -143,7 +146,7 @@ def test_a_graph_compiled_for_static_shapes_unrolls_the_micro_batches_and_a_dyna
     micro-batch's convs appear in the graph); compiled for dynamic shapes, or exported, the batch runs whole,
     so that one graph serves every batch size. The results are the plain model's in each case."""
     model = _model()
-    fused = reparameterize_model(model)
+    fused = cpu_fast_path(reparameterize_model(model))
     x = torch.randn(3, 3, 96, 96)
     with torch.no_grad():
         expected = model(x)
@@ -164,7 +167,7 @@ def test_a_graph_compiled_for_static_shapes_unrolls_the_micro_batches_and_a_dyna
 
     early = compiled_convs(nn.Sequential(fused.stem.module, fused.stages[0].module), False)
     convs = {'whole': compiled_convs(fused, False)}  # the batch fits the budget
-    monkeypatch.setattr(fuse, 'EARLY_MAP_BUDGET', 1)  # one image at a time where the split applies
+    monkeypatch.setattr(fast_path, 'EARLY_MAP_BUDGET', 1)  # one image at a time where the split applies
     convs['static'], convs['dynamic'] = compiled_convs(fused, False), compiled_convs(fused, True)
     torch._dynamo.reset()
     with torch.no_grad():
@@ -192,7 +195,8 @@ def _fake_op(behaviour):
 @pytest.mark.parametrize('behaviour', ['raises', 'other signature', 'wrong result', 'missing'])
 def test_a_broken_private_op_turns_the_fast_path_off(monkeypatch, behaviour):
     """The capability probe: an op that is missing, raises, changed its signature or disagrees with the plain
-    conv switches the fast path off, and the fused modules run the plain ops instead of raising."""
+    conv switches the fast path off, saying so once in a warning that names the reason, and the fast path's
+    modules run the plain ops instead of raising."""
     assert fast_path_available()  # this build's ops pass the probe
     monkeypatch.setattr(onednn, '_fast_path', None)  # probe again, with the op broken
     if behaviour == 'missing':
@@ -202,7 +206,12 @@ def test_a_broken_private_op_turns_the_fast_path_off(monkeypatch, behaviour):
         monkeypatch.setattr(torch.ops, 'mkldnn', NoOps())
     else:
         monkeypatch.setattr(torch.ops.mkldnn, '_convolution_pointwise', _fake_op(behaviour))
-    assert not fast_path_available()
+    reason = {'raises': 'no such kernel', 'other signature': 'TypeError', 'wrong result': 'does not give',
+              'missing': 'no op'}[behaviour]
+    with pytest.warns(RuntimeWarning, match=f'fast path are off.*{reason}') as warned:
+        assert not fast_path_available()
+        assert not fast_path_available()  # probed once: said once
+    assert len(warned) == 1
     torch.manual_seed(0)
     conv = nn.Conv2d(16, 16, 3, padding=1)
     x = _cl(2, 16, 8, 8)
@@ -210,14 +219,14 @@ def test_a_broken_private_op_turns_the_fast_path_off(monkeypatch, behaviour):
         assert not onednn_applies(x, conv.weight)
         assert rel_err(OneDNNConv(conv, gelu=True)(x), F.gelu(conv(x))) <= 1e-6
         model = _model()
-        fused = reparameterize_model(model)
+        fused = cpu_fast_path(reparameterize_model(model))
         x = torch.randn(2, 3, 96, 96)
         assert rel_err(fused(x), model(x)) <= 1e-5
 
 
 def test_every_conv_of_a_fused_block_runs_through_onednn():
-    fused = reparameterize_model(_model())
-    block = next(m for m in fused.modules() if isinstance(m, FusedCMTBlock))
+    fused = cpu_fast_path(reparameterize_model(_model()))
+    block = next(m for m in fused.modules() if isinstance(m, FastCMTBlock))
     wrapped = {id(m.conv) for m in block.modules() if isinstance(m, OneDNNConv)}
     convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 8  # LPU, q, the stride-k reduction, kv, proj, fc1, depthwise, fc2
@@ -263,7 +272,7 @@ def test_autocast_residual_of_float32_becomes_a_bfloat16_sum():
 @pytest.mark.parametrize('way', ['bf16 weights', 'autocast'])
 def test_fused_model_in_bf16_keeps_the_fast_path_and_the_predictions(way, monkeypatch):
     model = randomise_norms(_model()).eval()
-    fused = reparameterize_model(model).to(memory_format=torch.channels_last)
+    fused = cpu_fast_path(reparameterize_model(model)).to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 96, 96).contiguous(memory_format=torch.channels_last)
     taken = []
     real = OneDNNConv._onednn  # every oneDNN call, the edge-corrected convs' unpadded ones included

@@ -1,5 +1,5 @@
 """One model serving several threads at once: the per-grid position-bias cache (models/grid_cache.py) and
-the fused convs' packed weights (models/onednn.py) change during forward, so they must be safe to share.
+the CPU fast path's packed weights (models/onednn.py) change during forward, so they must be safe to share.
 Each thread's logits must equal those of a single-threaded run on the same inputs."""
 import sys
 import threading
@@ -10,6 +10,7 @@ import torch
 from timm.utils import reparameterize_model
 
 import cmtnet  # noqa: F401  (registers the models)
+from cmtnet.models import cpu_fast_path
 from cmtnet.models.grid_cache import GridCache
 from cmtnet.models.onednn import OneDNNConv
 from norms import randomise_norms, rel_err
@@ -61,8 +62,8 @@ def _in_threads(work):
 @pytest.mark.parametrize('fused', [True, False], ids=['fused', 'unfused at other sizes'])
 def test_one_model_serves_four_threads(fused):
     model = _model()
-    if fused:  # the packed weights of every fused conv (and the bias cache: the size is not the native one)
-        model, sizes = reparameterize_model(model), (64, 96)
+    if fused:  # the packed weights of the CPU fast path's convs (and the bias cache: not the native size)
+        model, sizes = cpu_fast_path(reparameterize_model(model)), (64, 96)
     else:  # the position-bias cache, with more grids than it keeps
         sizes = (64, 96, 128, 192)
     inputs = _inputs(sizes)

@@ -141,8 +141,8 @@ def test_a_segmenter_in_bf16_runs_its_cmt_and_head_in_bfloat16_and_returns_float
     from cmtnet.runtime import InPrecision
     from cmtnet.segmentation.models import segmenter_in_precision
     model = _segmenter('fpn', num_classes=3, **NARROW['fpn']).eval()
-    assert segmenter_in_precision(model, 'fp32') is model
-    fast = segmenter_in_precision(model, 'bf16')
+    assert segmenter_in_precision(model, 'fp32', torch.device('cpu')) is model
+    fast = segmenter_in_precision(model, 'bf16', torch.device('cpu'))
     assert all(isinstance(getattr(fast, part), InPrecision) for part in ('body', 'decoder', 'classifier'))
     assert {p.dtype for part in (fast.body, fast.decoder, fast.classifier) for p in part.parameters()} == {torch.bfloat16}
     assert fast.mean.dtype == fast.std.dtype == torch.float32  # the input is normalised in float32
@@ -154,4 +154,4 @@ def test_a_segmenter_in_bf16_runs_its_cmt_and_head_in_bfloat16_and_returns_float
     assert ours.dtype == torch.float32 and ours.shape == theirs.shape == (2, 3, 70, 90)
     assert (ours.argmax(1) == theirs.argmax(1)).float().mean() > 0.9
     with pytest.raises(InputError, match='fp16'):
-        segmenter_in_precision(model, 'fp16')
+        segmenter_in_precision(model, 'fp16', torch.device('cpu'))

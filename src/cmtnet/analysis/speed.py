@@ -1,13 +1,14 @@
 """How fast CMT runs, in each way it can be run, beside its timm peers: `cmtnet bench` and its library.
 
 Inference paths of a CMT variant: `eager` (the unfused model, NCHW: the baseline, which runs at the authors'
-code's speed), `channels_last`, `fused` (`timm.utils.reparameterize_model`, models/fuse.py), `fused_cl`
-(fused, channels_last), `fused_compiled` (fused, channels_last, inductor with freezing at static shapes),
-`onnxruntime` (the fused model exported as in deploy/export.py). Peers run `eager`, `channels_last` and `compiled`
+code's speed), `channels_last`, `fused` (`timm.utils.reparameterize_model`, models/fuse.py,
+then on a CPU `cpu_fast_path`, models/fast_path.py, as the commands run it), `fused_cl` (fused,
+channels_last), `fused_compiled` (fused, channels_last, inductor with freezing at static shapes),
+`onnxruntime` (the folded model exported as in deploy/export.py). Peers run `eager`, `channels_last` and `compiled`
 (reparameterized first where timm offers it). Training paths: `train_eager`, `train_cl`, `train_compiled`.
 
 Each path runs at each `--precision` that applies to it: `fp32`; `bf16`, the weights and the input in
-bfloat16 (the way `--precision bf16` runs inference, runtime.in_precision; every path but onnxruntime, and
+bfloat16 (the way `--precision bf16` runs inference, runtime.inference_model; every path but onnxruntime, and
 for training paths bfloat16 autocast, as `cmtnet train --amp bf16`); `int8`, static post-training
 quantization through torchao's PT2E flow, compiled (deploy/quantize.py; the compiled paths only, as int8
 is fast only once inductor lowers it), calibrated on the run's own random batch (speed does not depend on
@@ -44,7 +45,8 @@ from timm.utils import reparameterize_model
 
 from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
-from ..models import VARIANT_ARGS, native_img_size
+from ..models import VARIANT_ARGS, cpu_fast_path, native_img_size, set_model_fused_attn
+from ..models.fast_path import applies_on
 from ..models.variants import PUBLISHED
 from .macs import count_macs
 from .tables import Column, format_table
@@ -223,6 +225,7 @@ def _onnx_step(model: nn.Module, x: torch.Tensor, workdir: str, threads: int) ->
     import onnxruntime as ort
     from ..deploy.export import export_onnx
     path = Path(workdir) / f'{id(model)}.onnx'
+    set_model_fused_attn(model, False)  # as `cmtnet export` exports a folded model
     export_onnx(model, path, x.shape[-1], dynamic=False)
     session_options = ort.SessionOptions()
     if threads:
@@ -277,6 +280,8 @@ def build_step(name: str, path: str, precision: str, batch_size: int, device: to
         return _train_step(model, x, torch.bfloat16 if precision == 'bf16' else None)
     if precision.startswith('int8'):
         return _int8_step(model, x, precision)
+    if path.startswith('fused') and applies_on(device):
+        model = cpu_fast_path(model)  # as the commands run a folded model there
     if precision == 'bf16':
         model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     compiled = path in COMPILED_PATHS
@@ -329,7 +334,9 @@ PRIMITIVE_CACHE = 16384
 
 def roomy_primitive_cache() -> None:
     """Ask oneDNN for a primitive cache of `PRIMITIVE_CACHE` (unless ONEDNN_PRIMITIVE_CACHE_CAPACITY is set):
-    oneDNN reads it when it builds its first primitive, so a process that ran a conv before keeps its own."""
+    oneDNN reads it when it builds its first primitive, so a process that ran a conv before keeps its own.
+    It sets a process-wide environment variable, so only a command's entry point calls it (`cmtnet bench`,
+    the benchmark scripts), never the library."""
     os.environ.setdefault('ONEDNN_PRIMITIVE_CACHE_CAPACITY', str(PRIMITIVE_CACHE))
 
 
@@ -339,7 +346,6 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = print,
 
     With `failures`, a step that fails to build or to run (a model that a compiler or the quantizer
     cannot take) is left out, its error recorded there under MODEL:PATH:PRECISION; without, it raises."""
-    roomy_primitive_cache()
     device = torch.device(options.device)
     steps, sizes, gmacs = {}, {}, {}
     with torch_threads(options.threads), tempfile.TemporaryDirectory() as workdir:

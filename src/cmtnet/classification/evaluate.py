@@ -21,7 +21,7 @@ from ..int8_program import is_quantized_file, load_quantized
 from ..engine.data import ReadableImages, eval_loader, own_images
 from ..errors import InputError
 from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size
-from ..runtime import all_reduce, amp_dtype, autocast, distributed, in_precision, prepare_model, to_device
+from ..runtime import all_reduce, amp_dtype, autocast, distributed, inference_model, to_device
 from .data import build_dataset, default_eval_split, eval_transform
 from .options import EvalOptions, ModelOptions
 
@@ -137,7 +137,7 @@ def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str,
     check_img_size(img_size, '--img-size')
     model = create_model(name, options.checkpoint, num_classes=num_classes, img_size=img_size)
     return dict(
-        model=prepare_model(in_precision(model, options.precision), device, options.channels_last),
+        model=inference_model(model, device, options.precision, options.channels_last),
         name=name,
         num_classes=num_classes,
         img_size=img_size,

@@ -43,7 +43,7 @@ from timm.utils import reparameterize_model
 from ..checkpoints import atomic_write, checkpoint_info, create_model
 from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
-from ..models import NET_STRIDE, check_img_size, native_img_size
+from ..models import NET_STRIDE, check_img_size, native_img_size, set_model_fused_attn
 from .quantize import calibration_batches, check_calibration_flags
 
 __all__ = ['ExportOptions', 'Int8Check', 'agreement', 'export_int8', 'export_model', 'export_onnx',
@@ -116,6 +116,14 @@ class ExportOptions:
 
 def _other_size(size: int) -> int:
     return size - NET_STRIDE if size > NET_STRIDE else size + NET_STRIDE
+
+
+def _folded(model: nn.Module) -> nn.Module:
+    """`model` folded for an exported graph (a copy): the attention explicit, matmuls and a softmax that
+    onnxruntime and the int8 quantizer take op by op (SDPA with a float mask is one op to them)."""
+    folded = reparameterize_model(model)
+    set_model_fused_attn(folded, False)
+    return folded
 
 
 def export_onnx(model: nn.Module, path: Path, img_size: int, opset: int = 18, dynamic: bool = True) -> None:
@@ -235,7 +243,7 @@ def export_int8(options: ExportOptions) -> Tuple[Int8Check, nn.Module]:
     images = torch.cat(batches)
     calibration, held_out = images[:options.calibration_size], images[options.calibration_size:]
     reference = create_model(options.model, options.checkpoint, img_size=size, dynamic_img_size=True).eval()
-    model = reparameterize_model(reference) if options.fuse else reference
+    model = _folded(reference) if options.fuse else reference
     options.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='cmtnet-export-') as tmp:
         fp32 = Path(tmp) / 'fp32.onnx'
@@ -250,7 +258,7 @@ def export_model(options: ExportOptions) -> Tuple[Dict[int, float], nn.Module]:
     """Build (and fuse) the model, export it and check it: (relative error per checked size, the model)."""
     size = native_img_size(options.model)
     reference = create_model(options.model, options.checkpoint, dynamic_img_size=True).eval()
-    model = reparameterize_model(reference) if options.fuse else reference
+    model = _folded(reference) if options.fuse else reference
     options.output.parent.mkdir(parents=True, exist_ok=True)
     if options.format == 'onnx':
         export_onnx(model, options.output, size, options.opset)

@@ -16,9 +16,9 @@ What is quantized is the inference-folded model (`timm.utils.reparameterize_mode
 the unfused one. Captured by `torch.export` the folded model takes its plain-op graphs, and those suit
 the quantizer better: CMT puts its BatchNorms after its GELUs, and the quantizer folds a BatchNorm only
 into a conv before it, so in the unfused graph each stays a float pass between int8 ops, where the folded
-graph has them inside the convs already; the unfused attention is one `scaled_dot_product_attention`, a
-float op the quantizer cannot enter, where the folded one is explicit matmuls and a softmax. The folded
-graph's border corrections (models/fuse.py) stay float elementwise ops, which inductor fuses.
+graph has them inside the convs already (but the one before each zero-padded depthwise conv, which stays a
+float pass); the unfused attention is one `scaled_dot_product_attention`, a float op the quantizer cannot
+enter, where the folded one is made explicit matmuls and a softmax.
 
 The attention matmuls are left in float (`QUANTIZE_ATTENTION`; the quantizer takes them through
 `set_function_type_qconfig(torch.matmul, ...)`): each would need its softmax output and its keys and values
@@ -53,6 +53,7 @@ from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
 from ..int8_program import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file,
                             quantized_versions)
+from ..models import set_model_fused_attn
 from ..models.variants import VARIANT_ARGS
 from .drop_check import MAX_IMAGES, PairedOutcomes, decide
 from .int8_fallback import fallback_search, leave_in_float, op_labels, sensitivities
@@ -163,6 +164,7 @@ def calibrated_graph(model: nn.Module, batches: Iterable[torch.Tensor], img_size
     if calibration not in CALIBRATIONS:
         raise InputError(f'calibration must be one of {", ".join(CALIBRATIONS)}, got {calibration!r}')
     folded = reparameterize_model(model.eval()) if fold else model.eval()
+    set_model_fused_attn(folded, False)  # explicit matmuls and softmax, which the quantizer enters (SDPA: one op)
     prepared = prepare_pt2e(_export(folded, img_size).module(), _quantizer(calibration))
     seen = 0
     for batch in batches:

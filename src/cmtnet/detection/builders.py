@@ -24,7 +24,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from ..checkpoints import PathLike
 from ..engine.dense import DenseKind
 from ..errors import InputError
-from ..runtime import in_precision
+from ..runtime import inference_model
 from .backbone import NUM_STAGES, CMTFeaturePyramid, cmt_fpn_backbone
 
 __all__ = ['DETECTION', 'DETECTORS', 'HAS_BACKGROUND', 'anchor_tuples', 'build_detector',
@@ -226,10 +226,10 @@ _MAP_PARTS = ('backbone', 'head', 'rpn.head', 'roi_heads.box_head', 'roi_heads.b
               'roi_heads.mask_head', 'roi_heads.mask_predictor')
 
 
-def detector_in_precision(model: nn.Module, precision: str) -> nn.Module:
-    """`model` (in eval mode) for inference at `--precision`: itself for fp32; for bf16, a copy with its CMT
-    folded for inference (models/fuse.py) in channels-last memory, and the backbone and every head running
-    their weights in bfloat16 (`runtime.in_precision`), while the image transform, anchors, box decoding,
-    non-maximum suppression and RoI pooling stay in float32: a bfloat16 box coordinate would be off by up to
-    4 pixels at 1333, and the scores' ranking must not round."""
-    return in_precision(model, precision, _MAP_PARTS)
+def detector_in_precision(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    """`model` (in eval mode) for inference on `device` at `--precision`: itself for fp32; for bf16, a copy with
+    its CMT folded for inference (`runtime.folded_for`: on the CPU fast path on a CPU) in channels-last memory,
+    and the backbone and every head running their weights in bfloat16 (`runtime.inference_model`), while the
+    image transform, anchors, box decoding, non-maximum suppression and RoI pooling stay in float32: a bfloat16
+    box coordinate would be off by up to 4 pixels at 1333, and the scores' ranking must not round."""
+    return inference_model(model, device, precision, parts=_MAP_PARTS)

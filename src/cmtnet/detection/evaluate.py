@@ -147,9 +147,9 @@ def eval_command(options: DetectEvalOptions) -> Dict[str, float]:
     images, annotations = data_paths(o, splits=('val',))['val']
     val_set = read_coco(annotations, images, strict=o.strict, categories=categories)
     model, meta = detector_from_checkpoint(checkpoint, min_size=o.min_size, max_size=o.max_size)
-    model = detector_in_precision(model, o.precision)
     first_label = 1 if HAS_BACKGROUND[meta['detector']] else 0
     with distributed(o.device) as p:
+        model = detector_in_precision(model, o.precision, p.device)
         samples = DetectionSamples(val_set, strict=o.strict, first_label=first_label)
         loader = eval_loader(samples, o.batch_size, p.rank, p.world_size, o.workers, collate_fn=collate)
         metrics, summary, results = evaluate_detector(

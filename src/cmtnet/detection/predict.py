@@ -115,8 +115,8 @@ def predict_command(options: DetectPredictOptions) -> List[Dict[str, Any]]:
         raise InputError('give at least one image file or folder of images to predict')
     files = find_images(o.inputs)
     model, meta = detector_from_checkpoint(o.checkpoint, min_size=o.min_size, max_size=o.max_size)
-    model = detector_in_precision(model, o.precision)
     with distributed(o.device) as p:
+        model = detector_in_precision(model, o.precision, p.device)
         if not is_main_process():
             return []
         amp = amp_dtype(o.amp, p.device)

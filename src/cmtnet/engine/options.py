@@ -76,7 +76,7 @@ def amp_option(help: str = 'mixed precision: auto is bf16 on CUDA and off on CPU
 
 
 def precision_option(**kwargs: Any) -> Any:
-    """`--precision`, as every inference command has it: the weights' own precision (runtime.in_precision)."""
+    """`--precision`, as every inference command has it: the weights' own precision (runtime.inference_model)."""
     return option('fp32', choices=['fp32', 'bf16'], help='inference precision: bf16 folds the model and runs '
                   'its weights in bfloat16 (an int8 model is a file written by cmtnet quantize)', **kwargs)
 

@@ -33,9 +33,8 @@ from timm.models import (
 )
 from timm.models._features import feature_take_indices
 
-from .fuse import (
-    EdgeCorrectedConv, FusedAttention, FusedCMTBlock, MicroBatched, bn_scale_shift, fuse_block, is_exact_gelu)
-from .onednn import OneDNNConv, cpu_autocast
+from .fuse import FusedAttention, fuse_block
+from .onednn import cpu_autocast
 from .grid_cache import GridCache
 from .pos_bias import cached_resize_rel_pos_bias, resize_rel_pos_bias
 from .released import checkpoint_filter_fn, not_a_checkpoint
@@ -146,26 +145,6 @@ class ConvStem(CheckedStem):
         x = self.norm2(self.act2(self.conv2(x)))
         x = self.norm3(self.act3(self.conv3(x)))
         return x
-
-    def fuse(self) -> nn.Module:
-        """The stem for inference: the BatchNorms after the first two GELUs folded into the next convs, the
-        first conv run with its GELU in one oneDNN call on CPU (models/fuse.py, models/onednn.py), and a
-        large CPU batch taken a few images at a time (`MicroBatched`, counting three maps of the stem's width
-        per image: a conv's input and output and the border pass after it; with fewer the stem's micro-batches
-        of the small variants grow past what stays in cache). Folds in place; a folded stem is returned as it
-        is."""
-        if not isinstance(self.norm1, nn.BatchNorm2d):
-            return self
-        gelu1 = is_exact_gelu(self.act1)
-        self.conv1 = OneDNNConv(self.conv1, gelu=gelu1)
-        self.act1 = nn.Identity() if gelu1 else self.act1
-        gelu2, gelu3 = is_exact_gelu(self.act2), is_exact_gelu(self.act3)
-        self.conv2 = EdgeCorrectedConv(self.conv2, *bn_scale_shift(self.norm1), gelu=gelu2)
-        self.conv3 = EdgeCorrectedConv(self.conv3, *bn_scale_shift(self.norm2), gelu=gelu3)
-        self.act2 = nn.Identity() if gelu2 else self.act2
-        self.act3 = nn.Identity() if gelu3 else self.act3
-        self.norm1, self.norm2 = nn.Identity(), nn.Identity()
-        return MicroBatched(self, map_chs=3 * self.norm3.num_features, map_stride=2)
 
 
 class PatchEmbedStem(CheckedStem):
@@ -310,8 +289,8 @@ class LightweightAttention(nn.Module):
 
         sdpa = self.fused_attn
         if not torch.jit.is_scripting():
-            # under CPU autocast SDPA with a float mask takes its math path in float32: the explicit form, in
-            # bfloat16, ran forward + backward 1.7-2.3x faster at every stage of cmt_s
+            # under CPU autocast SDPA with a float mask takes its math path in float32, slower than the explicit
+            # form in bfloat16 (benchmarks/autocast_training.py)
             sdpa = sdpa and not cpu_autocast(q)
         if sdpa:
             x = F.scaled_dot_product_attention(
@@ -331,9 +310,8 @@ class LightweightAttention(nn.Module):
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         """The stride-k depthwise reduction, in float32 under CPU autocast: oneDNN's bfloat16 depthwise conv
-        whose kernel equals its stride ran 1.2-1.7x slower than float32 forward and 7-14x slower forward +
-        backward (cmt_s's three reductions, batch 16), and its input, the LayerNorm's output, is float32
-        there already."""
+        whose kernel equals its stride is slower than float32, forward and backward
+        (benchmarks/autocast_training.py), and its input, the LayerNorm's output, is float32 there already."""
         if not torch.jit.is_scripting():
             if cpu_autocast(x):
                 with torch.autocast('cpu', enabled=False):
@@ -456,8 +434,9 @@ class CMTBlock(nn.Module):
                 and (self.attn.sr_ratio == 1 or type(self.attn.sr_norm) is nn.BatchNorm2d))
 
     def fuse(self) -> nn.Module:
-        """The block with its norms' affines, BatchNorms and shortcuts folded, for inference (models/fuse.py);
-        a block made of other parts (an ablation step's) is returned as it is, which stays exact."""
+        """A new block with its norms' affines, BatchNorms and shortcuts folded, for inference (models/fuse.py),
+        made of standard layers; this block is left untouched. A block made of other parts (an ablation
+        step's) is returned as it is, which stays exact."""
         return fuse_block(self) if self.foldable() else self
 
 
@@ -551,21 +530,7 @@ class CMTStage(nn.Module):
 
 
 class CMTStages(nn.Sequential):
-    """The stages in order. Folding (`fuse()`, through timm's reparameterize_model) folds the blocks in place
-    and, on CPU, runs the first stage, whose maps are the network's largest, a few images at a time
-    (`MicroBatched` on the IRFFN's hidden map: the results are the same, image by image)."""
-
-    def fuse(self) -> 'CMTStages':
-        for stage in self:
-            stage = stage.module if isinstance(stage, MicroBatched) else stage
-            for i, block in enumerate(stage.blocks):
-                if isinstance(block, CMTBlock):  # not yet folded
-                    stage.blocks[i] = block.fuse()
-        first = self[0]
-        if isinstance(first, CMTStage) and isinstance(first.blocks[0], FusedCMTBlock):
-            map_stride = 1 if isinstance(first.downsample, nn.Identity) else 2
-            self[0] = MicroBatched(first, map_chs=first.blocks[0].mlp.fc1.conv.out_channels, map_stride=map_stride)
-        return self
+    """The stages in order (the CPU fast path, models/fast_path.py, runs the first a few images at a time)."""
 
 
 class CMT(nn.Module):

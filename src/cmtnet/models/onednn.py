@@ -1,5 +1,5 @@
-"""One oneDNN call per conv on CPU for the fused model: the weights pre-packed once, the GELU after the conv or
-the residual add after it done in the same call.
+"""One oneDNN call per conv for the CPU fast path (models/fast_path.py): the weights pre-packed once, the GELU
+after the conv or the residual add after it done in the same call.
 
 In eager mode on CPU, a conv followed by a GELU or by a residual add costs three passes over memory (the conv
 writes its map, the elementwise op reads it and writes another): on CMT's large early maps each pass costs as
@@ -13,17 +13,19 @@ gradient needed, and not while scripting, tracing, compiling or exporting (those
 which their own backends fuse). Everywhere else the same module runs the plain conv, GELU and add.
 
 bfloat16 runs on the same calls, whichever way it is asked for: a model whose weights are bfloat16
-(`model.to(torch.bfloat16)`, runtime.in_precision), or a float32 model under CPU autocast to bfloat16. Under
+(`model.to(torch.bfloat16)`, runtime.inference_model), or a float32 model under CPU autocast to bfloat16. Under
 autocast the module computes as autocast would (the input and weight in bfloat16, a bfloat16 result), with
 the bfloat16 weight and bias cast once and packed beside the float32 ones instead of on every call.
 
 The ops are private to PyTorch: they may be missing from a build or change their signature in a release.
 So on first use they are probed once on tiny tensors against the plain ops (`fast_path_available`); any
-error or mismatch turns the fast path off for the process, and every module runs the plain ops.
+error or mismatch turns the oneDNN calls off for the process, with one warning naming the reason, and every
+module runs the plain ops.
 
 One module may serve several threads at once: its packed weights are kept under a lock.
 """
 import threading
+import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -60,12 +62,13 @@ def _conv(conv: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, gelu: bool,
     return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, unary, [], algorithm)
 
 
-def _probe() -> bool:
-    """Whether the private ops exist, take the arguments `_conv` gives them and match the plain ops, on tiny
-    tensors (a 3x3 conv plain, with GELU, and unpadded with GELU; a 1x1 conv summed into a residual)."""
+def _probe() -> Optional[str]:
+    """Why the private ops cannot serve, or None where they exist, take the arguments `_conv` gives them and
+    match the plain ops on tiny tensors (a 3x3 conv plain, with GELU, and unpadded with GELU; a 1x1 conv
+    summed into a residual)."""
     try:
         if not torch.backends.mkldnn.is_available():
-            return False
+            return 'this PyTorch has no oneDNN (torch.backends.mkldnn is not available)'
         g = torch.Generator().manual_seed(0)
         conv3, conv1 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
         with torch.no_grad():
@@ -81,10 +84,13 @@ def _probe() -> bool:
                  F.gelu(F.conv2d(x, conv3.weight, conv3.bias))),
                 (_conv(conv1, x, _pack(conv1, tuple(x.shape)), False, residual.clone()), residual + conv1(x)),
             ]
-            return all(isinstance(got, torch.Tensor) and got.shape == want.shape
-                       and torch.allclose(got, want, rtol=1e-4, atol=1e-5) for got, want in checks)
-    except Exception:  # a missing op, another signature, a build without oneDNN: the plain ops serve
-        return False
+            for name, (got, want) in zip(('conv', 'conv + GELU', 'unpadded conv + GELU', 'conv + sum'), checks):
+                if not (isinstance(got, torch.Tensor) and got.shape == want.shape
+                        and torch.allclose(got, want, rtol=1e-4, atol=1e-5)):
+                    return f'its {name} call does not give the plain ops\' result'
+            return None
+    except Exception as e:  # a missing op, another signature: the plain ops serve, and the warning says why
+        return f'{type(e).__name__}: {e}'.splitlines()[0]
 
 
 _fast_path: Optional[bool] = None  # probed on first use
@@ -92,12 +98,17 @@ _probe_lock = threading.Lock()
 
 
 def fast_path_available() -> bool:
-    """Whether this PyTorch's oneDNN ops work as this module calls them (probed once, see the docstring)."""
+    """Whether this PyTorch's oneDNN ops work as this module calls them (probed once, see the docstring; where
+    they do not, a RuntimeWarning says why, once)."""
     global _fast_path
     if _fast_path is None:
         with _probe_lock:
             if _fast_path is None:
-                _fast_path = _probe()
+                reason = _probe()
+                if reason is not None:
+                    warnings.warn(f'the oneDNN calls of the CPU fast path are off, the plain ops run instead: '
+                                  f'{reason}', RuntimeWarning, stacklevel=2)
+                _fast_path = reason is None
     return _fast_path
 
 
@@ -139,7 +150,8 @@ def onednn_applies(x: torch.Tensor, weight: torch.Tensor, residual: Optional[tor
 class OneDNNConv(nn.Module):
     """`conv`, then GELU if `gelu`, or plus `residual` (summed into `residual` in place on the fast path).
 
-    Inference only: it lives inside fused models (models/fuse.py), whose modules refuse to train.
+    Inference only: it lives inside models on the CPU fast path (models/fast_path.py), whose modules refuse to
+    train.
     """
 
     shapes_kept = 2
@@ -149,9 +161,9 @@ class OneDNNConv(nn.Module):
         self.conv = conv
         self.gelu = gelu
         # the weight re-laid for oneDNN, per input shape and dtype (the layout oneDNN picks depends on the
-        # shape: a weight packed for one shape and used at another is re-laid on every call, 13x slower for a
-        # 1x1 conv at batch 1); the last two are kept (a micro-batched stage sees two shapes), dropped when the
-        # weight changes; with them, the bias cast to each dtype the weight is packed in
+        # shape: a weight packed for one shape and used at another is re-laid on every call); the last two are
+        # kept (a micro-batched stage sees two shapes), dropped when the weight changes; with them, the bias
+        # cast to each dtype the weight is packed in
         self._packed: Dict[Tuple[int, ...], torch.Tensor] = {}
         self._biases: Dict[torch.dtype, torch.Tensor] = {}
         self._packed_version = (0, -1)

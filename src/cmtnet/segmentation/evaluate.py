@@ -115,8 +115,8 @@ def eval_command(options: SegmentEvalOptions) -> Dict[str, float]:
     protocol = Protocol.of(meta, o.slide, o.flip, o.scales)
     val_set = read_val_set(o, meta['class_names'])
     model, meta = segmenter_from_checkpoint(o.checkpoint)
-    model = segmenter_in_precision(model, o.precision)
     with distributed(o.device) as p:
+        model = segmenter_in_precision(model, o.precision, p.device)
         samples = SegmentationSamples(val_set, eval_transform(), strict=o.strict)
         loader = eval_loader(samples, 1, p.rank, p.world_size, o.workers, collate_fn=collate)
         confusion = evaluate_segmenter(model.to(p.device), loader, meta['num_classes'], protocol, p.device,

@@ -44,7 +44,7 @@ from ..checkpoints import PathLike, create_model
 from ..engine.dense import DenseKind
 from ..errors import InputError
 from ..models.variants import VARIANT_ARGS
-from ..runtime import in_precision
+from ..runtime import inference_model
 
 __all__ = ['FPN_CHANNELS', 'FPN_HEAD_CHANNELS', 'HEADS', 'SEGMENTATION', 'SIZE_DIVISOR', 'UPERNET_CHANNELS',
            'CMTSegmenter', 'SemanticFPNDecoder', 'UPerNetDecoder', 'build_segmenter', 'segmenter_from_checkpoint',
@@ -176,9 +176,9 @@ def segmenter_from_checkpoint(path: PathLike) -> Tuple[CMTSegmenter, Dict[str, A
     return SEGMENTATION.load(path, lambda meta: build_segmenter(meta['head'], meta['model'], meta['num_classes']))
 
 
-def segmenter_in_precision(model: CMTSegmenter, precision: str) -> nn.Module:
+def segmenter_in_precision(model: CMTSegmenter, precision: str, device: torch.device) -> nn.Module:
     """`model` (in eval mode) for inference at `--precision`: itself for fp32; for bf16, a copy with its CMT
     folded for inference (models/fuse.py) in channels-last memory, and the backbone, decoder and classifier
-    running their weights in bfloat16 (`runtime.in_precision`), while the normalisation of the input and the
+    running their weights in bfloat16 (`runtime.inference_model`), while the normalisation of the input and the
     resize of the logits to it stay in float32."""
-    return in_precision(model, precision, ('body', 'decoder', 'classifier'))
+    return inference_model(model, device, precision, parts=('body', 'decoder', 'classifier'))

@@ -127,8 +127,8 @@ def predict_command(options: SegmentPredictOptions) -> List[Dict[str, Any]]:
         raise InputError('give at least one image file or folder of images to segment')
     files = find_images(o.inputs)
     model, meta = segmenter_from_checkpoint(o.checkpoint)
-    model = segmenter_in_precision(model, o.precision)
     with distributed(o.device) as p:
+        model = segmenter_in_precision(model, o.precision, p.device)
         if not is_main_process():
             return []
         found = predict_files(model, meta, files, Path(o.output), protocol, p.device, amp_dtype(o.amp, p.device),
