@@ -13,7 +13,6 @@ interval still spans what so few images cannot rule out (one flip in 60 images i
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from scipy.stats import binomtest
 
 __all__ = ['CONFIDENCE', 'MAX_IMAGES', 'PairedOutcomes', 'decide']
 
@@ -27,6 +26,7 @@ def _exact(k: int, n: int, confidence: float) -> Tuple[float, float]:
     """The Clopper-Pearson interval of a proportion, k of n; (0, 1) for n = 0."""
     if n == 0:
         return 0., 1.
+    from scipy.stats import binomtest  # here: importing scipy.stats installs warnings filters
     ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method='exact')
     return ci.low, ci.high
 

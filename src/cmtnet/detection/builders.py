@@ -16,6 +16,7 @@ category ids.
 """
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
