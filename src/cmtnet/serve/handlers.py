@@ -27,7 +27,7 @@ from ..classification.evaluate import load_for_inference
 from ..classification.options import ModelOptions
 from ..classification.predict import class_labels, predictions_json, top_classes
 from ..errors import InputError
-from ..runtime import check_device, prepare_model
+from ..runtime import check_device, folded_for, prepare_model
 
 __all__ = ['Handler', 'Params', 'load_handler']
 
@@ -124,9 +124,8 @@ def _classifier(options: Any, device: torch.device) -> Handler:
     setup = load_for_inference(model_options, device)
     model = setup['model']
     if not quantized:
-        from timm.utils import reparameterize_model
-        if options.precision == 'fp32':
-            model = reparameterize_model(model.eval())
+        if options.precision == 'fp32':  # bf16 comes folded (runtime.inference_model)
+            model = folded_for(model, device)
         model = prepare_model(model, device, channels_last=True).eval()
         if options.compile:
             model = _compiled(model)
