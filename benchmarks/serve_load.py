@@ -58,7 +58,8 @@ def bare(options: ServeOptions, image: bytes, rounds: int, threads: int) -> Tupl
     prepared = handler.prepare(Image.open(io.BytesIO(image)).convert('RGB'))
     batch = [(prepared, Params())] * options.max_batch_size
     with torch_threads(threads), torch.inference_mode():
-        _, times = interleaved({'batch': lambda: handler.run(batch), 'one': lambda: handler.run(batch[:1])},
+        _, times = interleaved({'batch': lambda: handler.run_prepared(batch),
+                                'one': lambda: handler.run_prepared(batch[:1])},
                                warmup=2, rounds=rounds)
     return options.max_batch_size / statistics.median(times['batch']), statistics.median(times['one'])
 
@@ -108,7 +109,7 @@ def run_litserve(port: int, checkpoint: str, precision: str, max_batch_size: int
 
         def decode_request(self, request):
             image, _ = decode_image(request['image'].file.read())
-            return self.handler.prepare(image)
+            return image
 
         def batch(self, inputs):
             return list(inputs)

@@ -146,8 +146,7 @@ class Service:
             batcher.release(ticket)
 
     async def _submit(self, image: Any, params: Params, ticket: Ticket) -> Any:
-        prepared = await run_in_threadpool(self.handler.prepare, image)
-        return await self.batcher.submit((prepared, params), ticket)
+        return await self.batcher.submit((image, params), ticket)
 
     async def _cam(self, image: Any, params: Params, ticket: Ticket) -> Any:
         [top] = await self._submit(image, Params(top_k=1), ticket)

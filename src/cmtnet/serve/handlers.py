@@ -1,10 +1,10 @@
 """What the service runs for each kind of checkpoint: the model, prepared once, and its three steps.
 
 A handler is built from `--checkpoint` alone (its metadata says the task) and gives the service:
-- `prepare(image)`: an uploaded picture (RGB, `uploads.decode_image`) as the model takes it; run per
-  request, beside the model, on the request's thread;
-- `run(batch)`: one forward over the prepared images of a batch, and each request's answer in the Hugging
-  Face Inference API's JSON for the task; run on the model's one thread;
+- `run(batch)`: the pictures of a batch (RGB, `uploads.decode_image`) as the model takes them (`prepare`),
+  one forward over them (`run_prepared`), and each request's answer in the Hugging Face Inference API's
+  JSON for the task. All of it runs on the model's one thread: torch work started from other threads
+  would start thread teams of their own, which compete with the model's for the same cores;
 - `info`: what the page and `/info` show (task, model, labels, whether activation maps can be drawn).
 
 The preprocessing and the JSON are those of `cmtnet predict`, `detect predict` and `segment predict`
@@ -54,8 +54,12 @@ class Handler:
             return self.extra['transform'](image)
         return F.pil_to_tensor(image)
 
-    @torch.no_grad()
-    def run(self, batch: Sequence[Tuple[torch.Tensor, Params]]) -> List[Any]:
+    @torch.inference_mode()
+    def run(self, batch: Sequence[Tuple[Image.Image, Params]]) -> List[Any]:
+        return self.run_prepared([(self.prepare(image), params) for image, params in batch])
+
+    @torch.inference_mode()
+    def run_prepared(self, batch: Sequence[Tuple[torch.Tensor, Params]]) -> List[Any]:
         if self.task == 'image-classification':
             return self._classify(batch)
         if self.task == 'object-detection':
@@ -99,7 +103,7 @@ class Handler:
         image = Image.new('RGB', (side, side), (124, 116, 104))
         sizes = sorted({1, self.max_batch_size}) if self.task == 'image-classification' else [1]
         for n in sizes:
-            self.run([(self.prepare(image), Params())] * n)
+            self.run([(image, Params())] * n)
 
     def activation_map(self, image: Image.Image) -> Dict[str, Any]:
         """The top class of `image` and its Grad-CAM overlay as a base64 PNG (classification)."""
