@@ -2,7 +2,6 @@
 clients that go away, an API key, and SIGTERM with requests in flight."""
 import ast
 import concurrent.futures
-import io
 import json
 import re
 import signal
@@ -15,7 +14,6 @@ from typing import List
 
 import httpx
 import pytest
-from PIL import Image
 
 from image_folders import decompression_bomb
 from servers import CLASSES, classifier_checkpoint, photo, serving
