@@ -137,7 +137,7 @@ def test_smp_encoder_takes_cmt_weights_through_timm(tmp_path):
 
 
 def test_a_segmenter_in_bf16_runs_its_cmt_and_head_in_bfloat16_and_returns_float32_logits():
-    from cmtnet.models.fuse import FusedCMTBlock
+    from cmtnet.models.fast_path import FastCMTBlock
     from cmtnet.runtime import InPrecision
     from cmtnet.segmentation.models import segmenter_in_precision
     model = _segmenter('fpn', num_classes=3, **NARROW['fpn']).eval()
@@ -146,8 +146,8 @@ def test_a_segmenter_in_bf16_runs_its_cmt_and_head_in_bfloat16_and_returns_float
     assert all(isinstance(getattr(fast, part), InPrecision) for part in ('body', 'decoder', 'classifier'))
     assert {p.dtype for part in (fast.body, fast.decoder, fast.classifier) for p in part.parameters()} == {torch.bfloat16}
     assert fast.mean.dtype == fast.std.dtype == torch.float32  # the input is normalised in float32
-    assert any(isinstance(m, FusedCMTBlock) for m in fast.modules())
-    assert not any(isinstance(m, FusedCMTBlock) for m in model.modules())  # the fp32 model is left as it was
+    assert any(isinstance(m, FastCMTBlock) for m in fast.modules())  # folded, on the CPU fast path
+    assert not any(isinstance(m, FastCMTBlock) for m in model.modules())  # the fp32 model is left as it was
     images = torch.rand(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         ours, theirs = fast(images), model(images)
