@@ -27,7 +27,7 @@ from ..classification.evaluate import load_for_inference
 from ..classification.options import ModelOptions
 from ..classification.predict import class_labels, predictions_json, top_classes
 from ..errors import InputError
-from ..runtime import check_device, folded_for, prepare_model
+from ..runtime import check_device, folded_for, prepare_model, to_device
 
 __all__ = ['Handler', 'Params', 'load_handler']
 
@@ -67,9 +67,7 @@ class Handler:
         return self._segment(batch)
 
     def _classify(self, batch: Sequence[Tuple[torch.Tensor, Params]]) -> List[Any]:
-        images = torch.stack([image for image, _ in batch]).to(self.device)
-        images = images.contiguous(memory_format=torch.channels_last)
-        logits = self.model(images)
+        logits = self.model(to_device(torch.stack([image for image, _ in batch]), self.device, channels_last=True))
         top = top_classes(logits, self.info['labels'], max(p.top_k for _, p in batch))
         return [predictions_json(t[:p.top_k]) for t, (_, p) in zip(top, batch)]
 
@@ -106,7 +104,7 @@ class Handler:
             self.run([(image, Params())] * n)
 
     def activation_map(self, image: Image.Image) -> Dict[str, Any]:
-        """The top class of `image` and its Grad-CAM overlay as a base64 PNG (classification)."""
+        """The Grad-CAM overlay of `image`'s top class, as a base64 PNG data URL (classification)."""
         maps = self.extra.get('cam')
         if maps is None:
             raise InputError(self.info['cam_unavailable'])
