@@ -158,7 +158,8 @@ def _dense(options: Any, device: torch.device, task: str) -> Handler:
         from ..segmentation.evaluate import Protocol
         from ..segmentation.models import segmenter_from_checkpoint, segmenter_in_precision
         model, meta = segmenter_from_checkpoint(options.checkpoint)
-        model, extra = segmenter_in_precision(model, options.precision, device), dict(meta=meta, protocol=Protocol.of(meta))
+        model = segmenter_in_precision(model, options.precision, device)
+        extra = dict(meta=meta, protocol=Protocol.of(meta))
         kind = 'image-segmentation'
     info = dict(task=kind, model=meta['model'], img_size=None, labels=list(meta['class_names']),
                 precision=options.precision, cam=False, cam_unavailable=f'activation maps are drawn for '
