@@ -93,6 +93,9 @@ def test_top_k_and_the_bare_endpoints(server, files):
         assert info['task'] == 'image-classification' and info['labels'] == CLASSES and info['cam'] is True
         assert '/predict' in c.get('/openapi.json').json()['paths']
         assert c.get('/docs').status_code == 200
+        page = c.get('/')
+        assert page.status_code == 200 and 'unsafe-inline' not in page.headers['content-security-policy']
+        assert page.headers['content-security-policy'].startswith("default-src 'self'")
         metrics = c.get('/metrics')
         assert metrics.headers['content-type'].startswith('text/plain')
         for name in ('cmtnet_requests_total{endpoint="/predict",status="200"}', 'cmtnet_request_seconds_bucket',

@@ -65,10 +65,11 @@ def segmenter(servers):
 def open_page(browser):
     """The page of a server in a browser tab of its own (a new session), once it shows the model (`shown`);
     with `key`, entered in the API key field first."""
-    pages = []
+    pages, refused = [], []
 
     def open_page(server, viewport=WIDE, key=None, shown=True):
         page = browser.new_page(viewport=viewport)
+        page.on('console', lambda m: refused.append(m.text) if 'Content Security Policy' in m.text else None)
         pages.append(page)
         page.goto(server.url)
         if key is not None:
@@ -81,6 +82,7 @@ def open_page(browser):
     yield open_page
     for page in pages:
         page.close()
+    assert not refused, f'the page broke its own Content-Security-Policy: {refused}'
 
 
 def _data_url(path: Path) -> str:
@@ -112,7 +114,8 @@ _RECORD_STATES = '''() => {
 
 # a file dropped on the page, as a browser delivers one dragged from the desktop
 _DROP = '''async ([name, url]) => {
-    const blob = await (await fetch(url)).blob();
+    const bytes = Uint8Array.from(atob(url.split(',')[1]), c => c.charCodeAt(0));
+    const blob = new Blob([bytes], {type: url.slice(5, url.indexOf(';'))});
     const dropped = new DataTransfer();
     dropped.items.add(new File([blob], name, {type: blob.type}));
     document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dropped, bubbles: true, cancelable: true}));
