@@ -46,6 +46,7 @@ from timm.utils import reparameterize_model
 from ..engine.options import add_command, option
 from ..errors import CommandError, InputError
 from ..models import VARIANT_ARGS, cpu_fast_path, native_img_size, set_model_fused_attn
+from ..models.autocast_training import cpu_autocast_training
 from ..models.fast_path import applies_on
 from ..models.variants import PUBLISHED
 from .macs import count_macs
@@ -247,6 +248,7 @@ def _int8_step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], obj
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, autocast_dtype: Optional[torch.dtype]) -> Callable[[], object]:
+    model = cpu_autocast_training(model, x.device, autocast_dtype)  # as the trainer runs it
     optimizer = create_optimizer_v2(model, 'adamw', lr=1e-4, weight_decay=0.05)
     targets = torch.randint(0, 1000, (x.shape[0],), device=x.device)
 
