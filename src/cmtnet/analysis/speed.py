@@ -21,7 +21,6 @@ reported, as images per second, as a ratio to the baseline's images per second, 
 (2 x fvcore MACs) beside the machine's practical fp32 peak. Peak memory is measured in a child process
 per model, whose peak resident set (CPU) or peak allocation (CUDA) is the model's alone.
 """
-import argparse
 import contextlib
 import dataclasses
 import multiprocessing
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.utils import reparameterize_model
 
-from ..engine.options import add_command, option
+from ..engine.options import command_parser, option
 from ..errors import CommandError, InputError
 from ..models import VARIANT_ARGS, cpu_fast_path, native_img_size, set_model_fused_attn
 from ..models.autocast_training import cpu_autocast_training
@@ -521,8 +520,6 @@ def _run(options: BenchCommandOptions) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `bench` subcommand."""
-    return add_command(
-        subparsers, 'bench', BenchCommandOptions, _run, description=__doc__.split('\n\n')[0],
-        help='images/s of CMT in each inference path beside timm peers, interleaved in one run')
+add_parser = command_parser(
+    'bench', BenchCommandOptions, _run, description=__doc__.split('\n\n')[0],
+    help='images/s of CMT in each inference path beside timm peers, interleaved in one run')
