@@ -1,10 +1,10 @@
-"""A CMT training step under CPU bf16 autocast, with and without the two rules `LightweightAttention`
-follows there: the key/value reduction in float32, and the explicit attention instead of SDPA.
+"""A CMT training step under CPU bf16 autocast, with and without the two rules of `cpu_autocast_training`
+(models/autocast_training.py): the key/value reduction in float32, and the explicit attention instead of SDPA.
 
 The `cmtnet bench` training step (forward, cross-entropy, backward, AdamW; channels_last) of one model in
 float32, in bf16 autocast as shipped, and in bf16 autocast with both rules off (every op as autocast casts
 it: the reduction in bfloat16 and SDPA's math path), in turns, median of the rounds. This is the
-measurement behind the two rules (`LightweightAttention` in models/cmt.py).
+measurement behind the two rules.
 
     python benchmarks/autocast_training.py --threads 2
     python benchmarks/autocast_training.py --model cmt_ti --batch-size 32 --rounds 3
@@ -16,21 +16,20 @@ from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
+from cmtnet.analysis import speed
 from cmtnet.analysis.speed import build_step, torch_threads
-from cmtnet.models import VARIANT_ARGS, cmt
+from cmtnet.models import VARIANT_ARGS
 from timing import interleaved
 
 
-def rules_off(step: Callable[[], object]) -> Callable[[], None]:
-    """`step` with the CPU-autocast rules of `LightweightAttention` off (forward and backward alike)."""
-    def run() -> None:
-        saved = cmt.cpu_autocast
-        cmt.cpu_autocast = lambda x: False
-        try:
-            step()
-        finally:
-            cmt.cpu_autocast = saved
-    return run
+def rules_off(step: Callable[[], Callable[[], object]]) -> Callable[[], object]:
+    """`step`, built while `cpu_autocast_training` leaves every model as it is."""
+    saved = speed.cpu_autocast_training
+    speed.cpu_autocast_training = lambda model, device, amp: model
+    try:
+        return step()
+    finally:
+        speed.cpu_autocast_training = saved
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
@@ -49,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, float]:
         steps = {
             'fp32': make('fp32'),
             'bf16 autocast': make('bf16'),
-            'bf16 autocast, rules off': rules_off(make('bf16')),
+            'bf16 autocast, rules off': rules_off(lambda: make('bf16')),
         }
         _, times = interleaved(steps, args.warmup, args.rounds)
     ms = {name: 1e3 * median(t) for name, t in times.items()}

@@ -13,7 +13,7 @@ from cmtnet.cli import build_parser
 from cmtnet.detection import build_detector, detector_from_checkpoint
 from cmtnet.detection.builders import DETECTION
 from cmtnet.detection.options import DetectEvalOptions, DetectOptions, DetectPredictOptions
-from cmtnet.engine.dense import DenseOptions, DensePredictOptions, DenseTrainOptions
+from cmtnet.engine.dense import DenseEvalOptions, DensePredictOptions, DenseTrainOptions
 from cmtnet.engine.options import parse
 from cmtnet.errors import InputError
 from cmtnet.segmentation import build_segmenter
@@ -46,8 +46,32 @@ def test_both_tasks_take_the_shared_flags_alike(command):
     assert 'segmentation run' in segment['--checkpoint'].help and 'runs/segment/' in segment['--checkpoint'].help
 
 
+def _listed(*words):
+    """The destinations of `cmtnet WORDS... --help`'s options, in the order the help lists them."""
+    parser = build_parser()
+    for word in words:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[word]
+    return [a.dest for group in parser._action_groups for a in group._group_actions if a.dest != 'help']
+
+
+@pytest.mark.parametrize('words, listed', [
+    (('detect', 'eval'), ['checkpoint', 'min_size', 'max_size', 'batch_size', 'output', 'device', 'amp', 'precision',
+                          'config', 'data', 'val_images', 'val_annotations', 'strict', 'workers']),
+    (('segment', 'eval'), ['checkpoint', 'slide', 'flip', 'scales', 'device', 'amp', 'precision', 'config', 'data',
+                           'val_images', 'val_masks', 'classes', 'num_classes', 'strict', 'workers']),
+    (('detect', 'predict'), ['inputs', 'checkpoint', 'score_threshold', 'min_size', 'max_size', 'output', 'json',
+                             'device', 'amp', 'precision', 'config']),
+    (('segment', 'predict'), ['inputs', 'checkpoint', 'slide', 'flip', 'scales', 'output', 'json', 'device', 'amp',
+                              'precision', 'config']),
+])
+def test_help_lists_the_task_options_before_the_shared_ones(words, listed):
+    """Each task's own options come first in --help, then where and how it runs, as before the shared base."""
+    assert _listed(*words) == listed
+
+
 @pytest.mark.parametrize('detect, segment, base', [
-    (DetectEvalOptions, SegmentEvalOptions, DenseOptions),
+    (DetectEvalOptions, SegmentEvalOptions, DenseEvalOptions),
     (DetectPredictOptions, SegmentPredictOptions, DensePredictOptions),
     (DetectOptions, SegmentOptions, DenseTrainOptions),
 ])

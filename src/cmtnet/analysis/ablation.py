@@ -13,7 +13,6 @@ single token (its grid side over k is the input side over 32), so attention is a
 the position bias changes nothing: there the no-position-bias row shows the seeds' spread alone, and
 `--img-size 64` or more gives attention something to attend over. `--data` trains on an ImageFolder tree.
 """
-import argparse
 import contextlib
 import json
 import math
@@ -28,7 +27,7 @@ import timm
 
 from ..classification.options import TrainOptions
 from ..classification.train import train
-from ..engine.options import add_command, option
+from ..engine.options import command_parser, option
 from ..engine.trainer import TrainingDiverged
 from ..errors import InputError
 from ..models.ablation import ABLATION_STEPS, ablation_model_name
@@ -269,11 +268,9 @@ def _run_ablate(command: AblateCommandOptions) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `ablate` subcommand."""
-    return add_command(
-        subparsers, 'ablate', AblateCommandOptions, _run_ablate,
-        help='train the paper\'s ablation steps for a short fixed budget, several seeds',
-        description='The CMT paper\'s ablation steps (4-stage Transformer, + CMT stem, + LPU, + IRFFN; every '
-                    'LayerNorm a BatchNorm; no position bias), each trained for the same short budget with '
-                    'several seeds: params, MACs, mean and spread of validation top-1, divergence.')
+add_parser = command_parser(
+    'ablate', AblateCommandOptions, _run_ablate,
+    help='train the paper\'s ablation steps for a short fixed budget, several seeds',
+    description='The CMT paper\'s ablation steps (4-stage Transformer, + CMT stem, + LPU, + IRFFN; every '
+                'LayerNorm a BatchNorm; no position bias), each trained for the same short budget with '
+                'several seeds: params, MACs, mean and spread of validation top-1, divergence.')

@@ -6,8 +6,6 @@ attention included), beside a plain Transformer block (timm's ViT `Block`) of th
 tokens. `--plot` draws the cost per block against the number of tokens n for a Transformer block and CMT
 blocks at k = 1, 2, 4, 8: the paper's curves, with measured points on them.
 """
-import argparse
-import sys
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -16,7 +14,7 @@ import timm
 import torch
 from timm.models.vision_transformer import Block
 
-from ..engine.options import add_command, option
+from ..engine.options import command_parser, option
 from ..models.cmt import CMTBlock
 from ..models.variants import VARIANT_ARGS, native_img_size
 from .info import image_side
@@ -24,7 +22,7 @@ from .macs import mac_analysis
 from .formulas import (
     cmt_block_terms, paper_cmt_block_macs, paper_transformer_block_macs, total_macs, transformer_block_terms,
 )
-from .tables import Column, dump_json, format_table, percent, rows_as_dicts
+from .tables import Column, dump_json, format_table, percent, print_report, rows_as_dicts
 from .plots import new_figure, save_figure
 
 __all__ = ['BlockCost', 'ComplexityOptions', 'block_costs', 'measure_cmt_block_macs', 'measure_transformer_block_macs',
@@ -206,21 +204,14 @@ def _run_complexity(options: ComplexityOptions) -> int:
     if o.json:
         print(dump_json(dict(counter=counter, formula_leaves_out=WHAT_THE_FORMULA_LEAVES_OUT, rows=rows)))
         return 0
-    print('MMACs of one block per stage: the paper\'s formula, our derivation from the block and fvcore\'s '
-          f'count ({counter}), beside a plain Transformer (ViT) block of the same width, heads and tokens.')
-    print()
-    print(format_table(_COLUMNS, rows, markdown=o.markdown))
-    print()
-    print(WHAT_THE_FORMULA_LEAVES_OUT)
-    if o.plot:
-        print(f'\nplot: {o.plot}', file=sys.stderr)
+    print_report('MMACs of one block per stage: the paper\'s formula, our derivation from the block and fvcore\'s '
+                 f'count ({counter}), beside a plain Transformer (ViT) block of the same width, heads and tokens.',
+                 format_table(_COLUMNS, rows, markdown=o.markdown), WHAT_THE_FORMULA_LEAVES_OUT, plot=o.plot)
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `complexity` subcommand."""
-    return add_command(
-        subparsers, 'complexity', ComplexityOptions, _run_complexity,
-        help='per-block cost: the paper\'s formulas beside measured MACs',
-        description='For every stage of every CMT variant, the MACs of one block by the paper\'s formula, by '
-                    'our derivation and counted by fvcore, beside a Transformer block of the same width.')
+add_parser = command_parser(
+    'complexity', ComplexityOptions, _run_complexity,
+    help='per-block cost: the paper\'s formulas beside measured MACs',
+    description='For every stage of every CMT variant, the MACs of one block by the paper\'s formula, by '
+                'our derivation and counted by fvcore, beside a Transformer block of the same width.')

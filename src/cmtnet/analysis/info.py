@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import timm
 
-from ..engine.options import add_command, option
+from ..engine.options import command_parser, option
 from ..models.variants import PUBLISHED, VARIANT_ARGS, Published, check_img_size, native_img_size
 from .macs import count_macs, count_params
 from .tables import Column, format_table, percent
@@ -81,9 +81,7 @@ def _run_info(options: InfoOptions) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `info` subcommand."""
-    return add_command(
-        subparsers, 'info', InfoOptions, _run_info,
-        help='params and MACs of the CMT variants beside the published figures',
-        description='Params and MACs (fvcore) of the CMT variants beside the released code and the paper.')
+add_parser = command_parser(
+    'info', InfoOptions, _run_info,
+    help='params and MACs of the CMT variants beside the published figures',
+    description='Params and MACs (fvcore) of the CMT variants beside the released code and the paper.')

@@ -5,19 +5,17 @@ resolution, params and MACs (fvcore, analysis/macs.py), beside the released vari
 (Ti, XS, S, B at phi = -2, -1, 0, 1: the resolutions 160, 192, 224, 256 that gamma^phi gives), and the
 MACs ratio per step of phi against the paper's target of 2.5. `--plot` draws MACs against phi.
 """
-import argparse
-import sys
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 
-from ..engine.options import add_command, option
+from ..engine.options import command_parser, option
 from ..models.scaling import ALPHA, BETA, COST_PER_STEP, GAMMA, check_scaling_coefficients, scaled_args
 from ..models.variants import VARIANT_ARGS
 from .macs import count_macs, count_params
-from .tables import Column, dump_json, format_table, millions, percent, rows_as_dicts
+from .tables import Column, dump_json, format_table, millions, percent, print_report, rows_as_dicts
 from .plots import new_figure, save_figure
 
 __all__ = ['RELEASED_PHI', 'ScaledModel', 'ScalingOptions', 'scaling_study', 'plot_scaling', 'add_parser']
@@ -186,27 +184,20 @@ def _run_scaling(options: ScalingOptions) -> int:
     if o.json:
         print(dump_json(study))
         return 0
-    print(f'Compound scaling of CMT-S: depth x {study["alpha"]:g}^phi, width x {study["beta"]:g}^phi, '
-          f'resolution x {study["gamma"]:g}^phi; alpha * beta^1.5 * gamma^2 = '
-          f'{study["constraint_alpha_beta15_gamma2"]:.3f} (paper: ~= {COST_PER_STEP:g}). {study["counter"]}.')
-    print()
-    print(format_table(_MODEL_COLUMNS, _with_rule_diff(study), markdown=o.markdown))
-    print()
-    print(format_table(_STEP_COLUMNS, study['steps'], markdown=o.markdown))
-    print()
-    print(f'MACs ratio per step of phi, geometric mean over phi = {study["generated"][0]["phi"]:g}..'
-          f'{study["generated"][-1]["phi"]:g}: {study["generated_macs_ratio_per_step_mean"]:.3f} '
-          f'(paper: {COST_PER_STEP:g})')
-    print()
-    print(WHY_RELEASED_DIFFER)
-    if o.plot:
-        print(f'\nplot: {o.plot}', file=sys.stderr)
+    print_report(
+        f'Compound scaling of CMT-S: depth x {study["alpha"]:g}^phi, width x {study["beta"]:g}^phi, '
+        f'resolution x {study["gamma"]:g}^phi; alpha * beta^1.5 * gamma^2 = '
+        f'{study["constraint_alpha_beta15_gamma2"]:.3f} (paper: ~= {COST_PER_STEP:g}). {study["counter"]}.',
+        format_table(_MODEL_COLUMNS, _with_rule_diff(study), markdown=o.markdown),
+        format_table(_STEP_COLUMNS, study['steps'], markdown=o.markdown),
+        f'MACs ratio per step of phi, geometric mean over phi = {study["generated"][0]["phi"]:g}..'
+        f'{study["generated"][-1]["phi"]:g}: {study["generated_macs_ratio_per_step_mean"]:.3f} '
+        f'(paper: {COST_PER_STEP:g})',
+        WHY_RELEASED_DIFFER, plot=o.plot)
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `scaling` subcommand."""
-    return add_command(
-        subparsers, 'scaling', ScalingOptions, _run_scaling, help='compound-scaled CMTs beside the released variants',
-        description='Models compound-scaled from CMT-S for each phi (depth alpha^phi, width beta^phi, '
-                    'resolution gamma^phi), with params and MACs, beside the released Ti/XS/S/B.')
+add_parser = command_parser(
+    'scaling', ScalingOptions, _run_scaling, help='compound-scaled CMTs beside the released variants',
+    description='Models compound-scaled from CMT-S for each phi (depth alpha^phi, width beta^phi, '
+                'resolution gamma^phi), with params and MACs, beside the released Ti/XS/S/B.')

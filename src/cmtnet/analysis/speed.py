@@ -21,7 +21,6 @@ reported, as images per second, as a ratio to the baseline's images per second, 
 (2 x fvcore MACs) beside the machine's practical fp32 peak. Peak memory is measured in a child process
 per model, whose peak resident set (CPU) or peak allocation (CUDA) is the model's alone.
 """
-import argparse
 import contextlib
 import dataclasses
 import multiprocessing
@@ -43,9 +42,10 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.utils import reparameterize_model
 
-from ..engine.options import add_command, option
+from ..engine.options import command_parser, option
 from ..errors import CommandError, InputError
 from ..models import VARIANT_ARGS, cpu_fast_path, native_img_size, set_model_fused_attn
+from ..models.autocast_training import cpu_autocast_training
 from ..models.fast_path import applies_on
 from ..models.variants import PUBLISHED
 from .macs import count_macs
@@ -247,6 +247,7 @@ def _int8_step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], obj
 
 
 def _train_step(model: nn.Module, x: torch.Tensor, autocast_dtype: Optional[torch.dtype]) -> Callable[[], object]:
+    model = cpu_autocast_training(model, x.device, autocast_dtype)  # as the trainer runs it
     optimizer = create_optimizer_v2(model, 'adamw', lr=1e-4, weight_decay=0.05)
     targets = torch.randint(0, 1000, (x.shape[0],), device=x.device)
 
@@ -519,8 +520,6 @@ def _run(options: BenchCommandOptions) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `bench` subcommand."""
-    return add_command(
-        subparsers, 'bench', BenchCommandOptions, _run, description=__doc__.split('\n\n')[0],
-        help='images/s of CMT in each inference path beside timm peers, interleaved in one run')
+add_parser = command_parser(
+    'bench', BenchCommandOptions, _run, description=__doc__.split('\n\n')[0],
+    help='images/s of CMT in each inference path beside timm peers, interleaved in one run')

@@ -5,10 +5,11 @@ people: a column is a header, an alignment and a function from a row to its cell
 """
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-__all__ = ['Column', 'dump_json', 'format_table', 'millions', 'percent', 'rows_as_dicts']
+__all__ = ['Column', 'dump_json', 'format_table', 'millions', 'percent', 'print_report', 'rows_as_dicts']
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,11 @@ def dump_json(obj: Any) -> str:
 def rows_as_dicts(rows: Sequence[Any]) -> List[Dict[str, Any]]:
     """Dataclass rows as plain dicts (for tables and JSON)."""
     return [asdict(r) for r in rows]
+
+
+def print_report(*sections: str, plot: Optional[str] = None) -> None:
+    """A command's text report: `sections` (a header, tables, notes) one blank line apart, then on stderr the
+    path of the plot it wrote, if any."""
+    print('\n\n'.join(sections))
+    if plot:
+        print(f'\nplot: {plot}', file=sys.stderr)

@@ -29,7 +29,6 @@ our metadata (model, classes, input size and transform, mode, torch and torchao 
 file; `int8_program.load_quantized` reads it back (refusing other versions' files and any pickled
 object), so that `cmtnet eval` and `cmtnet predict` take it as `--checkpoint`.
 """
-import argparse
 import copy
 import io
 import json
@@ -49,7 +48,7 @@ from ..classification.data import build_dataset, eval_transform
 from ..classification.evaluate import load_for_inference
 from ..classification.options import ModelOptions
 from ..engine.data import ImageFiles, ReadableImages, eval_loader, find_images, own_images
-from ..engine.options import add_command, option
+from ..engine.options import command_parser, option
 from ..errors import CommandError, InputError
 from ..int8_program import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file,
                             quantized_versions)
@@ -456,10 +455,9 @@ def quantize_command(options: QuantizeOptions) -> Dict[str, Any]:
     return result
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    return add_command(
-        subparsers, 'quantize', QuantizeOptions, quantize_command,
-        help='int8 post-training quantization of a classifier (torchao PT2E, x86)',
-        description='Quantize a classifier to int8 (static, per-channel weights), calibrated on images, checked '
-                    'against the float model on labelled images, and written as a program that cmtnet eval and '
-                    'cmtnet predict take as --checkpoint.')
+add_parser = command_parser(
+    'quantize', QuantizeOptions, quantize_command,
+    help='int8 post-training quantization of a classifier (torchao PT2E, x86)',
+    description='Quantize a classifier to int8 (static, per-channel weights), calibrated on images, checked '
+                'against the float model on labelled images, and written as a program that cmtnet eval and '
+                'cmtnet predict take as --checkpoint.')

@@ -14,7 +14,7 @@ it, labels 1 .. num_classes - 1 (COCO: 80 and 81). `HAS_BACKGROUND` says which i
 metadata (`DETECTION.meta`, engine/dense.py) names the detector, variant, sizes, anchors, class names and
 category ids.
 """
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ from ..checkpoints import PathLike
 from ..engine.dense import DenseKind
 from ..errors import InputError
 from ..runtime import inference_model
-from .backbone import NUM_STAGES, CMTFeaturePyramid, cmt_fpn_backbone
+from .backbone import NUM_STAGES, cmt_fpn_backbone
 
 __all__ = ['DETECTION', 'DETECTORS', 'HAS_BACKGROUND', 'anchor_tuples', 'build_detector',
            'detector_from_checkpoint', 'detector_in_precision', 'fasterrcnn_cmt', 'fcos_cmt', 'maskrcnn_cmt',
@@ -87,15 +87,17 @@ def _detector_args(
     return args
 
 
-def _backbone(variant: str, pyramid: str, backbone_weights: Optional[str], trainable_stages: int,
-              batch_norm: Optional[str]) -> CMTFeaturePyramid:
-    return cmt_fpn_backbone(variant, pyramid, backbone_weights=backbone_weights,
-                            trainable_stages=trainable_stages, batch_norm=batch_norm)
+# each detector: torchvision's class, and the pyramid its heads read (backbone.py)
+_DETECTORS: Dict[str, Tuple[Type[nn.Module], str]] = {
+    'retinanet': (RetinaNet, 'one_stage'), 'fcos': (FCOS, 'one_stage'),
+    'fasterrcnn': (FasterRCNN, 'two_stage'), 'maskrcnn': (MaskRCNN, 'two_stage'),
+}
 
 
-def retinanet_cmt(
-        variant: str = 'cmt_s',
-        num_classes: int = 80,
+def build_detector(
+        detector: str,
+        variant: str,
+        num_classes: int,
         *,
         backbone_weights: Optional[str] = None,
         trainable_stages: int = NUM_STAGES,
@@ -104,85 +106,62 @@ def retinanet_cmt(
         max_size: int = 1333,
         anchor_sizes: Optional[Sequence[Sequence[float]]] = None,
         **detector_kwargs: Any,
-) -> RetinaNet:
-    """torchvision's RetinaNet on a CMT backbone (FPN P3-P7, P6/P7 from C5), standard head.
+) -> nn.Module:
+    """torchvision's detector `detector` ('retinanet', 'fcos', 'fasterrcnn' or 'maskrcnn') on a CMT backbone.
 
     Args:
         variant: 'cmt_ti', 'cmt_xs', 'cmt_s' or 'cmt_b'.
-        num_classes: Label values 0 .. num_classes - 1 (no background class).
+        num_classes: As the detector counts them (`HAS_BACKGROUND`): RetinaNet and FCOS, label values
+            0 .. num_classes - 1; Faster and Mask R-CNN, the background (label 0) included.
         backbone_weights: A CMT checkpoint (released or ours, .pth or .safetensors) for the backbone.
         trainable_stages: 0-4 CMT stages that train, counted from the last; the others are frozen.
         batch_norm: The backbone's BatchNorm: 'train', 'eval' or 'frozen' (default: 'frozen' with
             backbone_weights, 'train' without).
         min_size, max_size: torchvision's resize of the input (it then pads to a multiple of 32).
         anchor_sizes: One tuple of anchor sizes per pyramid level (5), e.g. for small objects; aspect
-            ratios stay torchvision's (0.5, 1, 2).
-        detector_kwargs: Passed to torchvision's `RetinaNet` (anchor_generator, head, score_thresh, ...).
+            ratios stay torchvision's (each builder says what they set).
+        detector_kwargs: Passed to torchvision's detector class (anchor_generator, head, score_thresh, ...).
     """
-    args = _detector_args('retinanet', num_classes, min_size, max_size, anchor_sizes, detector_kwargs)
-    return RetinaNet(_backbone(variant, 'one_stage', backbone_weights, trainable_stages, batch_norm), **args)
+    if detector not in _DETECTORS:
+        raise InputError(f'unknown detector {detector!r}; expected one of {", ".join(_DETECTORS)}')
+    detector_class, pyramid = _DETECTORS[detector]
+    args = _detector_args(detector, num_classes, min_size, max_size, anchor_sizes, detector_kwargs)
+    backbone = cmt_fpn_backbone(variant, pyramid, backbone_weights=backbone_weights,
+                                trainable_stages=trainable_stages, batch_norm=batch_norm)
+    return detector_class(backbone, **args)
 
 
-def fcos_cmt(
-        variant: str = 'cmt_s',
-        num_classes: int = 80,
-        *,
-        backbone_weights: Optional[str] = None,
-        trainable_stages: int = NUM_STAGES,
-        batch_norm: Optional[str] = None,
-        min_size: int = 800,
-        max_size: int = 1333,
-        anchor_sizes: Optional[Sequence[Sequence[float]]] = None,
-        **detector_kwargs: Any,
-) -> FCOS:
+def retinanet_cmt(variant: str = 'cmt_s', num_classes: int = 80, **kwargs: Any) -> RetinaNet:
+    """torchvision's RetinaNet on a CMT backbone (FPN P3-P7, P6/P7 from C5), standard head; `num_classes`
+    label values 0 .. num_classes - 1 (no background class), `anchor_sizes` with torchvision's aspect ratios
+    (0.5, 1, 2). The keyword arguments are `build_detector`'s (`detector_kwargs`: torchvision's `RetinaNet`)."""
+    return build_detector('retinanet', variant, num_classes, **kwargs)
+
+
+def fcos_cmt(variant: str = 'cmt_s', num_classes: int = 80, **kwargs: Any) -> FCOS:
     """torchvision's FCOS on a CMT backbone (FPN P3-P7, P6/P7 from C5), standard head.
 
     Arguments as for `retinanet_cmt`; FCOS's `anchor_sizes` (default ((8,), (16,), (32,), (64,), (128,)))
     set the object size range each level is trained on (4 to 8 times the size), with aspect ratio 1.
     """
-    args = _detector_args('fcos', num_classes, min_size, max_size, anchor_sizes, detector_kwargs)
-    return FCOS(_backbone(variant, 'one_stage', backbone_weights, trainable_stages, batch_norm), **args)
+    return build_detector('fcos', variant, num_classes, **kwargs)
 
 
-def fasterrcnn_cmt(
-        variant: str = 'cmt_s',
-        num_classes: int = 81,
-        *,
-        backbone_weights: Optional[str] = None,
-        trainable_stages: int = NUM_STAGES,
-        batch_norm: Optional[str] = None,
-        min_size: int = 800,
-        max_size: int = 1333,
-        anchor_sizes: Optional[Sequence[Sequence[float]]] = None,
-        **detector_kwargs: Any,
-) -> FasterRCNN:
+def fasterrcnn_cmt(variant: str = 'cmt_s', num_classes: int = 81, **kwargs: Any) -> FasterRCNN:
     """torchvision's Faster R-CNN on a CMT backbone (FPN P2-P6), standard (v1) RPN and box heads.
 
     Arguments as for `retinanet_cmt`, except `num_classes`, which includes the background (label 0), and
     `anchor_sizes`, which set the RPN's anchors (default ((32,), (64,), (128,), (256,), (512,))).
     """
-    args = _detector_args('fasterrcnn', num_classes, min_size, max_size, anchor_sizes, detector_kwargs)
-    return FasterRCNN(_backbone(variant, 'two_stage', backbone_weights, trainable_stages, batch_norm), **args)
+    return build_detector('fasterrcnn', variant, num_classes, **kwargs)
 
 
-def maskrcnn_cmt(
-        variant: str = 'cmt_s',
-        num_classes: int = 81,
-        *,
-        backbone_weights: Optional[str] = None,
-        trainable_stages: int = NUM_STAGES,
-        batch_norm: Optional[str] = None,
-        min_size: int = 800,
-        max_size: int = 1333,
-        anchor_sizes: Optional[Sequence[Sequence[float]]] = None,
-        **detector_kwargs: Any,
-) -> MaskRCNN:
+def maskrcnn_cmt(variant: str = 'cmt_s', num_classes: int = 81, **kwargs: Any) -> MaskRCNN:
     """torchvision's Mask R-CNN on a CMT backbone (FPN P2-P6), standard (v1) RPN, box and mask heads.
 
     Arguments as for `fasterrcnn_cmt` (`num_classes` includes the background).
     """
-    args = _detector_args('maskrcnn', num_classes, min_size, max_size, anchor_sizes, detector_kwargs)
-    return MaskRCNN(_backbone(variant, 'two_stage', backbone_weights, trainable_stages, batch_norm), **args)
+    return build_detector('maskrcnn', variant, num_classes, **kwargs)
 
 
 DETECTORS: Dict[str, Callable[..., nn.Module]] = {
@@ -191,13 +170,6 @@ DETECTORS: Dict[str, Callable[..., nn.Module]] = {
     'fasterrcnn': fasterrcnn_cmt,
     'maskrcnn': maskrcnn_cmt,
 }
-
-
-def build_detector(detector: str, variant: str, num_classes: int, **kwargs: Any) -> nn.Module:
-    """`DETECTORS[detector](variant, num_classes, **kwargs)`, with a clear error for an unknown detector."""
-    if detector not in DETECTORS:
-        raise InputError(f'unknown detector {detector!r}; expected one of {", ".join(DETECTORS)}')
-    return DETECTORS[detector](variant, num_classes, **kwargs)
 
 
 def anchor_tuples(detector: str, sizes: Optional[Sequence[float]]) -> Optional[Tuple[Tuple[float, ...], ...]]:

@@ -12,7 +12,7 @@ The three commands are added as segmentation's are (`engine.dense.add_dense_comm
 import argparse
 from typing import Sequence
 
-from ..engine.dense import Command, add_dense_commands, task_train
+from ..engine.dense import DenseTexts, add_dense_commands
 from ..engine.options import parse
 from .builders import DETECTION
 from .evaluate import eval_command
@@ -22,26 +22,25 @@ from .predict import predict_command
 __all__ = ['add_parser', 'eval_command', 'parse_options', 'predict_command']
 
 
+TEXTS = DenseTexts(
+    command=('object detection and instance segmentation with a CMT backbone',
+             'RetinaNet, FCOS, Faster and Mask R-CNN (torchvision) on a CMT backbone, on COCO-format data.'),
+    data='COCO format',
+    train=('train a detector',
+           'Train a torchvision detector on a CMT backbone on COCO-format data (default: the embedded digits set), '
+           'with the paper-era 1x schedule as the default.'),
+    eval=("a checkpoint's COCO box (and mask) AP",
+          'COCO evaluation (pycocotools) of a detection checkpoint on val images: prints the standard summary and '
+          'writes the COCO results JSON.'),
+    predict=('draw detections on image files',
+             'Detect objects in image files (and folders of them): a PNG per image with boxes, labels, scores and '
+             'masks drawn, and detections.json.'))
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `detect` with its `train`, `eval` and `predict` subcommands."""
-    add_dense_commands(
-        subparsers, DETECTION, help='object detection and instance segmentation with a CMT backbone',
-        description='RetinaNet, FCOS, Faster and Mask R-CNN (torchvision) on a CMT backbone, on COCO-format data.',
-        data='data (COCO format; default: the embedded digits set)',
-        train=Command(
-            DetectOptions, task_train(__package__), 'train a detector',
-            'Train a torchvision detector on a CMT backbone on COCO-format data (default: the embedded digits '
-            'set), with the paper-era 1x schedule as the default. Every option can also be set in a YAML file '
-            '(--config); the command line wins. Several processes: torchrun --nproc_per_node N -m cmtnet detect '
-            'train ...'),
-        eval=Command(
-            DetectEvalOptions, eval_command, "a checkpoint's COCO box (and mask) AP",
-            'COCO evaluation (pycocotools) of a detection checkpoint on val images: prints the standard summary '
-            'and writes the COCO results JSON.'),
-        predict=Command(
-            DetectPredictOptions, predict_command, 'draw detections on image files',
-            'Detect objects in image files (and folders of them): a PNG per image with boxes, labels, scores and '
-            'masks drawn, and detections.json.'))
+    add_dense_commands(subparsers, DETECTION, __package__, TEXTS,
+                       (DetectOptions, DetectEvalOptions, DetectPredictOptions), eval_command, predict_command)
 
 
 def parse_options(argv: Sequence[str]) -> DetectOptions:

@@ -7,12 +7,13 @@ thousandth of the rate, and images resized to a shorter side of 800 (longer side
 
 Each field carries its command-line spelling and help (engine/options.py); detection/commands.py turns them
 into `cmtnet detect train | eval | predict`. Eval and predict take what every dense task's do
-(`engine.dense.DenseOptions`: checkpoint, device, autocast, `--precision`, config) and detection's own flags.
+(`engine.dense.DenseEvalOptions`, `DensePredictOptions`: checkpoint, device, autocast, `--precision`, config,
+val data) and detection's own flags.
 """
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from ..engine.dense import DenseOptions, DensePredictOptions, DenseTrainOptions, images_option, workers_option
+from ..engine.dense import DenseEvalOptions, DensePredictOptions, DenseTrainOptions, images_option
 from ..engine.options import option
 from ..models.variants import VARIANT_ARGS
 from .backbone import BATCH_NORM_MODES
@@ -82,17 +83,15 @@ class DetectOptions(DenseTrainOptions):
 
 
 @dataclass
-class DetectEvalOptions(DenseOptions):
+class DetectEvalOptions(DenseEvalOptions):
     """`cmtnet detect eval`: a checkpoint's COCO AP on a val set (or the embedded one's)."""
     checkpoint: Optional[str] = DETECTION.checkpoint_option()
     data: Optional[str] = _data()
-    val_images: Optional[str] = images_option('val')
-    val_annotations: Optional[str] = _annotations('val')
     strict: bool = _strict()
+    val_annotations: Optional[str] = _annotations('val')
     min_size: Optional[int] = _side('shorter side')
     max_size: Optional[int] = _side('longest side')
     batch_size: int = option(2, metavar='N', help='images per batch')
-    workers: int = workers_option()
     output: Optional[str] = option(None, metavar='DIR', help='folder for coco_results.json',
                                    unset="the checkpoint's")
 

@@ -7,10 +7,11 @@ head on the CMT ('detector'). From these come:
 - `DenseKind.meta(path)` and `DenseKind.load(path, build)`: a weight file a run of the task exported, checked
   to be one, and the model rebuilt from it alone, in eval mode, with the file's weights;
 - `DenseTrainOptions`: the engine's options with the defaults both training recipes share;
-- `DenseOptions` and `DensePredictOptions`: what `eval` and `predict` of both tasks take alike (which
-  weights, the device, autocast, `--precision`, a config file, the images to predict), with the option
-  fields the tasks' data flags share (`images_option`, `workers_option`);
-- `add_dense_commands`: `cmtnet <task> train | eval | predict`, training imported when a run starts
+- `DenseOptions`, `DenseEvalOptions` and `DensePredictOptions`: what `eval` and `predict` of both tasks take
+  alike (which weights, the device, autocast, `--precision`, a config file, the val data, the images to
+  predict), with the option fields the tasks' training data flags share (`images_option`, `workers_option`);
+- `add_dense_commands`: `cmtnet <task> train | eval | predict`, from the task's options, its eval and predict
+  functions and what it says of itself in --help (`DenseTexts`); training imported when a run starts
   (`task_train`);
 - `DenseTask`: the part of a training task both share (loaders, autocast, the CMT's position biases exempt
   from weight decay, unreadable images counted).
@@ -21,7 +22,7 @@ segmentation.
 import argparse
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Set, Tuple, Type
 
 import safetensors.torch
 import torch.nn as nn
@@ -34,7 +35,7 @@ from .data import eval_loader, train_loader
 from .options import RunOptions, add_command, amp_option, config_option, device_option, option, precision_option
 from .task import Task
 
-__all__ = ['Command', 'DenseKind', 'DenseOptions', 'DensePredictOptions', 'DenseTask',
+__all__ = ['DenseEvalOptions', 'DenseKind', 'DenseOptions', 'DensePredictOptions', 'DenseTask', 'DenseTexts',
            'DenseTrainOptions', 'add_dense_commands', 'images_option', 'task_train', 'workers_option']
 
 _AMP_HELP = 'mixed precision: auto is bf16 on CUDA, off on CPU'
@@ -94,7 +95,9 @@ class DenseTrainOptions(RunOptions):
 @dataclass
 class DenseOptions:
     """What `eval` and `predict` of every dense task take: which weights (each task says whose in
-    `checkpoint`'s help, `DenseKind.checkpoint_option`), where and how they run."""
+    `checkpoint`'s help, `DenseKind.checkpoint_option`), where and how they run; --help lists the latter after
+    the task's own options."""
+    listed_last: ClassVar[Tuple[str, ...]] = ('device', 'amp', 'precision', 'config')
     checkpoint: Optional[str] = option(None, metavar='PATH', help='weights a run wrote (required)')
     device: Optional[str] = device_option()
     amp: str = amp_option(_AMP_HELP)
@@ -103,19 +106,33 @@ class DenseOptions:
 
 
 @dataclass
+class DenseEvalOptions(DenseOptions):
+    """What `eval` of every dense task takes besides: its val data (each task says which in the help of `data`
+    and `strict`, and adds its own files) and the loading processes."""
+    listed_last: ClassVar[Tuple[str, ...]] = ('strict', 'workers') + DenseOptions.listed_last
+    data: Optional[str] = option(None, metavar='ROOT', group='data', help="the dataset's folder")
+    val_images: Optional[str] = images_option('val')
+    strict: bool = option(False, group='data', help='stop at an unusable sample instead of skipping it with a warning')
+    workers: int = workers_option()
+
+
+@dataclass
 class DensePredictOptions(DenseOptions):
-    """What `predict` of every dense task takes besides: image files and folders."""
+    """What `predict` of every dense task takes besides: image files and folders, and the JSON switch."""
+    listed_last: ClassVar[Tuple[str, ...]] = ('json',) + DenseOptions.listed_last
     inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
                                help='image files and folders of images')
     json: bool = option(False, help='print a JSON object per image (the answer of cmtnet serve) instead of text')
 
 
-class Command(NamedTuple):
-    """A subcommand: its options, what runs them, and its help."""
-    options: Type
-    run: Callable[[Any], Any]
-    help: str
-    description: str
+class DenseTexts(NamedTuple):
+    """What `cmtnet <task>` and its subcommands say of themselves in --help: each a (help, description) pair,
+    and `data`, the data the task reads (in the title of the data flags' section)."""
+    command: Tuple[str, str]
+    data: str
+    train: Tuple[str, str]
+    eval: Tuple[str, str]
+    predict: Tuple[str, str]
 
 
 def task_train(package: str) -> Callable[[Any], Any]:
@@ -126,17 +143,23 @@ def task_train(package: str) -> Callable[[Any], Any]:
     return train
 
 
-def add_dense_commands(subparsers: argparse._SubParsersAction, kind: DenseKind, help: str, description: str,
-                       data: str, train: Command, eval: Command, predict: Command) -> None:
-    """Add `cmtnet <kind.command>` with its `train`, `eval` and `predict` subcommands; `data` titles the help
-    section of the data flags."""
-    parser = subparsers.add_parser(kind.command, help=help, description=description)
+def add_dense_commands(subparsers: argparse._SubParsersAction, kind: DenseKind, package: str, texts: DenseTexts,
+                       options: Tuple[Type, Type, Type], eval: Callable[[Any], Any],
+                       predict: Callable[[Any], Any]) -> None:
+    """Add `cmtnet <kind.command>` with its `train`, `eval` and `predict` subcommands, which take the `options`
+    (in that order): `train` runs the task package `package`'s training (`task_train`), `eval` and `predict`
+    the functions given."""
+    parser = subparsers.add_parser(kind.command, help=texts.command[0], description=texts.command[1])
     commands = parser.add_subparsers(dest=f'{kind.command}_command', metavar='COMMAND', required=True)
-    groups = {'data': data}
-    for name, command, command_groups in (('train', train, dict(groups, model='model')), ('eval', eval, groups),
-                                          ('predict', predict, None)):
-        add_command(commands, name, command.options, command.run, groups=command_groups, help=command.help,
-                    description=command.description)
+    groups = {'data': f'data ({texts.data}; default: the embedded digits set)'}
+    train_help, train_description = texts.train
+    train_description += (' Every option can also be set in a YAML file (--config); the command line wins. Several '
+                          f'processes: torchrun --nproc_per_node N -m cmtnet {kind.command} train ...')
+    for name, command_options, run, (help, description), command_groups in (
+            ('train', options[0], task_train(package), (train_help, train_description), dict(groups, model='model')),
+            ('eval', options[1], eval, texts.eval, groups),
+            ('predict', options[2], predict, texts.predict, None)):
+        add_command(commands, name, command_options, run, groups=command_groups, help=help, description=description)
 
 
 class DenseTask(Task):

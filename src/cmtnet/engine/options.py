@@ -16,6 +16,7 @@ argument's default is `argparse.SUPPRESS`, so that the namespace holds only what
 """
 import argparse
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ import yaml
 
 from ..errors import InputError
 
-__all__ = ['SCHEDULES', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'config_option', 'device_option',
-           'option', 'options_from', 'parse', 'precision_option', 'write_config']
+__all__ = ['SCHEDULES', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'command_parser', 'config_option',
+           'device_option', 'option', 'options_from', 'parse', 'precision_option', 'write_config']
 
 Options = TypeVar('Options')
 
@@ -233,13 +234,22 @@ def add_options(parser: argparse.ArgumentParser, options: Type, groups: Optional
     """Declare the option fields of the `options` dataclass on `parser`, each default shown in its help.
 
     `groups` maps the fields' group names to the titles of the help sections, in the order they are listed;
-    a field without a group is listed under the parser's own options."""
+    a field without a group is listed under the parser's own options. Within a section the fields are listed
+    in their order, but those the class names in `listed_last` (a base class's, listed after a subclass's
+    own), which come last, in that order."""
     groups = groups or {}
     hints = typing.get_type_hints(options)
     sections = {name: parser.add_argument_group(title) for name, title in groups.items()}
     order = list(groups)  # the usage line lists the options section by section, as the help does
-    for f, spec in sorted(_fields(options), key=lambda fs: order.index(fs[1]['group']) if fs[1]['group'] in order
-                          else len(order) if fs[1]['group'] else -1):
+    last = list(getattr(options, 'listed_last', ()))
+
+    def place(field_spec: Tuple[dataclasses.Field, Dict[str, Any]]) -> Tuple[int, int]:
+        f, spec = field_spec
+        group = spec['group']
+        section = order.index(group) if group in order else len(order) if group else -1
+        return section, last.index(f.name) + 1 if f.name in last else 0
+
+    for f, spec in sorted(_fields(options), key=place):
         names, kwargs = _argument(f, spec, hints[f.name], config=False)
         name = spec['group']
         if name is not None and name not in sections:
@@ -261,6 +271,13 @@ def add_command(
     add_options(parser, options, groups)
     parser.set_defaults(func=lambda args: run(options_from(args, options, presets)))
     return parser
+
+
+def command_parser(name: str, options: Type[Options], run: Callable[[Options], Any],
+                   **parser_kwargs: Any) -> Callable[[argparse._SubParsersAction], argparse.ArgumentParser]:
+    """The `add_parser(subparsers)` of a module whose capability is the one command `name` (what cli.py calls):
+    `add_command` with these arguments."""
+    return functools.partial(add_command, name=name, options=options, run=run, **parser_kwargs)
 
 
 def parse(

@@ -34,6 +34,7 @@ from timm.utils import dispatch_clip_grad, distribute_bn
 
 from ..checkpoints import atomic_write, export_weights
 from ..errors import CommandError, InputError
+from ..models.autocast_training import cpu_autocast_training
 from ..runtime import Processes, amp_dtype, autocast, check_device, distributed, prepare_model, random_seed
 from .state_files import load_state, save_state
 from .optim import check_optimisation, create_ema, create_optimizer, create_scaler, create_scheduler, learning_rate
@@ -90,12 +91,13 @@ class Trainer:
         random_seed(o.seed, processes.rank)
         if o.sync_bn:
             model = convert_sync_batchnorm(model)
-        self.unwrapped = model = prepare_model(model, self.device, o.channels_last)  # saved and evaluated
+        self.amp = amp_dtype(o.amp, self.device)
+        model = cpu_autocast_training(prepare_model(model, self.device, o.channels_last), self.device, self.amp)
+        self.unwrapped = model  # saved and evaluated
         self.ema = create_ema(model, o)
         self.global_batch = o.batch_size * processes.world_size * o.accum_steps
         self.lr = learning_rate(o, self.global_batch)
         self.optimizer = create_optimizer(model, o, self.lr, task.no_weight_decay(model))
-        self.amp = amp_dtype(o.amp, self.device)
         self.scaler = create_scaler(self.amp, self.device)
         if processes.distributed:
             model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == 'cuda' else None)

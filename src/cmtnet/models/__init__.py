@@ -1,5 +1,6 @@
 """The CMT model family: the network (`cmt`), its exact inference folding (`fuse`, through
-`timm.utils.reparameterize_model`) and the CPU fast path over a folded model (`fast_path`), the released
+`timm.utils.reparameterize_model`) and the CPU fast path over a folded model (`fast_path`), the pass for
+training on a CPU under bfloat16 autocast (`autocast_training`), the released
 checkpoints (`released`), the position bias on any grid (`pos_bias`) and the variants' fixed facts
 (`variants`). Importing it registers the models with timm."""
 from .cmt import CMT, CMTBlock, CMTStage, LightweightAttention, set_model_fused_attn

@@ -34,7 +34,6 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 
 from .fuse import FusedAttention, fuse_block
-from .onednn import cpu_autocast
 from .grid_cache import GridCache
 from .pos_bias import cached_resize_rel_pos_bias, resize_rel_pos_bias
 from .released import checkpoint_filter_fn, not_a_checkpoint
@@ -283,16 +282,11 @@ class LightweightAttention(nn.Module):
         if self.sr_ratio > 1:
             # row-major tokens are a channels_last map: views both ways, no copies
             kv = x.reshape(B, height, width, C).permute(0, 3, 1, 2)
-            kv = self.sr_norm(self._reduce(kv)).permute(0, 2, 3, 1).reshape(B, -1, C)
+            kv = self.sr_norm(self.sr(kv)).permute(0, 2, 3, 1).reshape(B, -1, C)
         k = self.k(kv).reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.v(kv).reshape(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
 
-        sdpa = self.fused_attn
-        if not torch.jit.is_scripting():
-            # under CPU autocast SDPA with a float mask takes its math path in float32, slower than the explicit
-            # form in bfloat16 (benchmarks/autocast_training.py)
-            sdpa = sdpa and not cpu_autocast(q)
-        if sdpa:
+        if self.fused_attn:
             x = F.scaled_dot_product_attention(
                 q, k, v,
                 attn_mask=None if rel_pos_bias is None else rel_pos_bias.to(q.dtype),
@@ -307,16 +301,6 @@ class LightweightAttention(nn.Module):
 
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
-
-    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """The stride-k depthwise reduction, in float32 under CPU autocast: oneDNN's bfloat16 depthwise conv
-        whose kernel equals its stride is slower than float32, forward and backward
-        (benchmarks/autocast_training.py), and its input, the LayerNorm's output, is float32 there already."""
-        if not torch.jit.is_scripting():
-            if cpu_autocast(x):
-                with torch.autocast('cpu', enabled=False):
-                    return self.sr(x.float())
-        return self.sr(x)
 
 
 def set_model_fused_attn(model: nn.Module, enable: bool) -> None:

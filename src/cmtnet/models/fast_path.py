@@ -14,9 +14,10 @@ up to float rounding; the commands apply it where the model runs on a CPU (`appl
   maps, the largest of the network, stay in the processor's cache between passes.
 
 The modules fall back to the plain ops where their input does not suit them (another device, gradients, a
-layout or dtype oneDNN does not take here), and scripted, traced, compiled and exported graphs keep plain ops,
-which their own backends fuse. `benchmarks/` and `cmtnet bench` (paths `fused` and `fused_cl`) measure what
-each part pays.
+layout or dtype oneDNN does not take here), and traced, compiled and exported graphs keep plain ops, which their
+own backends fuse (`_capture` says which graph is being recorded). A fast-path model is not for TorchScript:
+`torch.jit.script` and the exporters take the plain fold. `benchmarks/` and `cmtnet bench` (paths `fused` and
+`fused_cl`) measure what each part pays.
 """
 import copy
 from typing import Optional, Union
@@ -40,6 +41,17 @@ __all__ = [
 # where the padded input and the GELU inside the conv beat the border correction and a separate GELU
 # (benchmarks/padded_gelu.py)
 PADDED_GELU_DTYPES = (torch.bfloat16,)
+
+
+def _capture(x: torch.Tensor) -> Optional[str]:
+    """Which graph is being recorded of the fast path's forward on `x`: 'export' (traced by FX or TorchScript,
+    or exported: plain ops, for any size), 'compile' (`torch.compile`, whose CPU backend fuses plain ops but
+    not in-place updates of slices), or None in eager mode."""
+    # the one place the fast path asks: its eager shortcuts (in-place border updates, oneDNN calls, micro-batches)
+    # are invisible to a tracer or wrong in an exported graph, and a compiler does better with plain ops
+    if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_exporting():
+        return 'export'
+    return 'compile' if torch.compiler.is_compiling() else None
 
 
 class EdgeCorrectedConv(InferenceOnly):
@@ -83,12 +95,12 @@ class EdgeCorrectedConv(InferenceOnly):
         # channels_last, where the border rows and columns are cheap strided views (in-place updates of NCHW
         # row slices with a per-channel operand are far slower)
         x = x.contiguous(memory_format=torch.channels_last)
-        if not torch.jit.is_scripting():
-            dtype = self._padded_gelu_dtype(x)
-            if dtype is not None:
-                return self.conv.unpadded_gelu(self._padded(x, dtype))
+        capture = _capture(x)
+        dtype = self._padded_gelu_dtype(x, capture)
+        if dtype is not None:
+            return self.conv.unpadded_gelu(self._padded(x, dtype, capture))
         y = self.conv(x)
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        if capture is not None:
             # the tracer drops in-place updates of slices, and a compiler turns each into a copy of the whole
             # map: add the correction as one map instead (which a compiler fuses into the next elementwise op)
             y = y + self._edge_map(y.shape[2], y.shape[3])
@@ -105,25 +117,22 @@ class EdgeCorrectedConv(InferenceOnly):
             nhwc[:, -1, -1].add_(self.corners[1, 1])
         return F.gelu(y) if self.gelu else y
 
-    @torch.jit.unused
-    def _padded_gelu_dtype(self, x: torch.Tensor) -> Optional[torch.dtype]:
+    def _padded_gelu_dtype(self, x: torch.Tensor, capture: Optional[str]) -> Optional[torch.dtype]:
         """The dtype the conv computes in where it runs on `x` padded with `pad` and the GELU as its post-op
-        (see the docstring), else None."""
-        dtype = compute_dtype(x, self.conv.conv.weight)
-        if self.pad is None or dtype not in PADDED_GELU_DTYPES:
+        (see the docstring), else None; exported graphs (ONNX, the int8 program, whose int8 convs take no GELU
+        post-op) keep the correction."""
+        if self.pad is None or capture == 'export':
             return None
-        if torch.compiler.is_compiling():
-            # exported graphs (ONNX, the int8 program, whose int8 convs take no GELU post-op) keep the correction
-            applies = x.device.type == 'cpu' and not torch.compiler.is_exporting()
-        else:
-            applies = onednn_applies(x, self.conv.conv.weight)
+        dtype = compute_dtype(x, self.conv.conv.weight)
+        if dtype not in PADDED_GELU_DTYPES:
+            return None
+        applies = x.device.type == 'cpu' if capture == 'compile' else onednn_applies(x, self.conv.conv.weight)
         return dtype if applies else None
 
-    @torch.jit.unused
-    def _padded(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _padded(self, x: torch.Tensor, dtype: torch.dtype, capture: Optional[str]) -> torch.Tensor:
         """`x` (channels_last) with a one-pixel border of `pad`, in `dtype` (the one the conv computes in)."""
         B, C, H, W = x.shape
-        if torch.compiler.is_compiling():
+        if capture == 'compile':
             # one select, which the compiler makes one pass (it would copy the whole map for each border
             # written in place)
             rows, cols = torch.arange(H + 2, device=x.device), torch.arange(W + 2, device=x.device)
@@ -213,7 +222,7 @@ class MicroBatched(InferenceOnly):
 
     A micro-batch holds as many images as keep a map of `map_chs` channels at 1 / `map_stride` of the
     module's input sides within `EARLY_MAP_BUDGET` bytes. The whole batch runs at once off the CPU, when it
-    fits, and in scripted, traced or exported graphs, whose batch may vary. `torch.compile` for static shapes
+    fits, and in traced or exported graphs, whose batch may vary. `torch.compile` for static shapes
     (its default, and `dynamic=False`) unrolls the micro-batches into its graph, which is built for one batch
     size anyway, and its fused kernels then keep their maps in cache as eager mode does; compiled with
     `dynamic=True`, the batch runs whole, in one graph for every batch size.
@@ -226,29 +235,20 @@ class MicroBatched(InferenceOnly):
         self.map_stride = map_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting():
-            size = self.micro_batch(x)
-            if size:
-                return self._split(x, size)
-        return self.module(x)
+        size = self.micro_batch(x)
+        return torch.cat([self.module(part) for part in x.split(size)]) if size else self.module(x)
 
-    @torch.jit.unused
     def micro_batch(self, x: torch.Tensor) -> int:
         """Images per micro-batch for the input `x`, or 0: the whole batch at once."""
-        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_exporting():
+        capture = _capture(x)
+        if capture == 'export' or x.device.type != 'cpu' or x.dim() != 4:
             return 0
-        if torch.compiler.is_compiling() and not torch._dynamo.config.assume_static_by_default:
+        if capture == 'compile' and not torch._dynamo.config.assume_static_by_default:
             return 0  # compiled for dynamic shapes: a split would specialize the graph to this batch size
-        if x.device.type != 'cpu' or x.dim() != 4:
-            return 0
         per_image = (self.map_chs * max(1, x.shape[2] // self.map_stride) * max(1, x.shape[3] // self.map_stride)
                      * x.element_size())
         size = max(1, EARLY_MAP_BUDGET // per_image)
         return size if size < x.shape[0] else 0
-
-    @torch.jit.unused
-    def _split(self, x: torch.Tensor, size: int) -> torch.Tensor:
-        return torch.cat([self.module(part) for part in x.split(size)])
 
     def extra_repr(self) -> str:
         return f'map_chs={self.map_chs}, map_stride={self.map_stride}'

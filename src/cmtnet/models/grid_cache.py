@@ -2,7 +2,7 @@
 
 A CMT at a size other than its native one needs, per stage, tensors that depend only on the token grid and
 on the weights: the position bias resized to the grid above all (at 800x1344 the four resized biases of
-CMT-S take about half a gigabyte in fp32, and the bicubic resize costs as much as a few blocks). Detection
+CMT-S hold 132 million values, half a gigabyte in fp32, each made by a bicubic resize). Detection
 inputs change size from batch to batch but come back to the same few grids, so the eager inference path
 keeps the last few results.
 

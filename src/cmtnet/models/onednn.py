@@ -9,8 +9,9 @@ and with weights re-laid once for oneDNN (`_reorder_convolution_weight`) the 1x1
 weight reorder. The results equal the plain ops up to float rounding.
 
 The fast call is taken only where it is exact and safe: CPU, float32 or bfloat16, channels_last input, no
-gradient needed, and not while scripting, tracing, compiling or exporting (those graphs keep the plain ops,
-which their own backends fuse). Everywhere else the same module runs the plain conv, GELU and add.
+gradient needed, and not while tracing, compiling or exporting (those graphs keep the plain ops, which their own
+backends fuse). Everywhere else the same module runs the plain conv, GELU and add. Like the fast path it serves,
+it is not for TorchScript.
 
 bfloat16 runs on the same calls, whichever way it is asked for: a model whose weights are bfloat16
 (`model.to(torch.bfloat16)`, runtime.inference_model), or a float32 model under CPU autocast to bfloat16. Under
@@ -172,9 +173,8 @@ class OneDNNConv(nn.Module):
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         if residual is not None and self.gelu:
             raise ValueError('OneDNNConv adds a residual only without a GELU')
-        if not torch.jit.is_scripting():
-            if onednn_applies(x, self.conv.weight, residual):
-                return self._onednn(x, residual)
+        if onednn_applies(x, self.conv.weight, residual):
+            return self._onednn(x, residual)
         y = self.conv(x)
         if self.gelu:
             y = F.gelu(y)
@@ -182,7 +182,6 @@ class OneDNNConv(nn.Module):
             y = residual + y
         return y
 
-    @torch.jit.unused
     def packed_weight(self, shape: Tuple[int, ...], dtype: Optional[torch.dtype] = None,
                       padding: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """The weight in `dtype` (default: its own) packed for inputs of `shape` padded by `padding` (default:
@@ -203,7 +202,6 @@ class OneDNNConv(nn.Module):
             self._packed[key] = packed  # the most recent last
         return packed
 
-    @torch.jit.unused
     def _bias(self, dtype: torch.dtype) -> Optional[torch.Tensor]:
         """The bias in `dtype`: the conv's own, or a copy cast once (kept with the packed weights)."""
         bias = self.conv.bias
@@ -215,7 +213,6 @@ class OneDNNConv(nn.Module):
                 cast = self._biases[dtype] = bias.detach().to(dtype)
         return cast
 
-    @torch.jit.unused
     def _onednn(self, x: torch.Tensor, residual: Optional[torch.Tensor], gelu: Optional[bool] = None,
                 padding: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """The oneDNN call in `compute_dtype`, with the module's GELU and padding unless given."""
@@ -227,7 +224,6 @@ class OneDNNConv(nn.Module):
         weight = self.packed_weight(tuple(x.shape), dtype, padding)
         return _conv(self.conv, x, weight, self.gelu if gelu is None else gelu, residual, self._bias(dtype), padding)
 
-    @torch.jit.unused
     def unpadded_gelu(self, x: torch.Tensor) -> torch.Tensor:
         """GELU(conv of `x` with no padding), for an input its caller has padded itself (`EdgeCorrectedConv`):
         one oneDNN call in `compute_dtype` where the fast path serves it, else the plain ops (which a compiler

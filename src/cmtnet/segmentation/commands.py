@@ -12,7 +12,7 @@ no other flag. The three commands are added as detection's are (`engine.dense.ad
 import argparse
 from typing import Sequence
 
-from ..engine.dense import Command, add_dense_commands, task_train
+from ..engine.dense import DenseTexts, add_dense_commands
 from ..engine.options import parse
 from .evaluate import eval_command
 from .models import SEGMENTATION
@@ -22,27 +22,27 @@ from .predict import predict_command
 __all__ = ['add_parser', 'eval_command', 'parse_options', 'predict_command']
 
 
+TEXTS = DenseTexts(
+    command=('semantic segmentation with a CMT backbone',
+             'Semantic FPN and UPerNet on a CMT backbone, on ADE20K or on folders of images and single-channel PNG '
+             'masks.'),
+    data='ADE20K or image and mask folders',
+    train=('train a segmenter',
+           'Train Semantic FPN or UPerNet on a CMT backbone (default: on the embedded digits set), with the Semantic '
+           'FPN ADE20K recipe as the default (AdamW, lr 1e-4 at a global batch of 16, poly schedule, 80k iterations '
+           'on ADE20K).'),
+    eval=("a checkpoint's mIoU, mAcc and aAcc",
+          'Evaluate a segmentation checkpoint on val images and masks as ADE20K does: prints the per-class IoU and '
+          'accuracy table, then the summary (mIoU, mAcc, aAcc).'),
+    predict=('segment image files',
+             'Segment image files (and folders of them): a colour overlay (overlays/) and a label mask (masks/, '
+             'value = class index) per image.'))
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `segment` with its `train`, `eval` and `predict` subcommands."""
-    add_dense_commands(
-        subparsers, SEGMENTATION, help='semantic segmentation with a CMT backbone',
-        description='Semantic FPN and UPerNet on a CMT backbone, on ADE20K or on folders of images and '
-                    'single-channel PNG masks.',
-        data='data (ADE20K or image and mask folders; default: the embedded digits set)',
-        train=Command(
-            SegmentOptions, task_train(__package__), 'train a segmenter',
-            'Train Semantic FPN or UPerNet on a CMT backbone (default: on the embedded digits set), with the '
-            'Semantic FPN ADE20K recipe as the default (AdamW, lr 1e-4 at a global batch of 16, poly schedule, '
-            '80k iterations on ADE20K). Every option can also be set in a YAML file (--config); the command line '
-            'wins. Several processes: torchrun --nproc_per_node N -m cmtnet segment train ...'),
-        eval=Command(
-            SegmentEvalOptions, eval_command, "a checkpoint's mIoU, mAcc and aAcc",
-            'Evaluate a segmentation checkpoint on val images and masks as ADE20K does: prints the per-class IoU '
-            'and accuracy table, then the summary (mIoU, mAcc, aAcc).'),
-        predict=Command(
-            SegmentPredictOptions, predict_command, 'segment image files',
-            'Segment image files (and folders of them): a colour overlay (overlays/) and a label mask (masks/, '
-            'value = class index) per image.'))
+    add_dense_commands(subparsers, SEGMENTATION, __package__, TEXTS,
+                       (SegmentOptions, SegmentEvalOptions, SegmentPredictOptions), eval_command, predict_command)
 
 
 def parse_options(argv: Sequence[str]) -> SegmentOptions:

@@ -10,12 +10,13 @@ stretches the epochs of a small set by a whole factor until the schedule has at 
 
 Each field carries its command-line spelling and help (engine/options.py); segmentation/commands.py turns
 them into `cmtnet segment train | eval | predict`. Eval and predict take what every dense task's do
-(`engine.dense.DenseOptions`: checkpoint, device, autocast, `--precision`, config) and segmentation's own flags.
+(`engine.dense.DenseEvalOptions`, `DensePredictOptions`: checkpoint, device, autocast, `--precision`, config,
+val data) and segmentation's own flags.
 """
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-from ..engine.dense import DenseOptions, DensePredictOptions, DenseTrainOptions, images_option, workers_option
+from ..engine.dense import DenseEvalOptions, DensePredictOptions, DenseTrainOptions, images_option
 from ..engine.options import option
 from ..models.variants import VARIANT_ARGS
 from .models import HEADS, SEGMENTATION
@@ -104,19 +105,17 @@ class SegmentOptions(DenseTrainOptions):
 
 
 @dataclass
-class SegmentEvalOptions(DenseOptions):
+class SegmentEvalOptions(DenseEvalOptions):
     """`cmtnet segment eval`: a checkpoint's mIoU on a val set (or the embedded one's)."""
     checkpoint: Optional[str] = SEGMENTATION.checkpoint_option()
     data: Optional[str] = _data()
-    val_images: Optional[str] = images_option('val')
+    strict: bool = _strict()
     val_masks: Optional[str] = _masks('val')
     classes: Optional[str] = _classes("the checkpoint's; if given, checked against them")
     num_classes: Optional[int] = _num_classes()
-    strict: bool = _strict()
     slide: Optional[bool] = _slide_override()
     flip: bool = _flip()
     scales: List[float] = _scales()
-    workers: int = workers_option()
 
 
 @dataclass
