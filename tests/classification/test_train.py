@@ -250,7 +250,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(folder, tmp_path):
     resumed = _cmtnet('train', *args, '--output', str(broken), '--resume')
     assert resumed.returncode == 0, resumed.stderr
     assert f'resuming {broken} at epoch {state["epoch"] + 1}' in resumed.stdout
-    for name in ('model.safetensors', 'ema.safetensors', 'best.safetensors'):
+    for name in ('model.safetensors', 'model_ema.safetensors', 'best.safetensors'):
         a, b = (safetensors.torch.load_file(run / name) for run in (whole, broken))
         assert a.keys() == b.keys()
         for key in a:

@@ -135,6 +135,18 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(tmp_path):
     assert drop(_rows(broken)) == drop(_rows(whole))
 
 
+def test_the_ema_weights_are_one_file_written_with_every_checkpoint(tmp_path):
+    run, ema = tmp_path / 'run', dict(model_ema=True, model_ema_decay=0.9)
+    with pytest.raises(Stop):  # a crash in the 13th update, in the middle of epoch 2
+        fit(Regression(stop_at_update=13), _options(run, **ema))
+    during = safetensors.torch.load_file(run / 'model_ema.safetensors')  # written during the run
+    assert _same(during, load_state(run / 'last.pth')['model_ema'])
+    fit(Regression(), _options(run, resume=True, **ema))
+    final = safetensors.torch.load_file(run / 'model_ema.safetensors')
+    assert _same(final, load_state(run / 'last.pth')['model_ema']) and not _same(final, during)
+    assert [p.name for p in run.iterdir() if 'ema' in p.name] == ['model_ema.safetensors']
+
+
 def _same(a: Any, b: Any) -> bool:
     """Deep equality of states: tensors bit for bit (NaN equal to NaN), containers item by item."""
     if isinstance(a, torch.Tensor):

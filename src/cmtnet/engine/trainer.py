@@ -9,7 +9,7 @@ run's files, all atomically and from the first process only:
 |---|---|
 | `last.pth` | the whole training state, every epoch and every `checkpoint_interval` updates |
 | `best.safetensors` | the weights with the best `task.best_metric` |
-| `ema.safetensors`, `model_ema.safetensors` | the EMA weights (during the run, at its end) |
+| `model_ema.safetensors` | the EMA weights, with every `last.pth` (so the run's end leaves the final ones) |
 | `model.safetensors` | the final weights |
 | `metrics.csv`, `curves.png` | a row per epoch, and its curves |
 | `config.yaml` | the run's options, reusable with `--config` |
@@ -275,7 +275,7 @@ class Trainer:
     # --- files ------------------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Write last.pth, metrics.csv and ema.safetensors (all processes take part, the first writes)."""
+        """Write last.pth, metrics.csv and model_ema.safetensors (all processes take part, the first writes)."""
         state = self.state_dict()
         if not self.processes.is_main:
             return
@@ -283,14 +283,12 @@ class Trainer:
         save_state(self.output / 'last.pth', state)
         atomic_write(self.output / 'metrics.csv', lambda f: f.write(metrics_csv(self.state.metrics).encode()))
         if self.ema is not None:
-            export_weights(self.output / 'ema.safetensors', self.ema.module.state_dict(), self.task.meta())
+            export_weights(self.output / 'model_ema.safetensors', self.ema.module.state_dict(), self.task.meta())
 
     def _export_final(self) -> None:
-        """The final weights as .safetensors, the curves as a PNG, and a closing summary."""
-        meta = self.task.meta()
-        export_weights(self.output / 'model.safetensors', self.unwrapped.state_dict(), meta)
-        if self.ema is not None:
-            export_weights(self.output / 'model_ema.safetensors', self.ema.module.state_dict(), meta)
+        """The final weights as .safetensors, the curves as a PNG, and a closing summary (the last epoch's
+        checkpoint has written the final EMA weights)."""
+        export_weights(self.output / 'model.safetensors', self.unwrapped.state_dict(), self.task.meta())
         rows: List[Dict[str, Any]] = self.state.metrics
         if rows:
             atomic_write(self.output / 'curves.png', lambda f: f.write(plot_curves(rows, self.task.curves)))
