@@ -1,5 +1,7 @@
 """Evaluation: top-1 / top-5 accuracy, loss and a confusion matrix, and `cmtnet eval`.
 
+Top-5 is left out for a classifier of 5 classes or fewer, where it would be 100% by construction.
+
     cmtnet eval --checkpoint runs/demo/model.safetensors                  # the digits test split
     cmtnet eval --checkpoint cmt_small.pth --model cmt_s --data /path/imagenet
 
@@ -25,10 +27,15 @@ from ..runtime import all_reduce, amp_dtype, autocast, distributed, inference_mo
 from .data import build_dataset, default_eval_split, eval_transform
 from .options import EvalOptions, ModelOptions
 
-__all__ = ['MAX_CONFUSION_CLASSES', 'eval_command', 'evaluate', 'format_confusion', 'load_for_inference']
+__all__ = ['MAX_CONFUSION_CLASSES', 'eval_command', 'evaluate', 'format_confusion', 'has_top5', 'load_for_inference']
 
 # a confusion matrix is printed for at most this many classes
 MAX_CONFUSION_CLASSES = 20
+
+
+def has_top5(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: with 5 classes or fewer every image is in its top 5."""
+    return num_classes > 5
 
 
 @torch.no_grad()
@@ -40,8 +47,8 @@ def evaluate(
         amp: Optional[torch.dtype] = None,
         channels_last: bool = False,
 ) -> Dict[str, Any]:
-    """Loss, top-1 and top-5 accuracy (in %), image count and confusion matrix of `model` on `loader`
-    (batches of `ReadableImages`: unreadable images are left out and counted as `skipped`).
+    """Loss, top-1 and top-5 accuracy (in %; top-5 only where `has_top5`), image count and confusion matrix of
+    `model` on `loader` (batches of `ReadableImages`: unreadable images are left out and counted as `skipped`).
 
     Under torch.distributed the sums are reduced over the processes, which must each hold a shard.
     """
@@ -70,15 +77,17 @@ def evaluate(
     all_reduce(sums, confusion)
     loss, correct1, correct_k, count, skipped = sums.tolist()
     count = max(count, 1.)
-    return dict(
+    result = dict(
         loss=loss / count,
         top1=100 * correct1 / count,
-        top5=100 * correct_k / count,
         count=int(count),
         correct=int(round(correct1)),
         skipped=int(skipped),
         confusion=confusion.view(num_classes, num_classes).cpu(),
     )
+    if has_top5(num_classes):
+        result['top5'] = 100 * correct_k / count
+    return result
 
 
 def format_confusion(confusion: torch.Tensor, class_names: Sequence[str]) -> str:
@@ -177,6 +186,7 @@ def eval_command(options: EvalOptions) -> Dict[str, Any]:
             print(f'compiling the int8 program for batches of {batch}: {seconds:.1f} s (its first call)')
         if len(class_names) <= MAX_CONFUSION_CLASSES:
             print(format_confusion(result['confusion'], class_names))
-        print(f'top-{min(5, len(class_names))} accuracy: {result["top5"]:.2f}%')
+        if 'top5' in result:
+            print(f'top-5 accuracy: {result["top5"]:.2f}%')
         print(f'{split} accuracy (top-1): {result["top1"]:.2f}% ({result["correct"]}/{result["count"]} images)')
     return result
