@@ -103,6 +103,12 @@ def test_loss_terms_metrics_and_files(tmp_path):
     assert {'last.pth', 'model.safetensors', 'curves.png', 'config.yaml'} <= {p.name for p in (tmp_path / 'run').iterdir()}
 
 
+def test_a_rate_below_min_lr_is_warned_of_and_kept(tmp_path, caplog):
+    fit(Regression(), _options(tmp_path / 'run', lr=1e-6, min_lr=1e-5, warmup_lr=1e-7, warmup_epochs=1))
+    assert 'the learning rate 1e-06 (--lr) is below --min-lr 1e-05' in caplog.text
+    assert max(float(r['lr']) for r in _rows(tmp_path / 'run')) == pytest.approx(1e-6)
+
+
 def test_multistep_schedule_with_warmup_in_updates(tmp_path):
     fit(Regression(), _options(tmp_path / 'run', sched='multistep', decay_milestones=[2], decay_rate=0.1,
                                warmup_updates=4, warmup_lr=1e-4))

@@ -36,7 +36,8 @@ from ..checkpoints import atomic_write, export_weights
 from ..errors import CommandError, InputError
 from ..runtime import Processes, amp_dtype, autocast, check_device, distributed, prepare_model, random_seed
 from .state_files import load_state, save_state
-from .optim import check_optimisation, create_ema, create_optimizer, create_scaler, create_scheduler, learning_rate
+from .optim import (check_optimisation, create_ema, create_optimizer, create_scaler, create_scheduler, learning_rate,
+                    learning_rate_warning)
 from .options import RunOptions, write_config
 from .report import metrics_csv, plot_curves, progress_bar
 from .state import RunState, capture_rng, restore_rng
@@ -94,6 +95,9 @@ class Trainer:
         self.ema = create_ema(model, o)
         self.global_batch = o.batch_size * processes.world_size * o.accum_steps
         self.lr = learning_rate(o, self.global_batch)
+        warning = learning_rate_warning(o, self.lr, self.global_batch)
+        if warning and processes.is_main:
+            _logger.warning(warning)
         self.optimizer = create_optimizer(model, o, self.lr, task.no_weight_decay(model))
         self.amp = amp_dtype(o.amp, self.device)
         self.scaler = create_scaler(self.amp, self.device)
