@@ -66,8 +66,8 @@ class DenseKind:
 
     def checkpoint_option(self) -> Any:
         """`--checkpoint` of this task's eval and predict."""
-        return option(None, metavar='PATH', help=f'weights a {self.name} run wrote (required), e.g. '
-                                                 f'runs/{self.command}/model.safetensors')
+        return option(None, metavar='PATH', required=True, help=f'weights a {self.name} run wrote, e.g. '
+                                                                f'runs/{self.command}/model.safetensors')
 
 
 def images_option(split: str) -> Any:
@@ -95,7 +95,7 @@ class DenseTrainOptions(RunOptions):
 class DenseOptions:
     """What `eval` and `predict` of every dense task take: which weights (each task says whose in
     `checkpoint`'s help, `DenseKind.checkpoint_option`), where and how they run."""
-    checkpoint: Optional[str] = option(None, metavar='PATH', help='weights a run wrote (required)')
+    checkpoint: Optional[str] = option(None, metavar='PATH', required=True, help='weights a run wrote')
     device: Optional[str] = device_option()
     amp: str = amp_option(_AMP_HELP)
     precision: str = precision_option()
