@@ -145,6 +145,11 @@ def test_eval_prints_accuracy_and_confusion(trained, folder, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith('val accuracy (top-1): ') and lines[-1].endswith('/16 images)')
     assert not [line for line in lines if line.startswith('top-')]  # no top-5 of 2 classes
+    assert lines[0].startswith(f'cmt_ti at 32px in fp32 unfolded ({trained / "model.safetensors"}) on ')
+    # the header says the precision and path it ran in
+    assert main(['eval', '--checkpoint', str(trained / 'model.safetensors'), '--data', str(folder),
+                 '--workers', '0', '--precision', 'bf16']) == 0
+    assert 'cmt_ti at 32px in bf16 folded on the CPU fast path (' in capsys.readouterr().out.splitlines()[0]
     header = lines.index('confusion matrix (rows: true class, columns: predicted class)')
     assert lines[header + 1].split() == ['blue', 'red']
     matrix = [line.split() for line in lines[header + 2:header + 4]]
