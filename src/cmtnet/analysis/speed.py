@@ -44,7 +44,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import reparameterize_model
 
 from ..engine.options import add_command, option
-from ..errors import CommandError, InputError
+from ..errors import CommandError, InputError, did_you_mean
 from ..models import VARIANT_ARGS, cpu_fast_path, native_img_size, set_model_fused_attn
 from ..models.fast_path import applies_on
 from ..models.variants import PUBLISHED
@@ -147,10 +147,12 @@ class BenchOptions:
         known = set(CMT_PATHS) | set(PEER_PATHS) | set(TRAIN_PATHS)
         for path in self.paths:
             if path not in known:
-                raise InputError(f'unknown path {path!r}; expected some of {", ".join(sorted(known))}')
+                raise InputError(f'unknown path {path!r}; expected some of {", ".join(sorted(known))}'
+                                 f'{did_you_mean(path, known)}')
         for name in self.models:
             if name not in VARIANT_ARGS and not timm.is_model(name):
-                raise InputError(f'unknown model {name!r}: not a CMT variant nor a timm model')
+                raise InputError(f'unknown model {name!r}: not a CMT variant nor a timm model'
+                                 f'{did_you_mean(name, [*VARIANT_ARGS, *timm.list_models()])}')
         if self.baseline is None:
             self.baseline = default_baseline(self.models, self.paths, self.precision)
         if not 2 <= len(self.baseline.split(':')) <= 3:

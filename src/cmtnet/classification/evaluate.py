@@ -21,9 +21,9 @@ from timm.utils import accuracy
 from ..checkpoints import checkpoint_info, create_model
 from ..int8_program import is_quantized_file, load_quantized
 from ..engine.data import ReadableImages, eval_loader, own_images
-from ..errors import InputError
+from ..errors import InputError, did_you_mean
 from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size
-from ..runtime import all_reduce, amp_dtype, autocast, distributed, inference_model, to_device
+from ..runtime import all_reduce, amp_dtype, autocast, distributed, inference_model, inference_path, to_device
 from .data import build_dataset, default_eval_split, eval_transform
 from .options import EvalOptions, ModelOptions
 
@@ -124,13 +124,15 @@ def _load_quantized_for_inference(options: ModelOptions, device: torch.device) -
         crop_pct=options.crop_pct or meta['crop_pct'],
         interpolation=options.interpolation or meta['interpolation'],
         class_names=meta['class_names'],
+        path=f'{meta["mode"]} program' + ('' if options.compile else ' (its reference float ops)'),
     )
 
 
 def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str, Any]:
     """The model of `--checkpoint` on `device` at `--precision`, with its name, input size, crop,
-    interpolation and class names: the options first, then the checkpoint's metadata, then the model's
-    native defaults. An int8 program (`cmtnet quantize`) comes as it was quantized."""
+    interpolation, class names and how it runs (`path`, `runtime.inference_path`): the options first, then
+    the checkpoint's metadata, then the model's native defaults. An int8 program (`cmtnet quantize`) comes as
+    it was quantized."""
     if not options.checkpoint:
         raise InputError('--checkpoint is required (on the command line or in the --config file)')
     if is_quantized_file(options.checkpoint):
@@ -141,7 +143,8 @@ def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str,
         raise InputError(
             f'{options.checkpoint} does not say which model it holds; pass --model ({", ".join(VARIANT_ARGS)})')
     if name not in VARIANT_ARGS:
-        raise InputError(f'unknown model {name!r}; expected one of {", ".join(VARIANT_ARGS)}')
+        raise InputError(f'unknown model {name!r}; expected one of {", ".join(VARIANT_ARGS)}'
+                         f'{did_you_mean(name, VARIANT_ARGS)}')
     img_size = options.img_size or meta.get('img_size') or native_img_size(name)
     check_img_size(img_size, '--img-size')
     model = create_model(name, options.checkpoint, num_classes=num_classes, img_size=img_size)
@@ -153,6 +156,7 @@ def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str,
         crop_pct=options.crop_pct or meta.get('crop_pct', 0.875),
         interpolation=options.interpolation or meta.get('interpolation', 'bicubic'),
         class_names=meta.get('class_names'),
+        path=inference_path(options.precision, device),
     )
 
 
@@ -178,7 +182,7 @@ def eval_command(options: EvalOptions) -> Dict[str, Any]:
                           options.channels_last)
     if processes.is_main:
         source = f'{options.data}/{split}' if options.data else f'the digits {split} split'
-        print(f'{setup["name"]} at {setup["img_size"]}px ({options.checkpoint}) on {source}: '
+        print(f'{setup["name"]} at {setup["img_size"]}px in {setup["path"]} ({options.checkpoint}) on {source}: '
               f'{result["count"]} images, loss {result["loss"]:.4f}')
         if result['skipped']:
             print(f'skipped {result["skipped"]} unreadable image(s)')

@@ -24,10 +24,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from ..errors import InputError
+from ..errors import InputError, did_you_mean_path
 
-__all__ = ['SCHEDULES', 'HelpFormatter', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'config_option', 'device_option',
-           'option', 'options_from', 'parse', 'precision_option', 'write_config']
+__all__ = ['SCHEDULES', 'HelpFormatter', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'config_option',
+           'device_option', 'option', 'options_from', 'parse', 'precision_option', 'write_config']
 
 Options = TypeVar('Options')
 
@@ -339,7 +339,7 @@ def _config_tokens(config: Mapping[str, Any]) -> List[str]:
 def _read_config(options: Type, path: Path) -> Dict[str, Any]:
     """The options a YAML config file sets, checked and converted as the command line's are."""
     if not path.is_file():
-        raise InputError(f'config file {path} does not exist')
+        raise InputError(f'config file {path} does not exist{did_you_mean_path(path)}')
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
