@@ -57,7 +57,7 @@ from ..models import NET_STRIDE, VARIANT_ARGS, check_img_size, native_img_size, 
 from .quantize import calibration_batches, check_calibration_flags
 
 __all__ = ['ExportOptions', 'Int8Check', 'agreement', 'export_int8', 'export_model', 'export_onnx',
-           'export_torchscript', 'onnx_metadata', 'parity', 'quantize_onnx', 'add_parser', 'write_onnx_metadata']
+           'export_torchscript', 'parity', 'quantize_onnx', 'add_parser', 'write_onnx_metadata']
 
 FORMATS = ('onnx', 'torchscript')
 QUANTIZATIONS = ('int8',)
@@ -75,7 +75,7 @@ class ExportOptions:
     """What `cmtnet export` does: which model and weights, which format, where, and how it is checked."""
     model: Optional[str] = option(None, positional=True, help='CMT variant (cmt_ti, cmt_xs, cmt_s, cmt_b)',
                                   unset='the one named in the checkpoint')
-    _: KW_ONLY
+    _: KW_ONLY  # the rest by keyword only, as `model` may be left out
     output: Path = option(flags=('--output', '-o'), help='file to write (.onnx or .pt)')
     format: str = option('onnx', choices=FORMATS, help='file format')
     checkpoint: Optional[Path] = option(None, help='weights: our .safetensors/.pth or a released checkpoint')
@@ -265,8 +265,9 @@ def _source(options: ExportOptions) -> _Source:
                    class_labels(num_classes, meta.get('class_names')))
 
 
-def onnx_metadata(source: _Source) -> Dict[str, str]:
-    """The ONNX metadata of an export: what a client needs to prepare an image and name the classes."""
+def _onnx_metadata(source: _Source) -> Dict[str, str]:
+    """The ONNX metadata of an export: what a client needs to prepare an image as `eval_transform` does (its
+    normalisation is timm's ImageNet mean and std) and to name the classes."""
     return dict(model=source.model, img_size=str(source.img_size), crop_pct=str(source.crop_pct),
                 interpolation=source.interpolation, mean=json.dumps(list(IMAGENET_DEFAULT_MEAN)),
                 std=json.dumps(list(IMAGENET_DEFAULT_STD)), class_names=json.dumps(source.class_names))
@@ -308,14 +309,14 @@ def export_int8(options: ExportOptions) -> Tuple[Int8Check, nn.Module]:
         fp32 = Path(tmp) / 'fp32.onnx'
         export_onnx(model, fp32, size, options.opset, dynamic=False)
         quantize_onnx(fp32, options.output, calibration.split(32))
-    write_onnx_metadata(options.output, onnx_metadata(source))
+    write_onnx_metadata(options.output, _onnx_metadata(source))
     checked = held_out if len(held_out) else calibration  # a folder too small to hold any out
     same, err = agreement(options.output, reference, checked)
     return Int8Check(size, len(checked), bool(len(held_out)), same, err), model
 
 
 def export_model(options: ExportOptions) -> Tuple[Dict[int, float], nn.Module]:
-    """Build (and fuse) the model at its checkpoint's input size, export it (ONNX with `onnx_metadata`) and
+    """Build (and fuse) the model at its checkpoint's input size, export it (ONNX with its metadata) and
     check it: (relative error per checked size, the model)."""
     source = _source(options)
     size = source.img_size
@@ -324,7 +325,7 @@ def export_model(options: ExportOptions) -> Tuple[Dict[int, float], nn.Module]:
     options.output.parent.mkdir(parents=True, exist_ok=True)
     if options.format == 'onnx':
         export_onnx(model, options.output, size, options.opset)
-        write_onnx_metadata(options.output, onnx_metadata(source))
+        write_onnx_metadata(options.output, _onnx_metadata(source))
     else:
         export_torchscript(model, options.output)
     sizes = options.check_sizes or [size, _other_size(size)]
