@@ -27,7 +27,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from .errors import InputError
+from .errors import InputError, did_you_mean_path
 from .models.released import classifier_classes, not_a_checkpoint, unwrap_state_dict
 
 __all__ = ['PathLike', 'atomic_write', 'checkpoint_info', 'create_model', 'export_weights', 'safe_torch_load',
@@ -62,7 +62,7 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> None:
 def _check_checkpoint_file(path: Path) -> None:
     """Raise InputError, naming the problem, if `path` is missing or cannot be a checkpoint at all."""
     if not path.is_file():
-        raise InputError(f'checkpoint {path} does not exist')
+        raise InputError(f'checkpoint {path} does not exist{did_you_mean_path(path)}')
     problem = not_a_checkpoint(path)
     if problem:
         raise InputError(f'cannot load {path}: {problem}')

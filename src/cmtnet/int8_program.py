@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .errors import InputError
+from .errors import InputError, did_you_mean_path
 
 __all__ = ['QUANTIZED_FORMAT', 'QUANTIZED_META_FILE', 'QuantizedProgram', 'is_quantized_file', 'load_quantized',
            'quantized_versions']
@@ -166,7 +166,7 @@ def load_quantized(path: PathLike, compile: bool = True) -> Tuple[QuantizedProgr
     none, that holds pickled objects, or that another torch or torchao version wrote."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f'quantized program {path} does not exist')
+        raise InputError(f'quantized program {path} does not exist{did_you_mean_path(path)}')
     meta = _quantized_meta(path)
     if meta is None:
         raise InputError(f'{path} is not a quantized program written by cmtnet quantize (no {QUANTIZED_FORMAT} '

@@ -23,7 +23,8 @@ from .models.fast_path import applies_on, cpu_fast_path
 
 __all__ = [
     'PRECISIONS', 'InPrecision', 'Processes', 'all_reduce', 'amp_dtype', 'autocast', 'default_device',
-    'distributed', 'folded_for', 'inference_model', 'is_main_process', 'precision_dtype', 'prepare_model',
+    'distributed', 'folded_for', 'inference_model', 'inference_path', 'is_main_process', 'precision_dtype',
+    'prepare_model',
     'random_seed', 'to_device',
 ]
 
@@ -108,6 +109,14 @@ def inference_model(model: nn.Module, device: Union[str, torch.device], precisio
             model.set_submodule(name, InPrecision(part, dtype))
         model = model.eval()
     return prepare_model(model, torch.device(device), channels_last)
+
+
+def inference_path(precision: str, device: Union[str, torch.device]) -> str:
+    """How `inference_model` runs a model at `precision` on `device`, as a command's header says it:
+    'fp32 unfolded' (the checkpoint's own model), 'bf16 folded', or on a CPU 'bf16 folded on the CPU fast path'."""
+    if precision_dtype(precision) == torch.float32:
+        return f'{precision} unfolded'
+    return f'{precision} folded' + (' on the CPU fast path' if applies_on(device) else '')
 
 
 def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = False) -> nn.Module:

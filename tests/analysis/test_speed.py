@@ -117,6 +117,22 @@ def test_bench_command_prints_the_table_and_draws_the_chart(tmp_path, capsys):
     assert chart.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
+def test_the_baseline_is_cmt_s_eager_where_measured_else_the_first_model_and_path_asked_for():
+    assert BenchOptions().baseline == BenchOptions(models=['resnet50', 'cmt_s']).baseline == 'cmt_s:eager:fp32'
+    assert BenchOptions(models=['cmt_ti'], paths=['fused', 'eager']).baseline == 'cmt_ti:fused:fp32'
+    assert BenchOptions(models=['resnet50'], precision=['bf16']).baseline == 'resnet50:eager:bf16'
+    assert BenchOptions(models=['cmt_ti'], baseline='cmt_ti:fused').baseline == 'cmt_ti:fused:fp32'  # as given
+
+
+def test_bench_of_another_model_has_ratios_to_its_first_path(capsys):
+    assert main(['bench', '--models', 'cmt_ti', '--paths', 'eager', 'fused', '--batch-size', '1', '--warmup', '0',
+                 '--rounds', '1']) == 0
+    out = capsys.readouterr().out
+    assert 'baseline cmt_ti:eager:fp32' in out
+    rows = [line.split('|') for line in out.splitlines() if line.startswith('| cmt_ti |')]
+    assert len(rows) == 2 and rows[0][7].strip() == '1.00x' and rows[1][7].strip().endswith('x')
+
+
 def test_the_default_paths_name_each_mode_once():
     paths = BenchOptions().paths
     assert len(paths) == len(set(paths)) and set(paths) == set(CMT_PATHS) | set(PEER_PATHS)

@@ -112,7 +112,8 @@ def test_run_outputs(trained, folder):
         {p.name for p in trained.iterdir()}
     rows = _metrics(trained)
     assert [r['epoch'] for r in rows] == ['1', '2']
-    assert {'lr', 'train_loss', 'val_loss', 'val_top1', 'val_top5', 'img_per_s'} <= set(rows[0])
+    assert {'lr', 'train_loss', 'val_loss', 'val_top1', 'img_per_s'} <= set(rows[0])
+    assert 'val_top5' not in rows[0]  # 2 classes: every image is in its top 5
     assert (trained / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert not [p for p in trained.iterdir() if p.name.endswith('.tmp')]
     state = load_state(trained / 'last.pth')  # weights_only: tensors and plain containers
@@ -143,7 +144,12 @@ def test_eval_prints_accuracy_and_confusion(trained, folder, tmp_path, capsys):
                  '--workers', '0']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith('val accuracy (top-1): ') and lines[-1].endswith('/16 images)')
-    assert lines[-2] == 'top-2 accuracy: 100.00%'
+    assert not [line for line in lines if line.startswith('top-')]  # no top-5 of 2 classes
+    assert lines[0].startswith(f'cmt_ti at 32px in fp32 unfolded ({trained / "model.safetensors"}) on ')
+    # the header says the precision and path it ran in
+    assert main(['eval', '--checkpoint', str(trained / 'model.safetensors'), '--data', str(folder),
+                 '--workers', '0', '--precision', 'bf16']) == 0
+    assert 'cmt_ti at 32px in bf16 folded on the CPU fast path (' in capsys.readouterr().out.splitlines()[0]
     header = lines.index('confusion matrix (rows: true class, columns: predicted class)')
     assert lines[header + 1].split() == ['blue', 'red']
     matrix = [line.split() for line in lines[header + 2:header + 4]]
@@ -250,7 +256,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(folder, tmp_path):
     resumed = _cmtnet('train', *args, '--output', str(broken), '--resume')
     assert resumed.returncode == 0, resumed.stderr
     assert f'resuming {broken} at epoch {state["epoch"] + 1}' in resumed.stdout
-    for name in ('model.safetensors', 'ema.safetensors', 'best.safetensors'):
+    for name in ('model.safetensors', 'model_ema.safetensors', 'best.safetensors'):
         a, b = (safetensors.torch.load_file(run / name) for run in (whole, broken))
         assert a.keys() == b.keys()
         for key in a:

@@ -106,7 +106,7 @@ def test_graph_is_quantized_per_channel_at_a_fixed_size(exported):
 
 def test_torchscript_int8_is_refused(tmp_path, capsys):
     with pytest.raises(InputError, match='--format onnx, not --format torchscript'):
-        ExportOptions('cmt_ti', tmp_path / 'x.pt', format='torchscript', quantize='int8')
+        ExportOptions('cmt_ti', output=tmp_path / 'x.pt', format='torchscript', quantize='int8')
     out = tmp_path / 'x.pt'
     assert main(['export', 'cmt_ti', '--format', 'torchscript', '--quantize', 'int8', '-o', str(out)]) == 2
     assert '--quantize int8' in capsys.readouterr().err and not out.exists()
@@ -121,4 +121,4 @@ def test_torchscript_int8_is_refused(tmp_path, capsys):
 ])
 def test_bad_int8_options_name_the_problem(kwargs, bad, tmp_path):
     with pytest.raises(InputError, match=bad):
-        ExportOptions('cmt_ti', tmp_path / 'x.onnx', **kwargs)
+        ExportOptions('cmt_ti', output=tmp_path / 'x.onnx', **kwargs)

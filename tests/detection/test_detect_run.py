@@ -124,7 +124,10 @@ def test_eval_and_predict_in_bf16_find_what_fp32_finds(whole, data, tmp_path, ca
         out = tmp_path / precision
         assert main(['detect', 'eval', '--checkpoint', checkpoint, *val, '--workers', '0', '--output', str(out),
                      '--precision', precision]) == 0
-        aps[precision] = float(capsys.readouterr().out.splitlines()[2].rsplit('=', 1)[1])
+        printed = capsys.readouterr().out.splitlines()
+        aps[precision] = float(printed[2].rsplit('=', 1)[1])
+        path = 'fp32 unfolded' if precision == 'fp32' else 'bf16 folded on the CPU fast path'
+        assert printed[0].startswith(f'fcos on cmt_ti in {path}, ')  # the header says how it ran
         assert main(['detect', 'predict', '--checkpoint', checkpoint, images, '--score-threshold', '0.3',
                      '--output', str(out), '--precision', precision]) == 0
         found[precision] = json.loads((out / 'detections.json').read_text())

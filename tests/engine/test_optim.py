@@ -9,7 +9,8 @@ from cmtnet.classification import TrainOptions
 from cmtnet.classification.commands import parse_options
 from cmtnet.detection import commands as detect_commands
 from cmtnet.engine import RunOptions
-from cmtnet.engine.optim import check_optimisation, create_scheduler, warmup_epochs
+from cmtnet.engine.optim import (check_optimisation, create_scheduler, learning_rate, learning_rate_warning,
+                                 warmup_epochs)
 from cmtnet.errors import InputError
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'configs'
@@ -79,3 +80,20 @@ def test_demo_configs_keep_their_schedules():
     assert (detect.warmup_epochs, detect.warmup_updates, detect.cooldown_epochs) == (0, 50, 0)
     default = detect_commands.parse_options([])
     assert (default.warmup_epochs, default.warmup_updates, default.cooldown_epochs) == (0, 500, 0)
+
+
+def test_a_rate_scaled_below_min_lr_is_said_and_the_schedule_never_rises_above_it():
+    # `cmtnet train --batch-size 4`: 5e-4 x 4 / 512 = 3.9e-6, below the default --min-lr 1e-5
+    o = RunOptions(epochs=2, batch_size=4)
+    lr = learning_rate(o, global_batch=4)
+    assert lr == pytest.approx(3.90625e-6) and o.min_lr == 1e-5
+    warning = learning_rate_warning(o, lr, global_batch=4)
+    assert '3.91e-06 (--lr-base 0.0005 x global batch 4 / --lr-base-size 512)' in warning
+    assert 'below --min-lr 1e-05' in warning and 'stays at 3.91e-06' in warning
+    lrs, _ = _lrs(o.replace(lr=lr), updates_per_epoch=10)
+    assert max(lrs) == pytest.approx(lr) and lrs[-1] == pytest.approx(lr)
+    assert 'below --min-lr 1e-05' in learning_rate_warning(o.replace(lr=1e-6), 1e-6, 4)  # a given rate too
+    # a rate above --min-lr: no warning, and the cosine ends at --min-lr
+    assert learning_rate_warning(o, 1e-3, global_batch=1024) is None
+    lrs, _ = _lrs(o.replace(lr=1e-3), updates_per_epoch=10)
+    assert 0.9e-3 < max(lrs) <= 1e-3 and min(lrs) < 1e-4

@@ -150,3 +150,35 @@ def test_no_argparse_internals_in_the_package():
     for path in package.rglob('*.py'):
         text = path.read_text()
         assert '._actions' not in text and '_Default' not in text, path
+
+
+def _subcommands(parser, words=()):
+    """(words, parser) of every `cmtnet` subcommand, nested ones (`detect eval`) included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for word, sub in action.choices.items():
+                yield (*words, word), sub
+                yield from _subcommands(sub, (*words, word))
+
+
+def test_the_usage_line_and_the_help_agree_on_what_is_required():
+    from cmtnet.cli import build_parser
+    checked = 0
+    for words, parser in _subcommands(build_parser()):
+        text = parser.format_help()
+        usage = text.split('\n\n')[0]
+        while re.search(r'\[[^\[\]]*\]', usage):  # drop the optional parts, innermost first
+            usage = re.sub(r'\[[^\[\]]*\]', '', usage)
+        in_usage = set(re.findall(r'(?<![\w-])--[a-z0-9-]+', usage))
+        in_help = {a.option_strings[0] for a in parser._actions if a.option_strings and '(required' in (a.help or '')}
+        assert in_usage == in_help, words
+        checked += bool(in_help)
+    assert checked >= 9  # eval, predict, serve, export, quantize, detect and segment eval and predict
+
+
+def test_a_checkpoint_required_here_or_in_the_config_file(tmp_path, capsys):
+    from cmtnet.cli import build_parser
+    evaluate = next(sub for words, sub in _subcommands(build_parser()) if words == ('eval',))
+    assert '--checkpoint PATH [' in ' '.join(evaluate.format_usage().split())
+    assert main(['eval']) == 2
+    assert '--checkpoint is required (on the command line or in the --config file)' in capsys.readouterr().err

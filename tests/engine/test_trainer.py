@@ -103,6 +103,12 @@ def test_loss_terms_metrics_and_files(tmp_path):
     assert {'last.pth', 'model.safetensors', 'curves.png', 'config.yaml'} <= {p.name for p in (tmp_path / 'run').iterdir()}
 
 
+def test_a_rate_below_min_lr_is_warned_of_and_kept(tmp_path, caplog):
+    fit(Regression(), _options(tmp_path / 'run', lr=1e-6, min_lr=1e-5, warmup_lr=1e-7, warmup_epochs=1))
+    assert 'the learning rate 1e-06 (--lr) is below --min-lr 1e-05' in caplog.text
+    assert max(float(r['lr']) for r in _rows(tmp_path / 'run')) == pytest.approx(1e-6)
+
+
 def test_multistep_schedule_with_warmup_in_updates(tmp_path):
     fit(Regression(), _options(tmp_path / 'run', sched='multistep', decay_milestones=[2], decay_rate=0.1,
                                warmup_updates=4, warmup_lr=1e-4))
@@ -133,6 +139,18 @@ def test_interrupted_run_resumes_to_the_same_weights_and_metrics(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     drop = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]
     assert drop(_rows(broken)) == drop(_rows(whole))
+
+
+def test_the_ema_weights_are_one_file_written_with_every_checkpoint(tmp_path):
+    run, ema = tmp_path / 'run', dict(model_ema=True, model_ema_decay=0.9)
+    with pytest.raises(Stop):  # a crash in the 13th update, in the middle of epoch 2
+        fit(Regression(stop_at_update=13), _options(run, **ema))
+    during = safetensors.torch.load_file(run / 'model_ema.safetensors')  # written during the run
+    assert _same(during, load_state(run / 'last.pth')['model_ema'])
+    fit(Regression(), _options(run, resume=True, **ema))
+    final = safetensors.torch.load_file(run / 'model_ema.safetensors')
+    assert _same(final, load_state(run / 'last.pth')['model_ema']) and not _same(final, during)
+    assert [p.name for p in run.iterdir() if 'ema' in p.name] == ['model_ema.safetensors']
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -205,7 +205,10 @@ def test_eval_and_predict_at_bf16_agree_with_fp32(whole, data, tmp_path, capsys)
     for precision in ('fp32', 'bf16'):
         assert main(['segment', 'eval', '--checkpoint', checkpoint, *data[4:8], '--workers', '0',
                      '--precision', precision]) == 0
-        last = capsys.readouterr().out.strip().splitlines()[-1].split()
+        printed = capsys.readouterr().out.strip().splitlines()
+        path = 'fp32 unfolded' if precision == 'fp32' else 'bf16 folded on the CPU fast path'
+        assert any(f' on cmt_ti in {path}, ' in line for line in printed)  # the header says how it ran
+        last = printed[-1].split()
         summary[precision] = dict(zip(last[::2], map(float, last[1::2])))
         out = tmp_path / precision
         assert main(['segment', 'predict', '--checkpoint', checkpoint, data[5], '--output', str(out),

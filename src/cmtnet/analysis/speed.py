@@ -43,7 +43,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import reparameterize_model
 
 from ..engine.options import command_parser, option
-from ..errors import CommandError, InputError
+from ..errors import CommandError, InputError, did_you_mean
 from ..models import VARIANT_ARGS, cpu_fast_path, native_img_size, set_model_fused_attn
 from ..models.autocast_training import cpu_autocast_training
 from ..models.fast_path import applies_on
@@ -53,11 +53,13 @@ from .tables import Column, format_table
 from .plots import new_figure, save_figure
 
 __all__ = [
-    'BenchCommandOptions', 'BenchOptions', 'Result', 'bench_table', 'interleaved', 'peak_memory',
-    'practical_peak_gflops', 'run_bench', 'torch_threads', 'add_parser']
+    'BenchCommandOptions', 'BenchOptions', 'DEFAULT_BASELINE', 'Result', 'bench_table', 'default_baseline',
+    'interleaved', 'peak_memory', 'practical_peak_gflops', 'run_bench', 'torch_threads', 'add_parser']
 
 CMT_PATHS = ('eager', 'channels_last', 'fused', 'fused_cl', 'fused_compiled', 'onnxruntime')
 PRECISIONS = ('fp32', 'bf16', 'int8', 'int8-bf16')
+# the baseline of a run that measures it: the unfused model at the authors' code's speed
+DEFAULT_BASELINE = 'cmt_s:eager:fp32'
 COMPILED_PATHS = ('compiled', 'fused_compiled', 'train_compiled')
 PEER_PATHS = ('eager', 'channels_last', 'compiled')
 TRAIN_PATHS = ('train_eager', 'train_cl', 'train_compiled')
@@ -129,7 +131,9 @@ class BenchOptions:
                                    f'training: {", ".join(TRAIN_PATHS)}')
     precision: List[str] = option(default_factory=lambda: ['fp32'], choices=list(PRECISIONS),
                                   help='precisions each path runs at, where they apply (see the docs)')
-    baseline: str = option('cmt_s:eager', help='MODEL:PATH[:PRECISION] the ratios are relative to (fp32 if left out)')
+    baseline: Optional[str] = option(
+        None, help='MODEL:PATH[:PRECISION] the ratios are relative to (fp32 if left out)',
+        unset=f'{DEFAULT_BASELINE} where the run measures it, else the first model, path and precision asked for')
     batch_size: int = option(16, help='images per step')
     warmup: int = option(1, help='untimed steps first (compiling happens there)')
     rounds: int = option(5, help='timed interleaved rounds (median reported)')
@@ -143,10 +147,14 @@ class BenchOptions:
         known = set(CMT_PATHS) | set(PEER_PATHS) | set(TRAIN_PATHS)
         for path in self.paths:
             if path not in known:
-                raise InputError(f'unknown path {path!r}; expected some of {", ".join(sorted(known))}')
+                raise InputError(f'unknown path {path!r}; expected some of {", ".join(sorted(known))}'
+                                 f'{did_you_mean(path, known)}')
         for name in self.models:
             if name not in VARIANT_ARGS and not timm.is_model(name):
-                raise InputError(f'unknown model {name!r}: not a CMT variant nor a timm model')
+                raise InputError(f'unknown model {name!r}: not a CMT variant nor a timm model'
+                                 f'{did_you_mean(name, [*VARIANT_ARGS, *timm.list_models()])}')
+        if self.baseline is None:
+            self.baseline = default_baseline(self.models, self.paths, self.precision)
         if not 2 <= len(self.baseline.split(':')) <= 3:
             raise InputError(f'--baseline must be MODEL:PATH or MODEL:PATH:PRECISION, got {self.baseline!r}')
         if len(self.baseline.split(':')) == 2:
@@ -315,6 +323,13 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def default_baseline(models: Sequence[str], paths: Sequence[str], precisions: Sequence[str]) -> str:
+    """`DEFAULT_BASELINE` where the run measures it, else the first model, path and precision it measures (the
+    order `run_bench` builds them in), so that a run of other models still has ratios."""
+    runs = [f'{m}:{p}:{q}' for m in models for p in paths for q in precisions if _applies(m, p, q)]
+    return DEFAULT_BASELINE if DEFAULT_BASELINE in runs or not runs else runs[0]
 
 
 def _applies(name: str, path: str, precision: str) -> bool:

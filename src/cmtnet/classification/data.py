@@ -21,7 +21,7 @@ from torchvision.datasets import ImageFolder
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment, create_transform
 
 from ..engine.data import digits_split
-from ..errors import InputError
+from ..errors import InputError, did_you_mean_path
 
 __all__ = ['DigitsDataset', 'build_dataset', 'default_eval_split', 'eval_transform', 'train_transform']
 
@@ -67,7 +67,7 @@ def build_dataset(root: Optional[Union[str, Path]], split: str, img_size: int) -
         return DigitsDataset(split, img_size)
     folder = Path(root) / split
     if not Path(root).is_dir():
-        raise InputError(f'data folder {root} does not exist')
+        raise InputError(f'data folder {root} does not exist{did_you_mean_path(root)}')
     if not folder.is_dir():
         raise InputError(
             f'data folder {root} has no {split}/ folder; expected {root}/{split}/<class>/<image> '

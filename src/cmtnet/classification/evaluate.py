@@ -1,5 +1,7 @@
 """Evaluation: top-1 / top-5 accuracy, loss and a confusion matrix, and `cmtnet eval`.
 
+Top-5 is left out for a classifier of 5 classes or fewer, where it would be 100% by construction.
+
     cmtnet eval --checkpoint runs/demo/model.safetensors                  # the digits test split
     cmtnet eval --checkpoint cmt_small.pth --model cmt_s --data /path/imagenet
 
@@ -19,16 +21,21 @@ from timm.utils import accuracy
 from ..checkpoints import checkpoint_info, create_model
 from ..int8_program import is_quantized_file, load_quantized
 from ..engine.data import ReadableImages, eval_loader, own_images
-from ..errors import InputError
+from ..errors import InputError, did_you_mean
 from ..models.variants import VARIANT_ARGS, check_img_size, native_img_size
-from ..runtime import all_reduce, amp_dtype, autocast, distributed, inference_model, to_device
+from ..runtime import all_reduce, amp_dtype, autocast, distributed, inference_model, inference_path, to_device
 from .data import build_dataset, default_eval_split, eval_transform
 from .options import EvalOptions, ModelOptions
 
-__all__ = ['MAX_CONFUSION_CLASSES', 'eval_command', 'evaluate', 'format_confusion', 'load_for_inference']
+__all__ = ['MAX_CONFUSION_CLASSES', 'eval_command', 'evaluate', 'format_confusion', 'has_top5', 'load_for_inference']
 
 # a confusion matrix is printed for at most this many classes
 MAX_CONFUSION_CLASSES = 20
+
+
+def has_top5(num_classes: int) -> bool:
+    """Whether top-5 accuracy says anything: with 5 classes or fewer every image is in its top 5."""
+    return num_classes > 5
 
 
 @torch.no_grad()
@@ -40,8 +47,8 @@ def evaluate(
         amp: Optional[torch.dtype] = None,
         channels_last: bool = False,
 ) -> Dict[str, Any]:
-    """Loss, top-1 and top-5 accuracy (in %), image count and confusion matrix of `model` on `loader`
-    (batches of `ReadableImages`: unreadable images are left out and counted as `skipped`).
+    """Loss, top-1 and top-5 accuracy (in %; top-5 only where `has_top5`), image count and confusion matrix of
+    `model` on `loader` (batches of `ReadableImages`: unreadable images are left out and counted as `skipped`).
 
     Under torch.distributed the sums are reduced over the processes, which must each hold a shard.
     """
@@ -70,15 +77,17 @@ def evaluate(
     all_reduce(sums, confusion)
     loss, correct1, correct_k, count, skipped = sums.tolist()
     count = max(count, 1.)
-    return dict(
+    result = dict(
         loss=loss / count,
         top1=100 * correct1 / count,
-        top5=100 * correct_k / count,
         count=int(count),
         correct=int(round(correct1)),
         skipped=int(skipped),
         confusion=confusion.view(num_classes, num_classes).cpu(),
     )
+    if has_top5(num_classes):
+        result['top5'] = 100 * correct_k / count
+    return result
 
 
 def format_confusion(confusion: torch.Tensor, class_names: Sequence[str]) -> str:
@@ -115,13 +124,15 @@ def _load_quantized_for_inference(options: ModelOptions, device: torch.device) -
         crop_pct=options.crop_pct or meta['crop_pct'],
         interpolation=options.interpolation or meta['interpolation'],
         class_names=meta['class_names'],
+        path=f'{meta["mode"]} program' + ('' if options.compile else ' (its reference float ops)'),
     )
 
 
 def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str, Any]:
     """The model of `--checkpoint` on `device` at `--precision`, with its name, input size, crop,
-    interpolation and class names: the options first, then the checkpoint's metadata, then the model's
-    native defaults. An int8 program (`cmtnet quantize`) comes as it was quantized."""
+    interpolation, class names and how it runs (`path`, `runtime.inference_path`): the options first, then
+    the checkpoint's metadata, then the model's native defaults. An int8 program (`cmtnet quantize`) comes as
+    it was quantized."""
     if not options.checkpoint:
         raise InputError('--checkpoint is required (on the command line or in the --config file)')
     if is_quantized_file(options.checkpoint):
@@ -132,7 +143,8 @@ def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str,
         raise InputError(
             f'{options.checkpoint} does not say which model it holds; pass --model ({", ".join(VARIANT_ARGS)})')
     if name not in VARIANT_ARGS:
-        raise InputError(f'unknown model {name!r}; expected one of {", ".join(VARIANT_ARGS)}')
+        raise InputError(f'unknown model {name!r}; expected one of {", ".join(VARIANT_ARGS)}'
+                         f'{did_you_mean(name, VARIANT_ARGS)}')
     img_size = options.img_size or meta.get('img_size') or native_img_size(name)
     check_img_size(img_size, '--img-size')
     model = create_model(name, options.checkpoint, num_classes=num_classes, img_size=img_size)
@@ -144,6 +156,7 @@ def load_for_inference(options: ModelOptions, device: torch.device) -> Dict[str,
         crop_pct=options.crop_pct or meta.get('crop_pct', 0.875),
         interpolation=options.interpolation or meta.get('interpolation', 'bicubic'),
         class_names=meta.get('class_names'),
+        path=inference_path(options.precision, device),
     )
 
 
@@ -169,7 +182,7 @@ def eval_command(options: EvalOptions) -> Dict[str, Any]:
                           options.channels_last)
     if processes.is_main:
         source = f'{options.data}/{split}' if options.data else f'the digits {split} split'
-        print(f'{setup["name"]} at {setup["img_size"]}px ({options.checkpoint}) on {source}: '
+        print(f'{setup["name"]} at {setup["img_size"]}px in {setup["path"]} ({options.checkpoint}) on {source}: '
               f'{result["count"]} images, loss {result["loss"]:.4f}')
         if result['skipped']:
             print(f'skipped {result["skipped"]} unreadable image(s)')
@@ -177,6 +190,7 @@ def eval_command(options: EvalOptions) -> Dict[str, Any]:
             print(f'compiling the int8 program for batches of {batch}: {seconds:.1f} s (its first call)')
         if len(class_names) <= MAX_CONFUSION_CLASSES:
             print(format_confusion(result['confusion'], class_names))
-        print(f'top-{min(5, len(class_names))} accuracy: {result["top5"]:.2f}%')
+        if 'top5' in result:
+            print(f'top-5 accuracy: {result["top5"]:.2f}%')
         print(f'{split} accuracy (top-1): {result["top1"]:.2f}% ({result["correct"]}/{result["count"]} images)')
     return result

@@ -71,8 +71,8 @@ class TrainOptions(RunOptions):
 class ModelOptions:
     """Which weights, at which size, on which device: shared by `cmtnet eval` and `cmtnet predict`."""
     checkpoint: Optional[str] = option(
-        None, metavar='PATH', help='weights (required): our .safetensors / .pth, a released checkpoint (with '
-                                   '--model), or an int8 program written by cmtnet quantize (.pt2)')
+        None, metavar='PATH', required=True, help='weights: our .safetensors / .pth, a released checkpoint (with '
+                                                  '--model), or an int8 program written by cmtnet quantize (.pt2)')
     model: Optional[str] = option(None, choices=list(VARIANT_ARGS), help='CMT variant',
                                   unset='the one named in the checkpoint')
     img_size: Optional[int] = option(None, metavar='N', help='input side, a multiple of 32',

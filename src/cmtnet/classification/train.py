@@ -6,7 +6,7 @@
 The task gives the engine an ImageFolder tree (or the embedded digits) with timm's augmentation
 (RandAugment, random erasing, repeated augmentation), mixup / cutmix with a soft-target loss (or label
 smoothing), the CMT model (fresh, or fine-tuned from released or own weights with the classifier reset and
-the position biases resized), and top-1 / top-5 evaluation. The engine does the rest (see
+the position biases resized), and top-1 / top-5 evaluation (top-5 above 5 classes only). The engine does the rest (see
 cmtnet.engine.trainer): `cmtnet train` runs this from one CPU to many GPUs under torchrun.
 """
 from typing import Any, Dict, List, Set
@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..models.variants import check_img_size, native_img_size
 from ..runtime import Processes, amp_dtype, to_device
 from .data import build_dataset, default_eval_split, eval_transform, train_transform
-from .evaluate import evaluate
+from .evaluate import evaluate, has_top5
 from .options import TrainOptions
 
 __all__ = ['ClassificationTask', 'train']
@@ -68,6 +68,7 @@ class ClassificationTask(Task):
             raise InputError(f'the classes of {self.val_split} ({val_set.classes[:5]}...) differ from those of '
                              f'{o.train_split} ({self.class_names[:5]}...)')
         self.num_classes = len(self.class_names)
+        self.ema_metrics = ('top1', 'top5') if has_top5(self.num_classes) else ('top1',)
         if o.num_classes is not None and o.num_classes != self.num_classes:
             raise InputError(f'--num-classes is {o.num_classes}, but the data has {self.num_classes} classes')
         pin = processes.device.type == 'cuda'
@@ -109,7 +110,7 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: nn.Module) -> Dict[str, float]:
         result = evaluate(model, self.val_loader, self.num_classes, self.device, self.amp, self.options.channels_last)
-        return {k: result[k] for k in ('loss', 'top1', 'top5')}
+        return {k: result[k] for k in ('loss', 'top1', 'top5') if k in result}
 
     def no_weight_decay(self, model: nn.Module) -> Set[str]:
         return set() if self.options.wd_pos_bias else model.no_weight_decay()
@@ -124,9 +125,10 @@ class ClassificationTask(Task):
                 f'{len(self.train_loader.dataset)} training images')
 
     def format_metrics(self, row: Dict[str, Any]) -> str:
+        top5 = f'  top-5 {row["val_top5"]:.2f}%' if 'val_top5' in row else ''
         ema = f'  ema top-1 {row["ema_top1"]:.2f}%' if 'ema_top1' in row else ''
-        return (f'train loss {row["train_loss"]:.4f}  val loss {row["val_loss"]:.4f}  top-1 {row["val_top1"]:.2f}%  '
-                f'top-5 {row["val_top5"]:.2f}%{ema}')
+        return (f'train loss {row["train_loss"]:.4f}  val loss {row["val_loss"]:.4f}  top-1 {row["val_top1"]:.2f}%'
+                f'{top5}{ema}')
 
     def summary(self, last: Dict[str, Any], best: float, best_epoch: int) -> str:
         ema = f', EMA {last["ema_top1"]:.2f}%' if 'ema_top1' in last else ''

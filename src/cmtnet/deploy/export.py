@@ -6,9 +6,16 @@ position-bias resize stays in the graph. ONNX goes through the TorchScript-based
 other than the model's own so that the resize is recorded (at the model's own size it is then an exact
 identity) and the batch, height and width axes are left dynamic; TorchScript is `torch.jit.script`, which
 keeps the Python control flow. Every export is run back (onnxruntime, or the loaded TorchScript module) at
-the model's own size and another, and compared with the unfused eager model.
+the checkpoint's input size (the variant's own without one) and another, and compared with the unfused eager
+model. The model name comes from the checkpoint where it records one (our .safetensors do).
 
-    cmtnet export cmt_s --checkpoint run/best.safetensors --format onnx --output cmt_s.onnx
+An ONNX file carries what a client needs besides the graph, as its metadata (`metadata_props`, strings;
+onnxruntime's `get_modelmeta().custom_metadata_map`): `model`, `img_size`, `crop_pct`, `interpolation`,
+`mean` and `std` (JSON lists) and `class_names` (a JSON list, the labels `cmtnet predict` prints). An image
+prepared as `classification.data.eval_transform` does with them gives the logits of `cmtnet predict`.
+
+    cmtnet export --checkpoint run/best.safetensors --format onnx --output cmt_s.onnx
+    cmtnet export cmt_s --checkpoint cmt_small.pth --output cmt_s.onnx       # a released checkpoint
 
 `--quantize int8` writes instead the int8 form of that ONNX file: onnxruntime's static post-training
 quantization in the QDQ format (QuantizeLinear / DequantizeLinear pairs on the inputs of every Conv and
@@ -29,25 +36,28 @@ fixed graph also drops the position-bias resize.
     cmtnet export cmt_s --checkpoint run/best.safetensors --quantize int8 --data /path/imagenet -o cmt_s_int8.onnx
 """
 import argparse
+import json
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.utils import reparameterize_model
 
 from ..checkpoints import atomic_write, checkpoint_info, create_model
+from ..classification.predict import class_labels
 from ..engine.options import add_command, option
-from ..errors import CommandError, InputError
-from ..models import NET_STRIDE, check_img_size, native_img_size, set_model_fused_attn
+from ..errors import CommandError, InputError, did_you_mean
+from ..models import NET_STRIDE, VARIANT_ARGS, check_img_size, native_img_size, set_model_fused_attn
 from .quantize import calibration_batches, check_calibration_flags
 
 __all__ = ['ExportOptions', 'Int8Check', 'agreement', 'export_int8', 'export_model', 'export_onnx',
-           'export_torchscript', 'parity', 'quantize_onnx', 'add_parser']
+           'export_torchscript', 'parity', 'quantize_onnx', 'add_parser', 'write_onnx_metadata']
 
 FORMATS = ('onnx', 'torchscript')
 QUANTIZATIONS = ('int8',)
@@ -63,7 +73,9 @@ CHECK_IMAGES = 128
 @dataclass
 class ExportOptions:
     """What `cmtnet export` does: which model and weights, which format, where, and how it is checked."""
-    model: str = option(positional=True, help='CMT variant (cmt_ti, cmt_xs, cmt_s, cmt_b)')
+    model: Optional[str] = option(None, positional=True, help='CMT variant (cmt_ti, cmt_xs, cmt_s, cmt_b)',
+                                  unset='the one named in the checkpoint')
+    _: KW_ONLY  # the rest by keyword only, as `model` may be left out
     output: Path = option(flags=('--output', '-o'), help='file to write (.onnx or .pt)')
     format: str = option('onnx', choices=FORMATS, help='file format')
     checkpoint: Optional[Path] = option(None, help='weights: our .safetensors/.pth or a released checkpoint')
@@ -224,48 +236,106 @@ class Int8Check:
     rel_err: float
 
 
-def _input_setup(options: ExportOptions) -> Tuple[int, float, str]:
-    """(input side, crop_pct, interpolation) of the checkpoint's training, or the variant's defaults."""
-    meta = checkpoint_info(options.checkpoint)[1] if options.checkpoint is not None else {}
-    size = meta.get('img_size', native_img_size(options.model))
-    return size, meta.get('crop_pct', 0.875), meta.get('interpolation', 'bicubic')
+@dataclass
+class _Source:
+    """What is exported: the variant, and the input size, crop, interpolation and labels of its checkpoint's
+    training (the variant's defaults without a checkpoint)."""
+    model: str
+    img_size: int
+    crop_pct: float
+    interpolation: str
+    class_names: List[str]
+
+
+def _source(options: ExportOptions) -> _Source:
+    """The model name (given, or else the checkpoint's) and the checkpoint's input set-up; InputError where
+    neither names a model."""
+    num_classes, meta = checkpoint_info(options.checkpoint) if options.checkpoint is not None else (1000, {})
+    name = options.model or meta.get('model')
+    if name is None:
+        where = (f'{options.checkpoint} does not record one' if options.checkpoint is not None
+                 else 'there is no --checkpoint to read it from')
+        raise InputError(f'give the model name, one of {", ".join(VARIANT_ARGS)} (`cmtnet export cmt_s ...`): {where}')
+    if name not in VARIANT_ARGS:
+        raise InputError(f'unknown model {name!r}; expected one of {", ".join(VARIANT_ARGS)}'
+                         f'{did_you_mean(name, VARIANT_ARGS)}')
+    size = meta.get('img_size', native_img_size(name))
+    check_img_size(size, f'the input size of {options.checkpoint}')
+    return _Source(name, size, meta.get('crop_pct', 0.875), meta.get('interpolation', 'bicubic'),
+                   class_labels(num_classes, meta.get('class_names')))
+
+
+def _onnx_metadata(source: _Source) -> Dict[str, str]:
+    """The ONNX metadata of an export: what a client needs to prepare an image as `eval_transform` does (its
+    normalisation is timm's ImageNet mean and std) and to name the classes."""
+    return dict(model=source.model, img_size=str(source.img_size), crop_pct=str(source.crop_pct),
+                interpolation=source.interpolation, mean=json.dumps(list(IMAGENET_DEFAULT_MEAN)),
+                std=json.dumps(list(IMAGENET_DEFAULT_STD)), class_names=json.dumps(source.class_names))
+
+
+def write_onnx_metadata(path: Path, metadata: Dict[str, str]) -> None:
+    """Set the `metadata_props` of the ONNX file at `path`."""
+    import onnx
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, metadata)
+    data = graph.SerializeToString()
+    atomic_write(path, lambda f: f.write(data))
+
+
+def _shown_metadata(metadata: Dict[str, str]) -> str:
+    """The metadata as `export` prints it: every entry, a long list of class names cut short."""
+    names = json.loads(metadata['class_names'])
+    shown = dict(metadata)
+    if len(names) > 10:
+        shown['class_names'] = json.dumps(names[:5])[:-1] + f', ... ({len(names)} names)]'
+    return 'ONNX metadata: ' + '; '.join(f'{k} {v}' for k, v in shown.items())
 
 
 def export_int8(options: ExportOptions) -> Tuple[Int8Check, nn.Module]:
     """Export the model (fused) as fp32 ONNX at one input size, quantize it to int8 on calibration images and
     check it on the images that follow them: (the check, the model)."""
-    size, crop_pct, interpolation = _input_setup(options)
-    check_img_size(size, f'the input size of {options.checkpoint}')
-    batches = list(calibration_batches(size, crop_pct, interpolation, options.calibration_images, options.data,
-                                       limit=options.calibration_size + CHECK_IMAGES))
+    source = _source(options)
+    size = source.img_size
+    batches = list(calibration_batches(size, source.crop_pct, source.interpolation, options.calibration_images,
+                                       options.data, limit=options.calibration_size + CHECK_IMAGES))
     if not batches:
         raise InputError(f'no readable calibration image in {options.calibration_images or options.data}')
     images = torch.cat(batches)
     calibration, held_out = images[:options.calibration_size], images[options.calibration_size:]
-    reference = create_model(options.model, options.checkpoint, img_size=size, dynamic_img_size=True).eval()
+    reference = create_model(source.model, options.checkpoint, img_size=size, dynamic_img_size=True).eval()
     model = _folded(reference) if options.fuse else reference
     options.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='cmtnet-export-') as tmp:
         fp32 = Path(tmp) / 'fp32.onnx'
         export_onnx(model, fp32, size, options.opset, dynamic=False)
         quantize_onnx(fp32, options.output, calibration.split(32))
+    write_onnx_metadata(options.output, _onnx_metadata(source))
     checked = held_out if len(held_out) else calibration  # a folder too small to hold any out
     same, err = agreement(options.output, reference, checked)
     return Int8Check(size, len(checked), bool(len(held_out)), same, err), model
 
 
 def export_model(options: ExportOptions) -> Tuple[Dict[int, float], nn.Module]:
-    """Build (and fuse) the model, export it and check it: (relative error per checked size, the model)."""
-    size = native_img_size(options.model)
-    reference = create_model(options.model, options.checkpoint, dynamic_img_size=True).eval()
+    """Build (and fuse) the model at its checkpoint's input size, export it (ONNX with its metadata) and
+    check it: (relative error per checked size, the model)."""
+    source = _source(options)
+    size = source.img_size
+    reference = create_model(source.model, options.checkpoint, img_size=size, dynamic_img_size=True).eval()
     model = _folded(reference) if options.fuse else reference
     options.output.parent.mkdir(parents=True, exist_ok=True)
     if options.format == 'onnx':
         export_onnx(model, options.output, size, options.opset)
+        write_onnx_metadata(options.output, _onnx_metadata(source))
     else:
         export_torchscript(model, options.output)
     sizes = options.check_sizes or [size, _other_size(size)]
     return parity(options.output, options.format, reference, sizes, options.batch_size), model
+
+
+def _onnx_file_metadata(path: Path) -> Dict[str, str]:
+    """The metadata an ONNX file holds."""
+    import onnx
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
 def _run_int8(options: ExportOptions) -> int:
@@ -276,6 +346,7 @@ def _run_int8(options: ExportOptions) -> int:
     if not check.agreement >= options.min_agreement:
         raise CommandError(f'{options.output} agrees with the eager model on {check.agreement:.1%} of the images, '
                            f'less than --min-agreement {options.min_agreement:g}')
+    print(_shown_metadata(_onnx_file_metadata(options.output)))
     print(f'wrote {options.output}')
     return 0
 
@@ -290,6 +361,8 @@ def _run(options: ExportOptions) -> int:
     if not worst <= options.tolerance:
         raise CommandError(f'{options.output} differs from the eager model by {worst:.2e} (relative), '
                            f'more than --tolerance {options.tolerance:g}')
+    if options.format == 'onnx':
+        print(_shown_metadata(_onnx_file_metadata(options.output)))
     print(f'wrote {options.output}')
     return 0
 

@@ -28,7 +28,7 @@ from torchvision.ops.feature_pyramid_network import (
 )
 
 from ..checkpoints import create_model
-from ..errors import InputError
+from ..errors import InputError, did_you_mean_path
 from ..models.variants import VARIANT_ARGS
 
 __all__ = ['BATCH_NORM_MODES', 'CMTFeaturePyramid', 'FPN_CHANNELS', 'PYRAMIDS', 'cmt_fpn_backbone']
@@ -127,7 +127,8 @@ def cmt_fpn_backbone(
     if batch_norm is None:
         batch_norm = 'frozen' if backbone_weights else 'train'
     if backbone_weights is not None and not Path(backbone_weights).is_file():
-        raise InputError(f'backbone weights {backbone_weights} not found (expected a CMT .pth or .safetensors file)')
+        raise InputError(f'backbone weights {backbone_weights} not found (expected a CMT .pth or .safetensors '
+                         f'file){did_you_mean_path(backbone_weights)}')
     stages = PYRAMIDS[pyramid]
     # num_classes=0: the classifier of a checkpoint is dropped, not loaded; the features stop at stage 4
     body = create_model(

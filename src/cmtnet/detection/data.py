@@ -38,7 +38,7 @@ from torchvision.transforms import v2
 from torchvision.datasets import wrap_dataset_for_transforms_v2
 
 from ..engine.data import ReadableImages
-from ..errors import InputError
+from ..errors import InputError, did_you_mean_path
 from .synthetic import write_synthetic_coco
 
 __all__ = ['CocoSet', 'DetectionSamples', 'coco_layout', 'collate', 'data_paths', 'read_coco', 'train_hflip']
@@ -68,7 +68,7 @@ def coco_layout(root: PathLike) -> Dict[str, Tuple[Path, Path]]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f'--data {root}: no such folder; expected the COCO 2017 layout '
-                         f'(annotations/, train2017/, val2017/)')
+                         f'(annotations/, train2017/, val2017/){did_you_mean_path(root)}')
     return {s: (root / f'{s}2017', root / 'annotations' / f'instances_{s}2017.json') for s in ('train', 'val')}
 
 
@@ -127,7 +127,7 @@ class CocoSet:
 
 def _load_json(path: Path) -> Dict[str, Any]:
     if not path.is_file():
-        raise InputError(f'annotation file {path} does not exist')
+        raise InputError(f'annotation file {path} does not exist{did_you_mean_path(path)}')
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -174,7 +174,7 @@ def read_coco(
     annotations, images = Path(annotations), Path(images)
     data = _load_json(annotations)
     if not images.is_dir():
-        raise InputError(f'image folder {images} (for {annotations}) does not exist')
+        raise InputError(f'image folder {images} (for {annotations}) does not exist{did_you_mean_path(images)}')
     cats = [_entry(annotations, 'categories', i, c, ('id', 'name')) for i, c in enumerate(data['categories'])]
     category_ids = [int(c['id']) for c in cats]
     if not cats:

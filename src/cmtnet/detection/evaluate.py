@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..checkpoints import atomic_write
 from ..engine.data import eval_loader
-from ..runtime import amp_dtype, autocast, distributed
+from ..runtime import amp_dtype, autocast, distributed, inference_path
 from .builders import DETECTION, HAS_BACKGROUND, detector_from_checkpoint, detector_in_precision
 from .data import CocoSet, DetectionSamples, collate, data_paths, read_coco
 from .options import DetectEvalOptions
@@ -159,7 +159,8 @@ def eval_command(options: DetectEvalOptions) -> Dict[str, float]:
             output = Path(o.output) if o.output else checkpoint.parent
             output.mkdir(parents=True, exist_ok=True)
             atomic_write(output / 'coco_results.json', lambda f: f.write(json.dumps(results).encode()))
-            print(f'{meta["detector"]} on {meta["model"]}, {checkpoint} on {val_set.describe()}')
+            print(f'{meta["detector"]} on {meta["model"]} in {inference_path(o.precision, p.device)}, {checkpoint} on '
+                  f'{val_set.describe()}')
             print(summary)
             print(f'COCO results: {output / "coco_results.json"}')
     return metrics

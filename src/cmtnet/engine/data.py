@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from ..errors import InputError
+from ..errors import InputError, did_you_mean_path
 from .sampling import RepeatedAugmentationSampler, ResumableSampler, seeded
 
 __all__ = [
@@ -55,7 +55,7 @@ def find_images(paths: Sequence[PathLike]) -> List[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise InputError(f'{path} does not exist')
+            raise InputError(f'{path} does not exist{did_you_mean_path(path)}')
     return found
 
 

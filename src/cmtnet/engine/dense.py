@@ -67,8 +67,8 @@ class DenseKind:
 
     def checkpoint_option(self) -> Any:
         """`--checkpoint` of this task's eval and predict."""
-        return option(None, metavar='PATH', help=f'weights a {self.name} run wrote (required), e.g. '
-                                                 f'runs/{self.command}/model.safetensors')
+        return option(None, metavar='PATH', required=True, help=f'weights a {self.name} run wrote, e.g. '
+                                                                f'runs/{self.command}/model.safetensors')
 
 
 def images_option(split: str) -> Any:
@@ -98,7 +98,7 @@ class DenseOptions:
     `checkpoint`'s help, `DenseKind.checkpoint_option`), where and how they run; --help lists the latter after
     the task's own options."""
     listed_last: ClassVar[Tuple[str, ...]] = ('device', 'amp', 'precision', 'config')
-    checkpoint: Optional[str] = option(None, metavar='PATH', help='weights a run wrote (required)')
+    checkpoint: Optional[str] = option(None, metavar='PATH', required=True, help='weights a run wrote')
     device: Optional[str] = device_option()
     amp: str = amp_option(_AMP_HELP)
     precision: str = precision_option()

@@ -1,7 +1,9 @@
 """Optimisation from timm's components: the learning rate rule, optimizer, schedule, EMA and loss scaler.
 
 The learning rate is `lr`, or else `lr_base` x global batch / `lr_base_size` (the global batch is the
-per-process batch x processes x accumulation steps). Weight decay never applies to norms and biases, nor
+per-process batch x processes x accumulation steps). The schedule never rises above that base rate: where
+`min_lr` (or `warmup_lr`) is higher, as the scaled rate of a small batch can be, the schedule takes the base
+rate instead, and the run says so (`learning_rate_warning`). Weight decay never applies to norms and biases, nor
 to the parameters the task exempts. Any timm optimizer and schedule can be named; the schedule steps per
 update unless `step_on_epochs`.
 
@@ -23,7 +25,7 @@ from ..errors import InputError
 from .options import RunOptions
 
 __all__ = ['AUTO_WARMUP_EPOCHS', 'check_optimisation', 'create_ema', 'create_optimizer', 'create_scaler',
-           'create_scheduler', 'learning_rate', 'schedule_stretch', 'warmup_epochs']
+           'create_scheduler', 'learning_rate', 'learning_rate_warning', 'schedule_stretch', 'warmup_epochs']
 
 # the automatic warm-up: timm's train.py default, capped at this fraction of a short run
 AUTO_WARMUP_EPOCHS = 5
@@ -56,6 +58,18 @@ def learning_rate(o: RunOptions, global_batch: int) -> float:
     return o.lr if o.lr is not None else o.lr_base * global_batch / o.lr_base_size
 
 
+def learning_rate_warning(o: RunOptions, lr: float, global_batch: int) -> Optional[str]:
+    """What a run whose base rate `lr` is below `--min-lr` says: both values, the rule that gave the rate, and
+    that the schedule then stays at the base rate; None for a rate at or above `--min-lr`."""
+    if lr >= o.min_lr:
+        return None
+    rule = ('--lr' if o.lr is not None else
+            f'--lr-base {o.lr_base:g} x global batch {global_batch} / --lr-base-size {o.lr_base_size}')
+    return (f'the learning rate {lr:.3g} ({rule}) is below --min-lr {o.min_lr:g}: the schedule stays at '
+            f'{lr:.3g} instead of rising to {o.min_lr:g}. Pass --lr, or an --lr-base-size near the global batch, '
+            f'for a larger rate')
+
+
 def create_optimizer(model: nn.Module, o: RunOptions, lr: float, no_weight_decay: Iterable[str]) -> torch.optim.Optimizer:
     groups = param_groups_weight_decay(model, o.weight_decay, no_weight_decay_list=tuple(no_weight_decay))
     return create_optimizer_v2(groups, opt=o.opt, lr=lr, weight_decay=o.weight_decay)
@@ -71,12 +85,14 @@ def schedule_stretch(o: RunOptions, updates_per_epoch: int) -> int:
 def create_scheduler(optimizer: torch.optim.Optimizer, o: RunOptions, updates_per_epoch: int) -> Tuple[Scheduler, int]:
     """The schedule and the total number of epochs (cool-down included). A warm-up given in updates
     (`warmup_updates`, as detection schedules count it) takes the place of `warmup_epochs`. With
-    `min_updates`, a schedule that would be shorter is stretched (`schedule_stretch`)."""
+    `min_updates`, a schedule that would be shorter is stretched (`schedule_stretch`). `min_lr` and `warmup_lr`
+    are capped at the optimizer's base rate, so that the schedule never rises above it."""
+    base = max(group['lr'] for group in optimizer.param_groups)
     stretch = schedule_stretch(o, updates_per_epoch)
     warmup = o.warmup_updates / updates_per_epoch if o.warmup_updates else warmup_epochs(o) * stretch
     return create_scheduler_v2(
         optimizer, o.sched, num_epochs=o.epochs * stretch, decay_milestones=[m * stretch for m in o.decay_milestones],
-        decay_rate=o.decay_rate, warmup_epochs=warmup, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
+        decay_rate=o.decay_rate, warmup_epochs=warmup, warmup_lr=min(o.warmup_lr, base), min_lr=min(o.min_lr, base),
         cooldown_epochs=o.cooldown_epochs * stretch, step_on_epochs=o.step_on_epochs,
         updates_per_epoch=updates_per_epoch)
 

@@ -15,6 +15,7 @@ This is a small layer on argparse's public API, not jsonargparse or tyro, becaus
 argument's default is `argparse.SUPPRESS`, so that the namespace holds only what was typed.
 """
 import argparse
+import copy
 import dataclasses
 import functools
 import typing
@@ -24,10 +25,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from ..errors import InputError
+from ..errors import InputError, did_you_mean_path
 
-__all__ = ['SCHEDULES', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'command_parser', 'config_option',
-           'device_option', 'option', 'options_from', 'parse', 'precision_option', 'write_config']
+__all__ = ['SCHEDULES', 'HelpFormatter', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'command_parser',
+           'config_option', 'device_option', 'option', 'options_from', 'parse', 'precision_option', 'write_config']
 
 Options = TypeVar('Options')
 
@@ -52,6 +53,7 @@ def option(
         repeat: bool = False,
         positional: bool = False,
         group: Optional[str] = None,
+        required: bool = False,
 ) -> Any:
     """A dataclass field that is also a command-line option.
 
@@ -60,9 +62,14 @@ def option(
     and whether it takes several values come from the annotation (`Optional[int]`, `List[float]`); `repeat`
     makes a list a repeatable flag, `positional` an argument without a flag. `unset` says what an unset (None
     or empty) default means, for `--help`; `group` names the help section the option is listed in.
+
+    `required` marks an option, None by default, that the command cannot run without but that the `--config`
+    file may give instead of the command line: the usage line shows it as required and its help says so, while
+    argparse lets it be left out (the config file is read after parsing) and the command refuses a missing value
+    with its own message. A field without a default is required on the command line itself.
     """
     spec = dict(help=help, unset=unset, flags=tuple(flags), metavar=metavar, choices=choices, nargs=nargs,
-                type=type, repeat=repeat, positional=positional, group=group)
+                type=type, repeat=repeat, positional=positional, group=group, required=required)
     return dataclasses.field(default=default, default_factory=default_factory, metadata={_KEY: spec})
 
 
@@ -192,14 +199,17 @@ def _shown(value: Any) -> str:
 
 
 def _help(spec: Dict[str, Any], default: Any) -> str:
+    """The help of an option, with its default, or with `(required)` where the usage line shows it required."""
     text = spec['help']
-    if default is None or (isinstance(default, (list, tuple)) and not default):
-        shown = spec['unset']
-    elif default is dataclasses.MISSING or default is False or (spec['flags'] and isinstance(default, bool)):
-        shown = None  # required, or a switch that is off, or a flag whose meaning is its name
-    else:
-        shown = _shown(default)
-    text = text if shown is None else f'{text} (default: {shown})'
+    if spec['required']:
+        text = f'{text} (required, here or in the --config file)'
+    elif default is dataclasses.MISSING:
+        text = text if spec['positional'] else f'{text} (required)'
+    elif default is None or (isinstance(default, (list, tuple)) and not default):
+        text = f'{text} (default: {spec["unset"]})' if spec['unset'] is not None else text
+    elif default is not False and not (spec['flags'] and isinstance(default, bool)):
+        # (a switch that is off, and a flag whose meaning is its name, show no default)
+        text = f'{text} (default: {_shown(default)})'
     return text.replace('%', '%%')  # argparse formats help strings with %
 
 
@@ -230,6 +240,24 @@ def _argument(f: dataclasses.Field, spec: Dict[str, Any], hint: Any, config: boo
     return list(spec['flags']) or [flag], dict(kwargs, dest=f.name)
 
 
+# the attribute that marks an argparse action of an `option(required=True)` field, for `HelpFormatter`
+_SHOWN_REQUIRED = 'cmtnet_shown_required'
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help, with the options of `option(required=True)` fields shown as required in the usage line
+    (argparse shows only what it enforces itself)."""
+
+    def add_usage(self, usage: Optional[str], actions: Any, groups: Any, prefix: Optional[str] = None) -> None:
+        shown = []
+        for action in actions:
+            if getattr(action, _SHOWN_REQUIRED, False):
+                action = copy.copy(action)
+                action.required = True
+            shown.append(action)
+        super().add_usage(usage, shown, groups, prefix)
+
+
 def add_options(parser: argparse.ArgumentParser, options: Type, groups: Optional[Mapping[str, str]] = None) -> None:
     """Declare the option fields of the `options` dataclass on `parser`, each default shown in its help.
 
@@ -254,7 +282,8 @@ def add_options(parser: argparse.ArgumentParser, options: Type, groups: Optional
         name = spec['group']
         if name is not None and name not in sections:
             sections[name] = parser.add_argument_group(name)
-        (sections[name] if name is not None else parser).add_argument(*names, **kwargs)
+        action = (sections[name] if name is not None else parser).add_argument(*names, **kwargs)
+        setattr(action, _SHOWN_REQUIRED, spec['required'])
 
 
 def add_command(
@@ -267,7 +296,7 @@ def add_command(
         **parser_kwargs: Any,
 ) -> argparse.ArgumentParser:
     """Add subcommand `name`, whose options are the fields of `options` and which runs `run(options)`."""
-    parser = subparsers.add_parser(name, **parser_kwargs)
+    parser = subparsers.add_parser(name, **{'formatter_class': HelpFormatter, **parser_kwargs})
     add_options(parser, options, groups)
     parser.set_defaults(func=lambda args: run(options_from(args, options, presets)))
     return parser
@@ -327,7 +356,7 @@ def _config_tokens(config: Mapping[str, Any]) -> List[str]:
 def _read_config(options: Type, path: Path) -> Dict[str, Any]:
     """The options a YAML config file sets, checked and converted as the command line's are."""
     if not path.is_file():
-        raise InputError(f'config file {path} does not exist')
+        raise InputError(f'config file {path} does not exist{did_you_mean_path(path)}')
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

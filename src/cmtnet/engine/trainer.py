@@ -9,7 +9,7 @@ run's files, all atomically and from the first process only:
 |---|---|
 | `last.pth` | the whole training state, every epoch and every `checkpoint_interval` updates |
 | `best.safetensors` | the weights with the best `task.best_metric` |
-| `ema.safetensors`, `model_ema.safetensors` | the EMA weights (during the run, at its end) |
+| `model_ema.safetensors` | the EMA weights, with every `last.pth` (so the run's end leaves the final ones) |
 | `model.safetensors` | the final weights |
 | `metrics.csv`, `curves.png` | a row per epoch, and its curves |
 | `config.yaml` | the run's options, reusable with `--config` |
@@ -37,7 +37,8 @@ from ..errors import CommandError, InputError
 from ..models.autocast_training import cpu_autocast_training
 from ..runtime import Processes, amp_dtype, autocast, check_device, distributed, prepare_model, random_seed
 from .state_files import load_state, save_state
-from .optim import check_optimisation, create_ema, create_optimizer, create_scaler, create_scheduler, learning_rate
+from .optim import (check_optimisation, create_ema, create_optimizer, create_scaler, create_scheduler, learning_rate,
+                    learning_rate_warning)
 from .options import RunOptions, write_config
 from .report import metrics_csv, plot_curves, progress_bar
 from .state import RunState, capture_rng, restore_rng
@@ -97,6 +98,9 @@ class Trainer:
         self.ema = create_ema(model, o)
         self.global_batch = o.batch_size * processes.world_size * o.accum_steps
         self.lr = learning_rate(o, self.global_batch)
+        warning = learning_rate_warning(o, self.lr, self.global_batch)
+        if warning and processes.is_main:
+            _logger.warning(warning)
         self.optimizer = create_optimizer(model, o, self.lr, task.no_weight_decay(model))
         self.scaler = create_scaler(self.amp, self.device)
         if processes.distributed:
@@ -277,7 +281,7 @@ class Trainer:
     # --- files ------------------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Write last.pth, metrics.csv and ema.safetensors (all processes take part, the first writes)."""
+        """Write last.pth, metrics.csv and model_ema.safetensors (all processes take part, the first writes)."""
         state = self.state_dict()
         if not self.processes.is_main:
             return
@@ -285,14 +289,12 @@ class Trainer:
         save_state(self.output / 'last.pth', state)
         atomic_write(self.output / 'metrics.csv', lambda f: f.write(metrics_csv(self.state.metrics).encode()))
         if self.ema is not None:
-            export_weights(self.output / 'ema.safetensors', self.ema.module.state_dict(), self.task.meta())
+            export_weights(self.output / 'model_ema.safetensors', self.ema.module.state_dict(), self.task.meta())
 
     def _export_final(self) -> None:
-        """The final weights as .safetensors, the curves as a PNG, and a closing summary."""
-        meta = self.task.meta()
-        export_weights(self.output / 'model.safetensors', self.unwrapped.state_dict(), meta)
-        if self.ema is not None:
-            export_weights(self.output / 'model_ema.safetensors', self.ema.module.state_dict(), meta)
+        """The final weights as .safetensors, the curves as a PNG, and a closing summary (the last epoch's
+        checkpoint has written the final EMA weights)."""
+        export_weights(self.output / 'model.safetensors', self.unwrapped.state_dict(), self.task.meta())
         rows: List[Dict[str, Any]] = self.state.metrics
         if rows:
             atomic_write(self.output / 'curves.png', lambda f: f.write(plot_curves(rows, self.task.curves)))

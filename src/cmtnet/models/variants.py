@@ -8,9 +8,10 @@ are the variants' published figures (`PUBLISHED`: the released code's params, MA
 from dataclasses import dataclass
 from typing import Any, Dict, Tuple, Union
 
-from ..errors import InputError
+from ..errors import InputError, did_you_mean
 
-__all__ = ['NET_STRIDE', 'PUBLISHED', 'Published', 'VARIANT_ARGS', 'check_img_size', 'native_img_size']
+__all__ = ['NET_STRIDE', 'PUBLISHED', 'Published', 'VARIANT_ARGS', 'check_img_size', 'native_img_size',
+           'nearest_img_sizes']
 
 # total downsampling of the network: the stem (2) and four patch aggregations (2 each)
 NET_STRIDE = 32
@@ -31,7 +32,8 @@ VARIANT_ARGS: Dict[str, Dict[str, Any]] = {
 def native_img_size(variant: str) -> int:
     """The input side a released variant was built and trained for (160, 192, 224 or 256)."""
     if variant not in VARIANT_ARGS:
-        raise InputError(f'unknown CMT variant {variant!r}; expected one of {", ".join(VARIANT_ARGS)}')
+        raise InputError(f'unknown CMT variant {variant!r}; expected one of {", ".join(VARIANT_ARGS)}'
+                         f'{did_you_mean(variant, VARIANT_ARGS)}')
     return VARIANT_ARGS[variant]['img_size']
 
 
@@ -41,8 +43,18 @@ def check_img_size(img_size: Union[int, Tuple[int, int]], name: str = 'img_size'
     size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     if len(size) != 2 or any(int(s) != s or s <= 0 or s % NET_STRIDE for s in size):
         shown = img_size if isinstance(img_size, int) else tuple(img_size)
-        raise InputError(f'{name} must be a positive multiple of {NET_STRIDE}, got {shown}')
+        near = ''
+        if isinstance(img_size, int):
+            near = f' (the nearest: {" or ".join(map(str, nearest_img_sizes(img_size)))})'
+        raise InputError(f'{name} must be a positive multiple of {NET_STRIDE}, got {shown}{near}')
     return int(size[0]), int(size[1])
+
+
+def nearest_img_sizes(side: int) -> Tuple[int, ...]:
+    """The valid input sides around `side`: the multiples of 32 just below and above it (100: 96, 128), or
+    32 alone for a side below it."""
+    below = side // NET_STRIDE * NET_STRIDE
+    return (below, below + NET_STRIDE) if below > 0 else (NET_STRIDE,)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..engine.data import UNREADABLE, ReadableImages
-from ..errors import InputError
+from ..errors import InputError, did_you_mean_path
 from .metrics import IGNORE_INDEX
 
 __all__ = [
@@ -143,7 +143,8 @@ def class_names(classes_file: Optional[PathLike] = None, num_classes: Optional[i
     if classes_file is not None:
         path = Path(classes_file)
         if not path.is_file():
-            raise InputError(f'--classes {path} does not exist (expected a text file, one class name per line)')
+            raise InputError(f'--classes {path} does not exist (expected a text file, one class name per line)'
+                             f'{did_you_mean_path(path)}')
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not names:
             raise InputError(f'--classes {path} names no class (expected one class name per line)')
@@ -225,7 +226,7 @@ def read_mask_set(images: PathLike, masks: PathLike, class_names: Sequence[str],
     images, masks = Path(images), Path(masks)
     for kind, folder in (('image', images), ('mask', masks)):
         if not folder.is_dir():
-            raise InputError(f'{kind} folder {folder} does not exist')
+            raise InputError(f'{kind} folder {folder} does not exist{did_you_mean_path(folder)}')
     image_files = _files(images, IMG_EXTENSIONS)
     if not image_files:
         raise InputError(f'image folder {images} holds no images ({", ".join(IMG_EXTENSIONS)})')

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..engine.data import eval_loader
 from ..errors import InputError
-from ..runtime import all_reduce, amp_dtype, autocast, distributed
+from ..runtime import all_reduce, amp_dtype, autocast, distributed, inference_path
 from .data import (
     MaskSet, SegmentationSamples, class_names as flag_class_names, collate, data_paths, eval_transform, read_mask_set)
 from .inference import segment
@@ -122,7 +122,8 @@ def eval_command(options: SegmentEvalOptions) -> Dict[str, float]:
         confusion = evaluate_segmenter(model.to(p.device), loader, meta['num_classes'], protocol, p.device,
                                        amp_dtype(o.amp, p.device))
         if p.is_main:
-            print(f'{meta["head"]} on {meta["model"]}, {Path(o.checkpoint)} on {val_set.describe()}; '
+            print(f'{meta["head"]} on {meta["model"]} in {inference_path(o.precision, p.device)}, {Path(o.checkpoint)} '
+                  f'on {val_set.describe()}; '
                   f'{protocol.describe()}')
             print(confusion.table(meta['class_names']))
     return metrics_of(confusion)

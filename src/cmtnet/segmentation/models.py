@@ -42,7 +42,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
 
 from ..checkpoints import PathLike, create_model
 from ..engine.dense import DenseKind
-from ..errors import InputError
+from ..errors import InputError, did_you_mean_path
 from ..models.variants import VARIANT_ARGS
 from ..runtime import inference_model
 
@@ -126,7 +126,7 @@ def _body(variant: str, num_classes: Any, backbone_weights: Optional[PathLike], 
     if backbone_weights is not None:
         if not Path(backbone_weights).is_file():
             raise InputError(f'backbone weights {backbone_weights} not found '
-                             f'(expected a CMT .pth or .safetensors file)')
+                             f'(expected a CMT .pth or .safetensors file){did_you_mean_path(backbone_weights)}')
     # num_classes=0: a checkpoint's classifier is dropped, not loaded; the features stop at stage 4
     return create_model(variant, backbone_weights, num_classes=0, features_only=True, out_indices=(0, 1, 2, 3),
                         dynamic_img_size=True, **backbone_kwargs)

@@ -22,9 +22,9 @@ API_KEY_VARIABLE = 'CMTNET_API_KEY'
 class ServeOptions:
     """`cmtnet serve`: which weights, where, and how much the service takes."""
     checkpoint: Optional[str] = option(
-        None, metavar='PATH', help='weights to serve (required): classification .safetensors / .pth (a released '
-                                   'one with --model), an int8 program (cmtnet quantize, .pt2), or the weights '
-                                   'of a detection or segmentation run')
+        None, metavar='PATH', required=True,
+        help='weights to serve: classification .safetensors / .pth (a released one with --model), an int8 program '
+             '(cmtnet quantize, .pt2), or the weights of a detection or segmentation run')
     model: Optional[str] = option(None, metavar='NAME', help='CMT variant of a classification checkpoint',
                                   unset='the one named in the checkpoint')
     img_size: Optional[int] = option(None, metavar='N', help='classification input side, a multiple of 32',
