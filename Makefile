@@ -10,10 +10,9 @@ STAMP := $(VENV)/.installed
 TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
 TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
 # one pytest-xdist worker per core, one torch thread each (subprocesses that the tests start inherit it): on
-# a few cores, a worker per core beats one process with a thread per core. loadscope: a file's tests run on
-# one worker, so that what they share (a training run, a server) is made once.
+# a few cores, a worker per core beats one process with a thread per core
 JOBS ?= auto
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadscope --durations=15
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --durations=15
 
 .PHONY: demo detect-demo segment-demo test test-ours test-timm info clean
 
@@ -45,8 +44,10 @@ segment-demo: $(STAMP)
 
 test: test-ours test-timm
 
+# --dist loadscope: a file's tests run on one worker, so that what they share (a training run, a server) is
+# made once
 test-ours: $(STAMP)
-	$(PYTEST) tests
+	$(PYTEST) --dist loadscope tests
 
 # timm's model test-suite, from the source distribution of the pinned timm, run against our models
 $(TIMM_TESTS)/test_models.py: | $(STAMP)
