@@ -45,9 +45,9 @@ segment-demo: $(STAMP)
 test: test-ours test-timm
 
 # --dist loadscope: a file's tests run on one worker, so that what they share (a training run, a server) is
-# made once
+# made once; the slowest files first (tests/conftest.py)
 test-ours: $(STAMP)
-	$(PYTEST) --dist loadscope tests
+	$(PYTEST) --dist loadscope --no-loadscope-reorder tests
 
 # timm's model test-suite, from the source distribution of the pinned timm, run against our models
 $(TIMM_TESTS)/test_models.py: | $(STAMP)
