@@ -11,7 +11,7 @@ TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
 TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
 # one pytest-xdist worker per core, one torch thread each (subprocesses that the tests start inherit it): on
 # a few cores, a worker per core beats one process with a thread per core
-JOBS ?= auto
+JOBS ?= logical
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --durations=15
 
 .PHONY: demo detect-demo segment-demo test test-ours test-timm info clean
