@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
 TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
-# one pytest-xdist worker per core, one torch thread each (subprocesses that the tests start inherit it): on
+# one pytest-xdist worker per CPU, one torch thread each (subprocesses that the tests start inherit it): on
 # a few cores, a worker per core beats one process with a thread per core
 JOBS ?= logical
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --durations=15
