@@ -9,8 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
 TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
-# one pytest-xdist worker per CPU, one torch thread each (subprocesses that the tests start inherit it): on
-# a few cores, a worker per core beats one process with a thread per core
+# one pytest-xdist worker per CPU and one torch thread each (the subprocesses that tests start inherit it), so
+# that the workers do not oversubscribe the cores
 JOBS ?= logical
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --durations=15
 
