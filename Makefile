@@ -1,5 +1,6 @@
 # make demo: create .venv, install cmtnet, run the main job on the embedded default dataset.
-# make test: the same set-up, then the test suite (ours, then timm's own model tests on our models).
+# make test: the same set-up, then the test suite (ours, then timm's own model tests on our models), each
+# spread over the cores; each prints its 15 slowest tests.
 # make detect-demo: detection on the embedded detection set, from the classification demo's weights.
 # make segment-demo: segmentation on the embedded segmentation set, from the classification demo's weights.
 PYTHON ?= python3
@@ -8,6 +9,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
 TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
+# one pytest-xdist worker per CPU and one torch thread each (the subprocesses that tests start inherit it), so
+# that the workers do not oversubscribe the cores
+JOBS ?= logical
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --durations=15
 
 .PHONY: demo detect-demo segment-demo test test-ours test-timm info clean
 
@@ -39,8 +44,10 @@ segment-demo: $(STAMP)
 
 test: test-ours test-timm
 
+# --dist loadscope: a file's tests run on one worker, so that what they share (a training run, a server) is
+# made once; the slowest files first (tests/conftest.py)
 test-ours: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(PYTEST) --dist loadscope --no-loadscope-reorder tests
 
 # timm's model test-suite, from the source distribution of the pinned timm, run against our models
 $(TIMM_TESTS)/test_models.py: | $(STAMP)
@@ -51,7 +58,7 @@ $(TIMM_TESTS)/test_models.py: | $(STAMP)
 	cp $(VENV)/timm-sdist/timm-$(TIMM_VERSION)/tests/test_models.py $(TIMM_TESTS)/
 
 test-timm: $(STAMP) $(TIMM_TESTS)/test_models.py
-	PYTHONPATH=tests/timm_suite $(BIN)/python -m pytest -p timm_suite -rs --rootdir $(TIMM_TESTS) $(TIMM_TESTS)/test_models.py
+	PYTHONPATH=tests/timm_suite $(PYTEST) -p timm_suite -rs --rootdir $(TIMM_TESTS) $(TIMM_TESTS)/test_models.py
 
 info: $(STAMP)
 	$(BIN)/cmtnet info

@@ -1,8 +1,5 @@
 """Class activation maps: drawn from a stage whose map can show where the model looks, and written by
 `cmtnet predict --cam DIR`, one overlay per image."""
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import timm
@@ -13,6 +10,7 @@ import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.checkpoints import export_weights
 from cmtnet.classification.cam import MIN_MAP, ActivationMaps, cam_stage
 from cmtnet.classification.data import eval_transform
+from cmtnet.cli import main
 
 
 @pytest.mark.parametrize('img_size, stage', [(32, 1), (64, 2), (224, 3)])
@@ -45,19 +43,17 @@ def test_an_overlay_shows_the_input_tinted_by_where_the_model_looks(tmp_path):
     assert heat.shape == (64, 64) and heat.max() > heat.min()
 
 
-def test_predict_cam_writes_an_overlay_per_image(tmp_path):
+def test_predict_cam_writes_an_overlay_per_image(tmp_path, capsys):
     _checkpoint(tmp_path / 'm.safetensors')
     images = []
     for i, folder in enumerate(('x', 'y')):
         (tmp_path / folder).mkdir()
         images.append(tmp_path / folder / 'photo.jpg')
         Image.fromarray(np.random.default_rng(i).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(images[-1])
-    out = subprocess.run([sys.executable, '-m', 'cmtnet', 'predict', '--checkpoint', str(tmp_path / 'm.safetensors'),
-                          '--cam', str(tmp_path / 'cams'), *map(str, images)], capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr
+    assert main(['predict', '--checkpoint', str(tmp_path / 'm.safetensors'), '--cam', str(tmp_path / 'cams'),
+                 *map(str, images)]) == 0
     written = sorted(p.name for p in (tmp_path / 'cams').iterdir())
     assert written == ['x_photo.png', 'y_photo.png']
     first, second = (np.asarray(Image.open(tmp_path / 'cams' / n)) for n in written)
     assert first.shape == second.shape == (224, 224, 3) and not np.array_equal(first, second)
-    assert '2 class activation map(s) in' in out.stdout
+    assert '2 class activation map(s) in' in capsys.readouterr().out

@@ -1,7 +1,8 @@
 """Training, evaluation and prediction end to end, on tiny generated image folders and the digits.
 
 The runs use CMT-Ti at 32x32 on a few dozen images. Runs that must be killed or spread over processes go
-through `python -m cmtnet` / torchrun in subprocesses, one thread each, bounded by timeouts.
+through `python -m cmtnet` / torchrun in subprocesses, one thread each, bounded by timeouts; the runs they are
+compared with run in the test's process, on one thread too.
 """
 import csv
 import socket
@@ -27,7 +28,7 @@ from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.models import resize_rel_pos_bias
 from cmtnet.runtime import Processes
 from image_folders import corrupt, make_image_folder
-from killed_runs import ENV, TIMEOUT, kill_after_first_checkpoint
+from killed_runs import ENV, TIMEOUT, kill_after_first_checkpoint, run_here
 from released import make_state, released_keys
 
 # a small, fast run; what each test varies comes after these options and overrides them
@@ -38,11 +39,6 @@ TINY_OPTIONS = TrainOptions(
 TINY = ['--model', 'cmt_ti', '--img-size', '32', '--batch-size', '4', '--workers', '0', '--epochs', '2',
         '--warmup-epochs', '0', '--cooldown-epochs', '0', '--lr', '1e-3', '--aa', 'none', '--color-jitter', '0',
         '--reprob', '0', '--mixup', '0', '--cutmix', '0', '--aug-repeats', '0', '--no-progress']
-
-
-def _cmtnet(*argv: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'cmtnet', *argv], env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _trainer(options: TrainOptions) -> Trainer:
@@ -248,14 +244,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(folder, tmp_path):
             '--reprob', '0.25', '--mixup', '0.8', '--cutmix', '1.0', '--drop-path', '0.1', '--model-ema',
             '--model-ema-decay', '0.9', '--checkpoint-interval', '1']
     whole, broken = tmp_path / 'whole', tmp_path / 'broken'
-    done = _cmtnet('train', *args, '--output', str(whole))
-    assert done.returncode == 0, done.stderr
+    assert run_here(['train', *args, '--output', str(whole)])[0] == 0
 
     state = kill_after_first_checkpoint(['train', *args], broken)
 
-    resumed = _cmtnet('train', *args, '--output', str(broken), '--resume')
-    assert resumed.returncode == 0, resumed.stderr
-    assert f'resuming {broken} at epoch {state["epoch"] + 1}' in resumed.stdout
+    status, out = run_here(['train', *args, '--output', str(broken), '--resume'])
+    assert status == 0
+    assert f'resuming {broken} at epoch {state["epoch"] + 1}' in out
     for name in ('model.safetensors', 'model_ema.safetensors', 'best.safetensors'):
         a, b = (safetensors.torch.load_file(run / name) for run in (whole, broken))
         assert a.keys() == b.keys()
@@ -277,8 +272,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     folder = make_image_folder(tmp_path / 'data', per_class=16)  # 8 distinct images per process and batch
     args = ['--data', str(folder), *TINY, '--aug-repeats', '2', '--scale', '1', '1', '--ratio', '1', '1',
             '--hflip', '0', '--drop', '0', '--drop-path', '0', '--epochs', '2', '--opt', 'sgd', '--lr', '0.01']
-    single = _cmtnet('train', *args, '--batch-size', '16', '--output', str(tmp_path / 'one'))
-    assert single.returncode == 0, single.stderr
+    assert run_here(['train', *args, '--batch-size', '16', '--output', str(tmp_path / 'one')])[0] == 0
     double = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1',
          '--master_port', str(_free_port()), '-m', 'cmtnet', 'train', *args, '--batch-size', '8',

@@ -2,8 +2,6 @@
 work from the checkpoint alone, bad input is one line. CMT-Ti FCOS at 96x96 on a few generated images."""
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -23,7 +21,7 @@ from cmtnet.engine.trainer import fit
 from cmtnet.errors import InputError
 from cmtnet.runtime import Processes
 from coco_sets import box, image, tiny_synthetic, write_coco
-from killed_runs import ENV, TIMEOUT, kill_after_first_checkpoint
+from killed_runs import kill_after_first_checkpoint, run_here
 
 # four images of one digit each, trained and scored on the same images: a detector learns them in a few steps
 FOUR = SyntheticSpec(train_images=4, val_images=4, image_size=96, min_digit=32, max_digit=44, max_objects=1)
@@ -36,11 +34,6 @@ def _data(root: Path) -> List[str]:
     (train_images, train_ann), (val_images, val_ann) = layout['train'], layout['val']
     return ['--train-images', str(train_images), '--train-annotations', str(train_ann),
             '--val-images', str(val_images), '--val-annotations', str(val_ann)]
-
-
-def _cmtnet(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'cmtnet', 'detect', *argv], env=ENV, capture_output=True, text=True,
-                          timeout=TIMEOUT)
 
 
 def _metrics(run: Path) -> List[Dict[str, str]]:
@@ -57,8 +50,8 @@ def data(tmp_path_factory) -> List[str]:
 def whole(tmp_path_factory, data) -> Path:
     """An uninterrupted run of 2 epochs of 2 updates (flips on, a checkpoint after every update)."""
     run = tmp_path_factory.mktemp('runs') / 'whole'
-    done = _cmtnet('train', *data, *TINY, '--epochs', '2', '--checkpoint-interval', '1', '--output', str(run))
-    assert done.returncode == 0, done.stderr
+    assert run_here(['detect', 'train', *data, *TINY, '--epochs', '2', '--checkpoint-interval', '1',
+                     '--output', str(run)])[0] == 0
     return run
 
 
@@ -89,8 +82,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(whole, data, tmp_path
     broken = tmp_path / 'broken'
     kill_after_first_checkpoint(['detect', 'train', *args], broken)
 
-    resumed = _cmtnet('train', *args, '--output', str(broken), '--resume')
-    assert resumed.returncode == 0, resumed.stderr
+    assert run_here(['detect', 'train', *args, '--output', str(broken), '--resume'])[0] == 0
     for name in ('model.safetensors', 'best.safetensors'):
         a, b = (safetensors.torch.load_file(run / name) for run in (whole, broken))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

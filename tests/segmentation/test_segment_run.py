@@ -3,8 +3,6 @@ the mIoU the run logged from the checkpoint alone, predict writes an overlay and
 and bad input is one line. Semantic FPN-CMT-Ti on 64x64 crops of a few generated images."""
 import csv
 import logging
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
@@ -19,7 +17,7 @@ from cmtnet.engine.optim import create_scheduler
 from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.segmentation.models import SEGMENTATION
 from cmtnet.segmentation.commands import parse_options
-from killed_runs import ENV, TIMEOUT, kill_after_first_checkpoint
+from killed_runs import kill_after_first_checkpoint, run_here
 
 CLASSES = ['background', 'red', 'blue']
 TINY = ['--model', 'cmt_ti', '--crop-size', '64', '--scale', '128', '64', '--batch-size', '2', '--workers', '0',
@@ -52,11 +50,6 @@ def _mask_set(root: Path, train: int = 4, val: int = 2) -> List[str]:
             '--classes', str(root / 'classes.txt')]
 
 
-def _cmtnet(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-m', 'cmtnet', 'segment', *argv], env=ENV, capture_output=True,
-                          text=True, timeout=TIMEOUT)
-
-
 def _metrics(run: Path) -> List[Dict[str, str]]:
     with open(run / 'metrics.csv') as f:
         return list(csv.DictReader(f))
@@ -71,9 +64,10 @@ def data(tmp_path_factory) -> List[str]:
 def whole(tmp_path_factory, data) -> Path:
     """An uninterrupted run of 2 epochs of 2 updates, a checkpoint after every update."""
     run = tmp_path_factory.mktemp('runs') / 'whole'
-    done = _cmtnet('train', *data, *TINY, '--epochs', '2', '--checkpoint-interval', '1', '--output', str(run))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1].startswith('done: mIoU ')
+    status, out = run_here(['segment', 'train', *data, *TINY, '--epochs', '2', '--checkpoint-interval', '1',
+                            '--output', str(run)])
+    assert status == 0
+    assert out.strip().splitlines()[-1].startswith('done: mIoU ')
     return run
 
 
@@ -92,8 +86,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(whole, data, tmp_path
     args = [*data, *TINY, '--epochs', '2', '--checkpoint-interval', '1']
     broken = tmp_path / 'broken'
     kill_after_first_checkpoint(['segment', 'train', *args], broken)
-    resumed = _cmtnet('train', *args, '--output', str(broken), '--resume')
-    assert resumed.returncode == 0, resumed.stderr
+    assert run_here(['segment', 'train', *args, '--output', str(broken), '--resume'])[0] == 0
     a, b = (safetensors.torch.load_file(run / 'model.safetensors') for run in (whole, broken))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     drop = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_COLUMNS} for r in rows]  # noqa: E731

@@ -15,6 +15,7 @@ from typing import List
 import httpx
 import pytest
 
+from cmtnet.cli import main
 from image_folders import decompression_bomb
 from servers import CLASSES, classifier_checkpoint, photo, serving
 
@@ -40,10 +41,10 @@ def server(checkpoint, tmp_path_factory):
         yield s
 
 
-def _predict_json(checkpoint: Path, files: List[Path], *flags: str) -> dict:
-    out = subprocess.run([sys.executable, '-m', 'cmtnet', 'predict', '--checkpoint', str(checkpoint), '--json',
-                          *flags, *map(str, files)], capture_output=True, text=True, check=True, timeout=300)
-    lines = [json.loads(line) for line in out.stdout.splitlines()]
+def _predict_json(capsys, checkpoint: Path, files: List[Path], *flags: str) -> dict:
+    capsys.readouterr()
+    assert main(['predict', '--checkpoint', str(checkpoint), '--json', *flags, *map(str, files)]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     return {entry['image']: entry['predictions'] for entry in lines}
 
 
@@ -59,8 +60,8 @@ def _batches(metrics: str) -> tuple:
     return count, ones
 
 
-def test_64_concurrent_clients_get_what_predict_json_prints_in_shared_batches(server, checkpoint, files):
-    printed = _predict_json(checkpoint, files)
+def test_64_concurrent_clients_get_what_predict_json_prints_in_shared_batches(server, checkpoint, files, capsys):
+    printed = _predict_json(capsys, checkpoint, files)
 
     def ask(i: int) -> tuple:
         path = files[i % len(files)]

@@ -3,8 +3,6 @@
 import base64
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import List
 
@@ -12,17 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cmtnet.cli import main
 from servers import (DETECTION_CLASSES, SEGMENTATION_CLASSES, detector_checkpoint, photo, segmenter_checkpoint,
                      serving)
 
 pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
 
 
-def _printed(command: str, checkpoint: Path, files: List[Path], *flags: str) -> dict:
-    out = subprocess.run([sys.executable, '-m', 'cmtnet', command, 'predict', '--checkpoint', str(checkpoint),
-                          '--json', *flags, *map(str, files)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return {entry['image']: entry['predictions'] for entry in map(json.loads, out.stdout.splitlines())}
+def _printed(capsys, command: str, checkpoint: Path, files: List[Path], *flags: str) -> dict:
+    capsys.readouterr()
+    assert main([command, 'predict', '--checkpoint', str(checkpoint), '--json', *flags, *map(str, files)]) == 0
+    return {entry['image']: entry['predictions'] for entry in map(json.loads, capsys.readouterr().out.splitlines())}
 
 
 @pytest.fixture(scope='module')
@@ -31,9 +29,10 @@ def files(tmp_path_factory) -> List[Path]:
     return [photo(root / f'{i}.png', 10 + i, size=(48 + 8 * (i % 2), 64)) for i in range(4)]
 
 
-def test_detection_answers_are_detect_predict_json_with_boxes_in_the_input_pixels(tmp_path, files):
+def test_detection_answers_are_detect_predict_json_with_boxes_in_the_input_pixels(tmp_path, files, capsys):
     checkpoint = detector_checkpoint(tmp_path / 'detector.safetensors')
-    printed = _printed('detect', checkpoint, files, '--score-threshold', '0.05', '--output', str(tmp_path / 'out'))
+    printed = _printed(capsys, 'detect', checkpoint, files, '--score-threshold', '0.05',
+                       '--output', str(tmp_path / 'out'))
     with serving(checkpoint, tmp_path / 'serve.log') as server:
         with server.client() as c:
             info = c.get('/info').json()
@@ -53,9 +52,9 @@ def test_detection_answers_are_detect_predict_json_with_boxes_in_the_input_pixel
             assert c.post('/cam', files={'image': ('x.png', files[0].read_bytes())}).status_code == 404
 
 
-def test_segmentation_answers_are_segment_predict_json_with_masks_of_the_input_size(tmp_path, files):
+def test_segmentation_answers_are_segment_predict_json_with_masks_of_the_input_size(tmp_path, files, capsys):
     checkpoint = segmenter_checkpoint(tmp_path / 'segmenter.safetensors')
-    printed = _printed('segment', checkpoint, files, '--output', str(tmp_path / 'out'))
+    printed = _printed(capsys, 'segment', checkpoint, files, '--output', str(tmp_path / 'out'))
     with serving(checkpoint, tmp_path / 'serve.log') as server:
         with server.client() as c:
             assert c.get('/info').json()['task'] == 'image-segmentation'

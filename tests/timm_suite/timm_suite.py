@@ -84,6 +84,8 @@ def pytest_configure(config):
     for mod in (timm, timm.models):
         mod.list_models = list_models
         mod.list_pretrained = list_pretrained
+    if config.getoption('dist', 'no') != 'no' and not hasattr(config, 'workerinput'):
+        return  # the pytest-xdist controller: the workers run the tests, each with stand-ins of its own
     folder = tempfile.mkdtemp(prefix='cmtnet-timm-suite-')
     config.add_cleanup(lambda: _rmtree(folder))
     _write_released_checkpoints(folder)
