@@ -9,11 +9,11 @@ STAMP := $(VENV)/.installed
 TIMM_VERSION := $(shell sed -n 's/^timm==//p' constraints.txt)
 TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
 
-.PHONY: demo detect-demo segment-demo test test-ours test-timm info clean
+.PHONY: demo detect-demo segment-demo test test-ours test-timm docs info clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,detection,export,segmentation,serve]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,detection,export,segmentation,serve,docs]'
 	touch $@
 
 demo: $(STAMP)
@@ -37,7 +37,7 @@ segment-demo: $(STAMP)
 	$(BIN)/cmtnet segment train --config configs/segment_demo.yaml --backbone-weights runs/demo/model_ema.safetensors
 	$(BIN)/cmtnet segment eval --checkpoint runs/segment_demo/model.safetensors
 
-test: test-ours test-timm
+test: test-ours test-timm docs
 
 test-ours: $(STAMP)
 	$(BIN)/python -m pytest tests
@@ -52,6 +52,10 @@ $(TIMM_TESTS)/test_models.py: | $(STAMP)
 
 test-timm: $(STAMP) $(TIMM_TESTS)/test_models.py
 	PYTHONPATH=tests/timm_suite $(BIN)/python -m pytest -p timm_suite -rs --rootdir $(TIMM_TESTS) $(TIMM_TESTS)/test_models.py
+
+# the docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or API reference
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 info: $(STAMP)
 	$(BIN)/cmtnet info

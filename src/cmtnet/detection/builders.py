@@ -114,7 +114,8 @@ def retinanet_cmt(
         trainable_stages: 0-4 CMT stages that train, counted from the last; the others are frozen.
         batch_norm: The backbone's BatchNorm: 'train', 'eval' or 'frozen' (default: 'frozen' with
             backbone_weights, 'train' without).
-        min_size, max_size: torchvision's resize of the input (it then pads to a multiple of 32).
+        min_size: torchvision's resize of the input: its short side (it then pads to a multiple of 32).
+        max_size: The long side's limit of that resize.
         anchor_sizes: One tuple of anchor sizes per pyramid level (5), e.g. for small objects; aspect
             ratios stay torchvision's (0.5, 1, 2).
         detector_kwargs: Passed to torchvision's `RetinaNet` (anchor_generator, head, score_thresh, ...).
