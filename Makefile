@@ -14,11 +14,11 @@ TIMM_TESTS := $(VENV)/timm-tests-$(TIMM_VERSION)
 JOBS ?= logical
 PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --durations=15
 
-.PHONY: demo detect-demo segment-demo test test-ours test-timm info clean
+.PHONY: demo detect-demo segment-demo test test-ours test-timm docs info clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,detection,export,segmentation,serve]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,detection,export,segmentation,serve,docs]'
 	touch $@
 
 demo: $(STAMP)
@@ -42,7 +42,7 @@ segment-demo: $(STAMP)
 	$(BIN)/cmtnet segment train --config configs/segment_demo.yaml --backbone-weights runs/demo/model_ema.safetensors
 	$(BIN)/cmtnet segment eval --checkpoint runs/segment_demo/model.safetensors
 
-test: test-ours test-timm
+test: test-ours test-timm docs
 
 # --dist loadscope: a file's tests run on one worker, so that what they share (a training run, a server) is
 # made once; the slowest files first (tests/conftest.py)
@@ -59,6 +59,10 @@ $(TIMM_TESTS)/test_models.py: | $(STAMP)
 
 test-timm: $(STAMP) $(TIMM_TESTS)/test_models.py
 	PYTHONPATH=tests/timm_suite $(PYTEST) -p timm_suite -rs --rootdir $(TIMM_TESTS) $(TIMM_TESTS)/test_models.py
+
+# the docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or API reference
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 info: $(STAMP)
 	$(BIN)/cmtnet info

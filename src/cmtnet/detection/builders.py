@@ -117,7 +117,8 @@ def build_detector(
         trainable_stages: 0-4 CMT stages that train, counted from the last; the others are frozen.
         batch_norm: The backbone's BatchNorm: 'train', 'eval' or 'frozen' (default: 'frozen' with
             backbone_weights, 'train' without).
-        min_size, max_size: torchvision's resize of the input (it then pads to a multiple of 32).
+        min_size: torchvision's resize of the input: its short side (it then pads to a multiple of 32).
+        max_size: The long side's limit of that resize.
         anchor_sizes: One tuple of anchor sizes per pyramid level (5), e.g. for small objects; aspect
             ratios stay torchvision's (each builder says what they set).
         detector_kwargs: Passed to torchvision's detector class (anchor_generator, head, score_thresh, ...).

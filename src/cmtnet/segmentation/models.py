@@ -142,8 +142,10 @@ def semantic_fpn_cmt(variant: str = 'cmt_s', num_classes: int = 150, *,
         num_classes: Classes the logits score (ADE20K: 150).
         backbone_weights: A CMT checkpoint for the backbone: the authors' released file or one of ours
             (.pth or .safetensors).
-        pyramid_channels, segmentation_channels: The head's widths (multiples of 32, for GroupNorm's 32
-            groups); the defaults are the published ones.
+        pyramid_channels: The pyramid's width (a multiple of 32, for GroupNorm's 32 groups); the default
+            is the published one.
+        segmentation_channels: The semantic branch's width (a multiple of 32); the default is the
+            published one.
         backbone_kwargs: Passed to `timm.create_model` for the backbone (e.g. drop_path_rate).
     """
     body = _body(variant, num_classes, backbone_weights, **backbone_kwargs)
