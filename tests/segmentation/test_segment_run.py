@@ -114,8 +114,9 @@ def test_eval_reproduces_the_logged_miou_from_the_checkpoint_alone(whole, data, 
     logged = _metrics(whole)[-1]
     assert out[-1] == (f'mIoU {float(logged["mIoU"]):.2f}  mAcc {float(logged["mAcc"]):.2f}  '
                        f'aAcc {float(logged["aAcc"]):.2f}')
-    table = out[1:-1]
+    table = out[1:-2]
     assert table[0].split() == ['class', 'IoU', 'Acc'] and [line.split()[0] for line in table[1:]] == CLASSES
+    assert out[-2].startswith("(every pixel 'background', the most common class: mIoU ")
     assert 'fpn on cmt_ti' in out[0]
 
 
