@@ -35,7 +35,7 @@ detect-demo: $(STAMP)
 	$(BIN)/cmtnet detect eval --checkpoint runs/detect_demo/model.safetensors
 
 # Semantic FPN on the embedded digits-on-photos masks, from the classification demo's backbone; the
-# eval's last line is the mIoU
+# eval's last two lines are the all-background floor and the mIoU
 segment-demo: $(STAMP)
 	test -f runs/demo/model_ema.safetensors || $(MAKE) demo
 	rm -rf runs/segment_demo

@@ -1,5 +1,6 @@
 """The embedded detection set: reproducible, real COCO files whose boxes are their masks' extents."""
 import json
+from dataclasses import replace
 
 import numpy as np
 from pycocotools import mask as coco_mask
@@ -37,3 +38,13 @@ def test_the_reader_takes_it_whole(tmp_path):
     for split, (images, annotations) in coco_layout(root).items():
         coco_set = read_coco(annotations, images, strict=True)
         assert coco_set.class_names == [str(d) for d in range(10)] and not any(coco_set.skipped.values())
+
+
+def test_bold_digits_widen_every_stroke(tmp_path):
+    """The same draws with and without `bold`: each bold mask holds the plain one and is wider than it."""
+    bold, plain = (json.loads((tiny_synthetic(tmp_path / name, replace(TINY, bold=b)) / 'annotations'
+                               / 'instances_train2017.json').read_text()) for name, b in (('bold', 0.5), ('plain', 0.0)))
+    assert TINY.bold == 0.5 and len(bold['annotations']) == len(plain['annotations']) > 0
+    for a, b in zip(bold['annotations'], plain['annotations']):
+        wide, thin = (coco_mask.decode(x['segmentation']).astype(bool) for x in (a, b))
+        assert a['category_id'] == b['category_id'] and (wide >= thin).all() and a['area'] > 1.2 * b['area']

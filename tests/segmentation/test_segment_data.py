@@ -85,6 +85,7 @@ def test_ade20k_layout_and_labels(tmp_path, given):
     source = data_paths(Options(data=tmp_path if given == 'parent' else root))
     assert source.splits['val'] == (root / 'images' / 'validation', root / 'annotations' / 'validation')
     assert source.class_names == list(ADE20K_CLASSES) and len(ADE20K_CLASSES) == 150 and source.reduce_zero_label
+    assert source.scale == (2048, 512)  # the recipe's base scale, whatever the images' sizes
     mask_set = read_mask_set(*source.splits['train'], source.class_names, reduce_zero_label=True, strict=True)
     _, labels, _ = SegmentationSamples(mask_set, eval_transform())[0]
     # mask value 0 (unlabelled) -> 255, 150 (the last class, 'flag') -> 149

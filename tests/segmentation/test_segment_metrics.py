@@ -42,6 +42,18 @@ def test_table_names_every_class_and_ends_with_the_summary():
     assert lines[1].split() == ['wall', '50.00', '50.00']
     assert lines[4].split() == ['boat', '-', '-']
     assert lines[-1] == 'mIoU 33.33  mAcc 50.00  aAcc 60.00'
+    # the floor beside it: every pixel 'wall' (label 0, 2 of the 5 labelled pixels, the first of the two most
+    # common) -> IoU 2/5 for wall, 0 for sky and tree
+    assert lines[-2] == "(every pixel 'wall', the most common class: mIoU 13.33  mAcc 33.33  aAcc 40.00)"
+
+
+def test_the_majority_answer_labels_every_pixel_with_the_most_common_class():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 1, 1, 2, 2, 0]), torch.tensor([0, 1, 2, 2, 2, 255]))  # label 2 is most common
+    majority = cm.majority()
+    assert majority.matrix.tolist() == [[0, 0, 1], [0, 0, 1], [0, 0, 3]]
+    summary = majority.summary()
+    assert summary['aAcc'] == pytest.approx(3 / 5) and summary['mIoU'] == pytest.approx(3 / 5 / 3)
 
 
 def test_shape_mismatch_is_named():

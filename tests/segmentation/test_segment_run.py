@@ -17,6 +17,8 @@ from cmtnet.engine.optim import create_scheduler
 from cmtnet.engine.report import TIMING_COLUMNS
 from cmtnet.segmentation.models import SEGMENTATION
 from cmtnet.segmentation.commands import parse_options
+from cmtnet.segmentation.task import SegmentationTask
+from cmtnet.runtime import distributed
 from killed_runs import kill_after_first_checkpoint, run_here
 
 CLASSES = ['background', 'red', 'blue']
@@ -105,8 +107,9 @@ def test_eval_reproduces_the_logged_miou_from_the_checkpoint_alone(whole, data, 
     logged = _metrics(whole)[-1]
     assert out[-1] == (f'mIoU {float(logged["mIoU"]):.2f}  mAcc {float(logged["mAcc"]):.2f}  '
                        f'aAcc {float(logged["aAcc"]):.2f}')
-    table = out[1:-1]
+    table = out[1:-2]
     assert table[0].split() == ['class', 'IoU', 'Acc'] and [line.split()[0] for line in table[1:]] == CLASSES
+    assert out[-2].startswith("(every pixel 'background', the most common class: mIoU ")
     assert 'fpn on cmt_ti' in out[0]
 
 
@@ -175,11 +178,33 @@ def test_the_defaults_are_the_semantic_fpn_recipe_and_the_demo_config_parses():
     o = parse_options([])
     assert (o.head, o.model, o.opt, o.lr, o.lr_base, o.lr_base_size, o.weight_decay, o.sched, o.decay_rate,
             o.warmup_epochs, o.min_lr, o.crop_size, o.scale, o.epochs, o.output) == (
-        'fpn', 'cmt_s', 'adamw', None, 1e-4, 16, 1e-4, 'poly', 0.9, 0, 0.0, 512, [2048, 512], 64, 'runs/segment')
+        'fpn', 'cmt_s', 'adamw', None, 1e-4, 16, 1e-4, 'poly', 0.9, 0, 0.0, 512, None, 64, 'runs/segment')
     assert 20210 // 16 * o.epochs >= 80000  # ADE20K at a global batch of 16: the 80k schedule
     demo = parse_options(['--config', str(Path(__file__).parents[2] / 'configs' / 'segment_demo.yaml')])
     assert demo.data is None and demo.backbone_weights is None  # the embedded set; no file outside the repository
     assert (demo.head, demo.model, demo.sched) == ('fpn', 'cmt_ti', 'poly')
+
+
+@pytest.mark.parametrize('flags, expected', [([], (96, 64)), (['--scale', '300', '100'], (300, 100))])
+def test_without_scale_the_base_scale_is_the_median_size_of_the_users_images(tmp_path, capsys, flags, expected):
+    """The demo config is written for the embedded set: with data flags it must not impose that set's scale."""
+    sizes = {'a': (96, 64), 'b': (64, 96), 'c': (96, 64), 'd': (200, 40)}  # median long 96, short 64
+    folders = []
+    for split in ('train', 'val'):
+        for kind in ('images', 'masks'):
+            (tmp_path / split / kind).mkdir(parents=True)
+            folders += [f'--{split}-{kind}', str(tmp_path / split / kind)]
+        for name, (width, height) in sizes.items():
+            Image.new('RGB', (width, height)).save(tmp_path / split / 'images' / f'{name}.jpg')
+            Image.new('L', (width, height)).save(tmp_path / split / 'masks' / f'{name}.png')
+    demo = Path(__file__).parents[2] / 'configs' / 'segment_demo.yaml'
+    o = parse_options(['--config', str(demo), '--num-classes', '2', '--batch-size', '2', *folders, *flags])
+    task = SegmentationTask(o)
+    with distributed('cpu') as processes:
+        task.setup(processes)
+    assert task.protocol.scale == expected and SegmentationTask.meta(task)['scale'] == list(expected)
+    why = '--scale' if flags else 'the median size of the 4 train images (--scale LONG SHORT sets another)'
+    assert f'base scale {expected[0]}x{expected[1]} (long x short side): {why}' in capsys.readouterr().out.splitlines()
 
 
 def test_the_poly_schedule_decays_as_mmseg_does():

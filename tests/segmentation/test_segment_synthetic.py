@@ -1,14 +1,15 @@
-"""The embedded segmentation set: the detection set's digits painted as class masks, read as a user's
-folders are."""
+"""The embedded segmentation set: the detection set's digits painted as class masks (each digit's ink and a
+margin around it), read as a user's folders are."""
 import json
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as coco_mask
+from scipy.ndimage import binary_dilation
 
 from cmtnet.detection.synthetic import default_root as detection_root
 from cmtnet.segmentation.data import data_paths, read_mask_set
-from cmtnet.segmentation.synthetic import CLASS_NAMES, default_root, write_synthetic_masks
+from cmtnet.segmentation.synthetic import CLASS_NAMES, MARGIN, default_root, write_synthetic_masks
 from coco_sets import TINY
 
 
@@ -21,9 +22,13 @@ def test_masks_are_the_digits_pixel_masks(tmp_path, monkeypatch):
     img = coco['images'][0]
     labels = np.asarray(Image.open(root / 'val' / 'masks' / img['file_name'].replace('.jpg', '.png')))
     expected = np.zeros_like(labels)
+    square = np.ones((2 * MARGIN + 1, 2 * MARGIN + 1), dtype=bool)
     for ann in (a for a in coco['annotations'] if a['image_id'] == img['id']):
-        expected[coco_mask.decode(ann['segmentation']).astype(bool)] = ann['category_id']
-    assert np.array_equal(labels, expected) and labels.max() >= 1
+        ink = coco_mask.decode(ann['segmentation']).astype(bool)
+        # the digit's ink and every pixel within MARGIN of it (Chebyshev distance), labelled 1 + digit
+        expected[binary_dilation(ink, structure=square)] = ann['category_id']
+        assert (labels[ink] == ann['category_id']).all()
+    assert np.array_equal(labels, expected) and labels.max() >= 1 and MARGIN >= 1
     for split, count in (('train', TINY.train_images), ('val', TINY.val_images)):
         mask_set = read_mask_set(root / split / 'images', root / split / 'masks', CLASS_NAMES, strict=True)
         assert len(mask_set.pairs) == count

@@ -6,9 +6,11 @@ with a fixed seed, and written in the COCO 2017 layout (`ROOT/annotations/instan
 `ROOT/{train,val}2017/*.jpg`), so that the very reader used for COCO reads it too.
 
 Each image is a random crop of a sample photo, flipped, rotated by quarter turns and colour-shifted,
-with one to `max_objects` digits pasted at random scales and positions, without overlap. A digit's mask is
-its own ink (the 8x8 ink levels upscaled, above half strength) and its box the extent of that mask; the
-ink is painted in a colour that stands out from the background under it. The ten categories are the digits
+with one to `max_objects` digits pasted at random scales and positions, without overlap. The digits are
+bold: each stroke is widened by `bold` of the digit's 8x8 pixels on each side, so that a pixel mask (and a
+segmenter predicting at a quarter of the resolution) can follow it. A digit's mask is its own ink (the 8x8
+ink levels upscaled and widened, above half strength) and its box the extent of that mask; the ink is
+painted in a colour that stands out from the background under it. The ten categories are the digits
 '0' to '9' (ids 1 to 10). The train and val images draw their digits from the same stratified 80/20 split
 of the digits as the classification demo, so a backbone trained on that demo never saw a val digit.
 """
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from ..engine.data import digits_split
 from ..errors import InputError
@@ -36,10 +38,11 @@ class SyntheticSpec:
     """What the embedded set is made of; a change of any field makes another set (another folder)."""
     train_images: int = 1200
     val_images: int = 200
-    image_size: int = 128
-    min_digit: int = 28  # the side of the pasted 8x8 digit cell, in pixels
-    max_digit: int = 60
-    max_objects: int = 3
+    image_size: int = 64
+    min_digit: int = 24  # the side of the pasted 8x8 digit cell, in pixels
+    max_digit: int = 40
+    max_objects: int = 2
+    bold: float = 0.5  # how far each stroke is widened on each side, in the 8x8 digit's pixels
     seed: int = 0
 
 
@@ -48,7 +51,7 @@ def default_root(spec: SyntheticSpec = SyntheticSpec()) -> Path:
     cache = Path(os.environ.get('CMTNET_CACHE', Path.home() / '.cache' / 'cmtnet'))
     s = spec
     return cache / (f'detection-digits-v{_VERSION}-{s.train_images}-{s.val_images}-{s.image_size}px-'
-                    f'{s.min_digit}-{s.max_digit}-{s.max_objects}obj-seed{s.seed}')
+                    f'{s.min_digit}-{s.max_digit}-{s.max_objects}obj-bold{s.bold:g}-seed{s.seed}')
 
 
 def _photos() -> List[np.ndarray]:
@@ -89,6 +92,16 @@ def _place(rng: np.random.Generator, size: int, cell: int,
     return None
 
 
+def _ink_alpha(digit: np.ndarray, cell: int, bold: float) -> np.ndarray:
+    """The ink (0..1) of an 8x8 digit (0..1) upscaled to `cell` pixels, its strokes widened by `bold` digit
+    pixels on each side (a maximum filter)."""
+    ink = Image.fromarray((digit * 255).astype(np.uint8)).resize((cell, cell), Image.BICUBIC)
+    radius = round(bold * cell / 8)
+    if radius:
+        ink = ink.filter(ImageFilter.MaxFilter(2 * radius + 1))
+    return np.asarray(ink, dtype=np.float32) / 255
+
+
 def _rle(mask: np.ndarray) -> Dict[str, Any]:
     from pycocotools import mask as coco_mask
     rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -110,8 +123,7 @@ def _make_split(split: str, count: int, spec: SyntheticSpec, folder: Path, rng: 
             x, y = corner
             taken.append((x, y, cell, 0))
             index = pool[rng.integers(len(pool))]
-            ink = Image.fromarray((digits[index] * 255).astype(np.uint8)).resize((cell, cell), Image.BICUBIC)
-            alpha = np.asarray(ink, dtype=np.float32) / 255
+            alpha = _ink_alpha(digits[index], cell, spec.bold)
             region = canvas[y:y + cell, x:x + cell]
             colour = _ink(rng, region.reshape(-1, 3).mean(0))
             canvas[y:y + cell, x:x + cell] = region * (1 - alpha[..., None]) + colour * alpha[..., None]

@@ -22,7 +22,7 @@ An image that cannot be read is found when it is loaded and skipped by the engin
 
 Training samples follow mmseg's ADE20K pipeline with torchvision's v2 transforms on the image and its mask
 together (`tv_tensors.Mask`), under the sample's seed (see `engine.sampling`): random rescale within
-0.5-2.0 times the base scale 2048x512 (aspect kept), a random crop of `crop_size` in which no class covers
+0.5-2.0 times the base scale (aspect kept; ADE20K's 2048x512, else `--scale` or the train images' median size), a random crop of `crop_size` in which no class covers
 more than 75% of the labelled pixels (10 tries, mmseg's `cat_max_ratio`), horizontal flip with
 probability 0.5, photometric distortion (brightness, contrast, saturation, hue, each with probability 0.5),
 and padding to the crop size (image 0, mask 255). Evaluation samples are the image and mask as they are:
@@ -49,7 +49,7 @@ from .metrics import IGNORE_INDEX
 
 __all__ = [
     'ADE20K_CLASSES', 'BASE_SCALE', 'DataSource', 'MaskSet', 'SegmentationSamples', 'ade20k_layout',
-    'class_names', 'collate', 'data_paths', 'eval_transform', 'read_mask_set', 'train_transform',
+    'class_names', 'collate', 'data_paths', 'eval_transform', 'median_size', 'read_mask_set', 'train_transform',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -106,12 +106,14 @@ def ade20k_layout(root: PathLike) -> Dict[str, Tuple[Path, Path]]:
 
 class DataSource(NamedTuple):
     """Where a run's data is: {split: (images, masks)}, the class names if the layout fixes them, whether
-    mask value 0 means unlabelled (ADE20K), and the horizontal flip probability that suits its content
-    (0 for the embedded digits, which mirrored are other shapes; mmseg's 0.5 otherwise)."""
+    mask value 0 means unlabelled (ADE20K), the horizontal flip probability that suits its content
+    (0 for the embedded digits, which mirrored are other shapes; mmseg's 0.5 otherwise), and the base scale
+    if the layout fixes it (ADE20K's 2048x512; None: the train images' median size, `median_size`)."""
     splits: Dict[str, Tuple[Path, Path]]
     class_names: Optional[List[str]] = None
     reduce_zero_label: bool = False
     hflip: float = 0.5
+    scale: Optional[Tuple[int, int]] = None
 
 
 def data_paths(o: Any, splits: Sequence[str] = ('train', 'val')) -> DataSource:
@@ -124,7 +126,8 @@ def data_paths(o: Any, splits: Sequence[str] = ('train', 'val')) -> DataSource:
         if any(v for pair in given.values() for v in pair):
             raise InputError('give either --data or the --train-/--val- images and masks, not both')
         layout = ade20k_layout(data)
-        return DataSource({s: layout[s] for s in splits}, list(ADE20K_CLASSES), reduce_zero_label=True)
+        return DataSource({s: layout[s] for s in splits}, list(ADE20K_CLASSES), reduce_zero_label=True,
+                          scale=BASE_SCALE)
     if not any(v for pair in given.values() for v in pair):
         from .synthetic import write_synthetic_masks
         root = write_synthetic_masks()
@@ -250,6 +253,22 @@ def read_mask_set(images: PathLike, masks: PathLike, class_names: Sequence[str],
         raise InputError(f'none of the {len(image_files)} images in {images} has a usable mask in {masks}')
     return MaskSet(images, masks, pairs, list(class_names), reduce_zero_label,
                    {k: len(v) for k, v in problems.items()})
+
+
+def median_size(mask_set: MaskSet) -> Tuple[int, int]:
+    """(long side, short side): the medians of the long and of the short sides of a split's images, the base
+    scale that leaves an image of the typical size as it is."""
+    sides = []
+    for image, _ in mask_set.pairs:
+        try:
+            with Image.open(image) as i:
+                sides.append(sorted(i.size, reverse=True))
+        except UNREADABLE:
+            continue  # reported, and skipped, when it is loaded
+    if not sides:
+        raise InputError(f'no image in {mask_set.images} can be read to find the base scale (give --scale LONG SHORT)')
+    long_side, short_side = np.median(np.array(sides), axis=0)
+    return int(round(long_side)), int(round(short_side))
 
 
 

@@ -57,17 +57,31 @@ class ConfusionMatrix:
             'aAcc': float(self.matrix.diag().sum()) / total if total else math.nan,
         }
 
+    def majority(self) -> 'ConfusionMatrix':
+        """The confusion matrix of the answer that labels every pixel with the most common labelled class: the
+        floor a segmenter has to beat."""
+        baseline = ConfusionMatrix(self.num_classes, self.ignore_index)
+        labelled = self.matrix.sum(1)
+        baseline.matrix[:, int(labelled.argmax())] = labelled
+        return baseline
+
     def table(self, class_names: Optional[Sequence[str]] = None) -> str:
-        """The per-class IoU and Acc table (percent), then the summary line."""
+        """The per-class IoU and Acc table (percent), the summary of labelling every pixel with the most
+        common class (`majority`), then the summary line."""
         names = list(class_names) if class_names is not None else [str(c) for c in range(self.num_classes)]
         per_class = self.per_class()
         width = max(5, *(len(n) for n in names))
         lines = [f'{"class":<{width}}  {"IoU":>6}  {"Acc":>6}']
         for name, iou, acc in zip(names, per_class['iou'], per_class['acc']):
             lines.append(f'{name:<{width}}  {_percent(iou):>6}  {_percent(acc):>6}')
-        s = self.summary()
-        lines.append(f'mIoU {_percent(s["mIoU"])}  mAcc {_percent(s["mAcc"])}  aAcc {_percent(s["aAcc"])}')
+        most_common = names[int(self.matrix.sum(1).argmax())]
+        lines.append(f'(every pixel {most_common!r}, the most common class: {_summary(self.majority().summary())})')
+        lines.append(_summary(self.summary()))
         return '\n'.join(lines)
+
+
+def _summary(s: Dict[str, float]) -> str:
+    return f'mIoU {_percent(s["mIoU"])}  mAcc {_percent(s["mAcc"])}  aAcc {_percent(s["aAcc"])}'
 
 
 def _nanmean(values: Sequence[float]) -> float:

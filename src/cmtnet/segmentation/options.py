@@ -80,9 +80,11 @@ class SegmentOptions(DenseTrainOptions):
     strict: bool = _strict()
     crop_size: int = option(512, metavar='PX', group='data',
                             help='side of the random training crops, and of the sliding windows')
-    scale: List[int] = option(default_factory=lambda: [2048, 512], nargs=2, metavar=('LONG', 'SHORT'), group='data',
-                              help='base scale: images are rescaled to fit LONG x SHORT (aspect kept), times '
-                                   '0.5-2.0 for training, once for evaluation')
+    scale: Optional[List[int]] = option(None, nargs=2, metavar=('LONG', 'SHORT'), group='data',
+                                        help='base scale: images are rescaled to fit LONG x SHORT (aspect kept), '
+                                             'times 0.5-2.0 for training, once for evaluation',
+                                        unset="ADE20K's 2048 512 with --data; else the train images' median "
+                                              "long and short sides")
     hflip: Optional[float] = option(None, metavar='P', group='data',
                                     help='horizontal flip probability in training (0 where mirrored content '
                                          'means something else, e.g. digits or text)',

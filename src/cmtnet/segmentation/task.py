@@ -15,7 +15,7 @@ Every exported weight file carries what evaluation and prediction need (`meta`: 
 crop size, evaluation scale, sliding windows), so that `models.segmenter_from_checkpoint` rebuilds the
 segmenter from the file alone. `train(options)` runs the task on the engine (`cmtnet segment train`).
 """
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,7 +25,9 @@ from ..engine.task import Losses
 from ..engine.trainer import fit
 from ..errors import InputError
 from ..runtime import Processes
-from .data import SegmentationSamples, class_names, collate, data_paths, eval_transform, read_mask_set, train_transform
+from .data import (
+    DataSource, MaskSet, SegmentationSamples, class_names, collate, data_paths, eval_transform, median_size,
+    read_mask_set, train_transform)
 from .evaluate import Protocol, evaluate_segmenter, metrics_of
 from .metrics import IGNORE_INDEX
 from .models import HEADS, SEGMENTATION, SIZE_DIVISOR, build_segmenter
@@ -39,6 +41,18 @@ def train(options: SegmentOptions) -> Dict[str, Any]:
     return fit(SegmentationTask(options), options)
 
 
+def base_scale(given: Optional[Sequence[int]], source: DataSource, train_set: MaskSet) -> Tuple[Tuple[int, int], str]:
+    """The run's base scale and where it comes from: `--scale` where given, else the layout's (ADE20K's),
+    else the train images' median size, so that a config written for other images does not impose its
+    scale on these."""
+    if given:
+        return (given[0], given[1]), '--scale'
+    if source.scale is not None:
+        return source.scale, "the layout's (--scale LONG SHORT sets another)"
+    return median_size(train_set), (f'the median size of the {len(train_set.pairs)} train images '
+                                    f'(--scale LONG SHORT sets another)')
+
+
 def check_options(o: SegmentOptions) -> None:
     """Refuse inconsistent data and model options before any data is read."""
     if o.head not in HEADS:
@@ -47,7 +61,7 @@ def check_options(o: SegmentOptions) -> None:
         raise InputError(f'--crop-size must be at least {SIZE_DIVISOR} pixels, got {o.crop_size}')
     if o.hflip is not None and not 0 <= o.hflip <= 1:
         raise InputError(f'--hflip must be a probability in [0, 1], got {o.hflip}')
-    if len(o.scale) != 2 or min(o.scale) < 1:
+    if o.scale is not None and (len(o.scale) != 2 or min(o.scale) < 1):
         raise InputError(f'--scale takes two positive sides (LONG SHORT), got {" ".join(map(str, o.scale))}')
     if o.head == 'upernet' and o.batch_size < 2 and not o.sync_bn:
         # its pyramid pooling normalises 1x1 maps: BatchNorm needs more than one value per channel
@@ -67,7 +81,6 @@ class SegmentationTask(DenseTask):
     def __init__(self, options: SegmentOptions):
         check_options(options)
         self.options = options
-        self.protocol = Protocol((options.scale[0], options.scale[1]), options.crop_size, options.slide)
 
     def setup(self, processes: Processes) -> None:
         o = self.options
@@ -76,11 +89,14 @@ class SegmentationTask(DenseTask):
         self.train_set, self.val_set = (
             read_mask_set(*source.splits[split], names, reduce_zero_label=source.reduce_zero_label, strict=o.strict)
             for split in ('train', 'val'))
-        scale = self.protocol.scale
+        scale, why = base_scale(o.scale, source, self.train_set)
+        self.protocol = Protocol(scale, o.crop_size, o.slide)
         hflip = source.hflip if o.hflip is None else o.hflip
         train = SegmentationSamples(self.train_set, train_transform(o.crop_size, scale, hflip=hflip), strict=o.strict)
         val = SegmentationSamples(self.val_set, eval_transform(), strict=o.strict)
         self.finish_setup(processes, train, val, 1, collate)
+        if processes.is_main:
+            print(f'base scale {scale[0]}x{scale[1]} (long x short side): {why}')
 
     @property
     def num_classes(self) -> int:
