@@ -12,6 +12,10 @@ are all grey textures, so the set is not solved at first sight; but train and va
 photos, so it measures how a model's predictions survive a change of precision, not how it generalises.
 The two splits are drawn under different seeds; the same seed gives the same files.
 
+`--set held-out` draws the same kind of crops from six other photos, which neither the first set nor the tests
+use: scikit-learn's two sample photos (the Chinese temple, the flower) and scikit-image's Hubble deep field,
+moon, motorcycle (the left view of its stereo pair) and retina; a second set of real photos to measure on.
+
     ROOT/train/<class>/0000.jpg  ...  ROOT/val/<class>/0000.jpg
 
     pip install scikit-image        # in cmtnet's test extra; not a dependency of the package
@@ -22,6 +26,7 @@ The two splits are drawn under different seeds; the same seed gives the same fil
         --channels-last --workers 0 --output runs/photo_cls
     python benchmarks/precision_accuracy.py \
         --eval runs/demo/model_ema.safetensors --eval runs/photo_cls/best.safetensors runs/photo_cls_set
+    python benchmarks/photo_classification_set.py runs/held_out_set --set held-out --train 600 --val 300 --size 40
 """
 import argparse
 from pathlib import Path
@@ -44,14 +49,30 @@ CROP_SIDE = (0.2, 0.5)  # of the photo's short side
 ASPECT = (3 / 4, 4 / 3)
 JITTER = (0.6, 1.4)  # brightness, contrast and saturation factors
 GRAYSCALE, BLUR = 1 / 3, 0.2  # probabilities
+# the held-out set: class folder -> (package, photo): scikit-learn's sample images and scikit-image's other photos
+HELD_OUT = {
+    'flower': ('sklearn', 'flower.jpg'), 'hubble': ('skimage', 'hubble_deep_field'), 'moon': ('skimage', 'moon'),
+    'motorcycle': ('skimage', 'stereo_motorcycle'), 'retina': ('skimage', 'retina'), 'temple': ('sklearn', 'china.jpg'),
+}
+SETS = ('photos', 'held-out')
+
+
+def _held_out_photo(package: str, name: str) -> Image.Image:
+    if package == 'sklearn':
+        from sklearn.datasets import load_sample_image
+        return Image.fromarray(load_sample_image(name))
+    if name == 'stereo_motorcycle':
+        import skimage.data
+        return Image.fromarray(skimage.data.stereo_motorcycle()[0])
+    return _photo(name)
 
 
 def load_photos(classes: Sequence[str] = tuple(CLASSES)) -> Dict[str, Image.Image]:
-    """The RGB photo of each class in `classes` (names of `CLASSES`)."""
-    unknown = [c for c in classes if c not in CLASSES]
+    """The RGB photo of each class in `classes` (names of `CLASSES` or of `HELD_OUT`)."""
+    unknown = [c for c in classes if c not in CLASSES and c not in HELD_OUT]
     if unknown:
-        raise InputError(f'unknown classes {unknown}; expected some of {", ".join(CLASSES)}')
-    return {c: _photo(CLASSES[c]) for c in classes}
+        raise InputError(f'unknown classes {unknown}; expected some of {", ".join([*CLASSES, *HELD_OUT])}')
+    return {c: _photo(CLASSES[c]) if c in CLASSES else _held_out_photo(*HELD_OUT[c]).convert('RGB') for c in classes}
 
 
 def sample(photo: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
@@ -95,10 +116,15 @@ def main(argv=None) -> int:
     parser.add_argument('--train', type=int, default=1000, help='training images, all classes together')
     parser.add_argument('--val', type=int, default=300, help='validation images, all classes together')
     parser.add_argument('--size', type=int, default=160, help='image side in px')
-    parser.add_argument('--classes', nargs='+', default=list(CLASSES), choices=list(CLASSES))
+    parser.add_argument('--set', default='photos', choices=SETS,
+                        help='photos: the ten classes of CLASSES; held-out: the six photos of HELD_OUT')
+    parser.add_argument('--classes', nargs='+', choices=[*CLASSES, *HELD_OUT], help='some classes of the set only')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    photos = load_photos(args.classes)
+    chosen = list(CLASSES if args.set == 'photos' else HELD_OUT)
+    if args.classes and set(args.classes) - set(chosen):
+        parser.error(f'--classes {sorted(set(args.classes) - set(chosen))} are not in --set {args.set}')
+    photos = load_photos(args.classes or chosen)
     for split, count, seed in (('train', args.train, args.seed), ('val', args.val, args.seed + 1)):
         make_split(photos, args.output / split, count, args.size, seed)
         print(f'{split}: {count} images of {len(photos)} classes in {args.output / split}')

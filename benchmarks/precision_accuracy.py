@@ -25,7 +25,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -53,6 +53,7 @@ class Row:
     count: int
     interval: Tuple[float, float] = (0., 0.)  # the drop's exact 95% interval (cmtnet.deploy.drop_check)
     float_ops: int = 0  # int8 ops that the tuning returned to float
+    float_op_names: Tuple[str, ...] = ()
 
 
 @torch.inference_mode()
@@ -70,29 +71,36 @@ def predictions(model: Callable, loader) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def quantized_rows(checkpoint: str, mode: str, data: Optional[str], calibration: int, batch_size: int,
-                   max_drop: float, reference_ops: bool = False) -> List[Row]:
+                   max_drop: float, reference_ops: bool = False, observer: str = 'histogram',
+                   keep: Optional[Dict[str, Any]] = None) -> List[Row]:
     """The rows of `checkpoint` int8-quantized in `mode` as `cmtnet quantize` does it, calibrated on the first
     `calibration` images of the train split and checked on the held-out split: every op quantized, then
     tuned to `max_drop` (the same row again when no tuning was needed). Compiled to int8 kernels, or with
     `reference_ops` the program's reference ops, without the minutes inductor takes to compile on a small CPU
-    (they round otherwise than the kernels)."""
+    (they round otherwise than the kernels). `observer` is the activation calibration (`--calibration`);
+    `keep`, where given, takes `quantize_command`'s result under the mode's name."""
     from cmtnet.deploy.quantize import QuantizeOptions, quantize_command
     with tempfile.TemporaryDirectory() as tmp:
         result = quantize_command(QuantizeOptions(
             checkpoint=checkpoint, output=Path(tmp) / 'int8.pt2', mode=mode, data=data, calibration_size=calibration,
-            batch_size=batch_size, max_drop=max_drop, compile=not reference_ops, workers=0))
+            batch_size=batch_size, max_drop=max_drop, compile=not reference_ops, workers=0, calibration=observer))
+    if keep is not None:
+        keep[mode] = result
     rows = []
     for name, measured in ((mode, result['untuned']), (f'{mode} tuned', result)):
         outcomes = PairedOutcomes(measured['count'], measured['lost'], measured['gained'])
         rows.append(Row(name, measured['quantized'], outcomes.drop, measured['agreement'], measured['count'],
-                        outcomes.interval(), len(result['float_ops']) if measured is result else 0))
+                        outcomes.interval(), len(result['float_ops']) if measured is result else 0,
+                        tuple(result['float_ops']) if measured is result else ()))
     return rows
 
 
 def measure(checkpoint: str, data: Optional[str] = None, precisions: Sequence[str] = PRECISIONS,
             batch_size: int = 32, calibration: int = 256, reference_ops: bool = False,
-            max_drop: float = TARGETS['int8'][0]) -> List[Row]:
-    """A `Row` per precision of `checkpoint` on the held-out split of `data` (None: the digits)."""
+            max_drop: float = TARGETS['int8'][0], observer: str = 'histogram',
+            keep: Optional[Dict[str, Any]] = None) -> List[Row]:
+    """A `Row` per precision of `checkpoint` on the held-out split of `data` (None: the digits); the int8
+    ones calibrated with `observer`, their `quantize_command` results put in `keep` where given."""
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise InputError(f'unknown precisions {unknown}; expected some of {", ".join(PRECISIONS)}')
@@ -109,7 +117,8 @@ def measure(checkpoint: str, data: Optional[str] = None, precisions: Sequence[st
     rows = []
     for precision in precisions:
         if precision.startswith('int8'):
-            rows += quantized_rows(checkpoint, precision, data, calibration, batch_size, max_drop, reference_ops)
+            rows += quantized_rows(checkpoint, precision, data, calibration, batch_size, max_drop, reference_ops,
+                                   observer, keep)
         else:
             classes = reference if precision == 'fp32' else predictions(inference_model(model, 'cpu', precision), loader)[0]
             top1 = 100 * (classes == targets).double().mean().item()

@@ -49,6 +49,10 @@ TINY = {
                                      'val: 10 images of 10 classes'),
     'precision_accuracy.py': (['--eval', '{tmp}/model.safetensors', '--precisions', 'fp32', 'bf16', 'int8',
                                '--reference-ops', '--calibration', '8', '--batch-size', '64'], '| bf16 |'),
+    'int8_accuracy.py': (['--eval', '{tmp}/model.safetensors', '--precisions', 'fp32', 'int8', '--reference-ops',
+                          '--calibrations', 'minmax', '--calibration-size', '8', '--batch-size', '64',
+                          '--max-drop', '100', '--time', 'none'],
+                         '| minmax |'),
     'photo_detection_set.py': (['{tmp}/photo_set', '--train', '3', '--val', '2'], 'val: 2 images'),
     'serve_load.py': (['--checkpoint', '{tmp}/model.safetensors', '--precision', 'fp32', '--concurrency', '1', '2',
                        '--seconds', '1', '--rounds', '1', '--max-batch-size', '2'], '| fp32 | 1 |'),
@@ -89,7 +93,8 @@ def test_script_runs_on_a_tiny_configuration(script, tmp_path):
         env.update(DRY_RUN='1', BIN=str(Path(sys.executable).parent))
     else:
         command = [sys.executable, str(BENCHMARKS / script), *args]
-    if script in ('precision_accuracy.py', 'serve_load.py', 'serve_screenshot.py'):  # an untrained digits classifier
+    # an untrained digits classifier
+    if script in ('precision_accuracy.py', 'int8_accuracy.py', 'serve_load.py', 'serve_screenshot.py'):
         model = timm.create_model('cmt_ti', img_size=32, num_classes=10)
         export_weights(tmp_path / 'model.safetensors', model.state_dict(),
                        dict(model='cmt_ti', img_size=32, class_names=[str(c) for c in range(10)]))

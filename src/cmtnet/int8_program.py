@@ -115,8 +115,10 @@ class QuantizedProgram(nn.Module):
         self.program = program
         self.mode = mode
         self.training = False
-        # imported for its side effect: it registers torchao's int8 fusion passes with inductor
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
+        if compile:
+            # imported for its side effect: it registers torchao's int8 fusion passes with inductor (and imports
+            # inductor, which the reference ops do not need)
+            import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
         self.compiled = compile
         self._run = torch.compile(program) if compile else program
         self.compiled_batch_sizes: List[int] = []  # the batch sizes compiled so far, ascending

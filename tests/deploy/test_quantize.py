@@ -7,8 +7,12 @@ kernels (`cmtnet quantize` compiles for its check unless told not to).
 """
 import argparse
 import json
+import os
 import re
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -297,3 +301,42 @@ def test_the_file_holds_int8_weights_and_is_small(run):
     # the loaded program's tensors: the int8 weights and their scales, not the float weights beside them
     float_model = load_for_inference(ModelOptions(checkpoint=str(checkpoint)), torch.device('cpu'))['model']
     assert sum(t.nbytes for t in tensors) <= 0.3 * sum(t.nbytes for t in float_model.state_dict().values())
+
+
+# a fresh process that loads one file and prints how much its peak memory grew (KiB). Both kinds of file are
+# loaded in the same state: torch and cmtnet imported, and a tiny torch.export program saved and loaded once, so
+# that what torch.export's loader imports the first time (its shape environment, aot_autograd: a cost of the
+# process, paid once, not of the file) is not counted
+_LOAD_PEAK = """
+import io, resource, sys, torch, cmtnet
+from cmtnet.classification.evaluate import load_for_inference
+from cmtnet.classification.options import ModelOptions
+from cmtnet.int8_program import is_quantized_file, load_quantized
+class Tiny(torch.nn.Module):
+    def forward(self, x):
+        return x + 1
+archive = io.BytesIO()
+torch.export.save(torch.export.export(Tiny(), (torch.ones(2),)), archive)
+archive.seek(0)
+torch.export.load(archive).module()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if is_quantized_file(sys.argv[1]):
+    load_quantized(sys.argv[1], compile=False)
+else:
+    load_for_inference(ModelOptions(checkpoint=sys.argv[1]), torch.device('cpu'))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def _load_peak(path) -> int:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(cmtnet.__file__).parents[1]),
+                                                      os.environ.get('PYTHONPATH', '')]))
+    result = subprocess.run([sys.executable, '-c', _LOAD_PEAK, str(path)], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(result.stdout.split()[-1])
+
+
+def test_loading_the_program_takes_no_more_memory_than_the_float_model(run):
+    _, checkpoint, output, _ = run
+    assert _load_peak(output) <= _load_peak(checkpoint)

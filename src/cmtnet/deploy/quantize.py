@@ -217,15 +217,28 @@ def save_quantized(path: PathLike, program: nn.Module, meta: Dict[str, Any]) -> 
     """Write the quantized `program` (`quantize_model`) as a `torch.export` archive, atomically, with `meta`
     (model, num_classes, img_size, crop_pct, interpolation, class_names, mode; the tuning adds calibration and
     float_ops) and the format and the torch and torchao versions in its extra file. The weights of the ops
-    quantized are stored in int8 with their scales."""
+    quantized are stored in int8 with their scales; the nodes' provenance (source lines, modules) is not kept."""
     missing = [k for k in (*_META_KEYS, 'mode') if k not in meta]
     if missing:
         raise ValueError(f'the metadata of a quantized program lacks {", ".join(missing)}')
     _check_mode(meta['mode'])
     extra = {QUANTIZED_META_FILE: json.dumps({**meta, 'format': QUANTIZED_FORMAT, **quantized_versions()})}
+    exported = _export(program, meta['img_size'])
+    _drop_provenance(exported.graph)
     archive = io.BytesIO()
-    torch.export.save(_export(program, meta['img_size']), archive, extra_files=extra)
+    torch.export.save(exported, archive, extra_files=extra)
     atomic_write(path, lambda f: _deflate_json(archive, f))
+
+
+# node metadata that says where an op came from (source lines, modules, the passes that made it): half of the
+# serialized graph, which loading parses into Python objects, and nothing that running the program reads
+_PROVENANCE = ('stack_trace', 'nn_module_stack', 'source_fn_stack', 'from_node', 'torch_fn')
+
+
+def _drop_provenance(graph: torch.fx.Graph) -> None:
+    for node in graph.nodes:
+        for key in _PROVENANCE:
+            node.meta.pop(key, None)
 
 
 def _deflate_json(archive: io.BytesIO, out: BinaryIO) -> None:
