@@ -8,7 +8,7 @@ from PIL import Image
 
 from cmtnet.detection.synthetic import SyntheticSpec, write_synthetic_coco
 
-TINY = SyntheticSpec(train_images=12, val_images=6, image_size=96, min_digit=28, max_digit=44, max_objects=2)
+TINY = SyntheticSpec(train_images=12, val_images=6, image_size=96, min_digit=28, max_digit=44, max_objects=2, bold=0.5)
 
 
 def tiny_synthetic(root: Path, spec: SyntheticSpec = TINY) -> Path:

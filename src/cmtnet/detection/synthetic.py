@@ -5,14 +5,14 @@ generated from what scikit-learn ships (the 1,797 8x8 handwritten digits and its
 with a fixed seed, and written in the COCO 2017 layout (`ROOT/annotations/instances_{train,val}2017.json`,
 `ROOT/{train,val}2017/*.jpg`), so that the very reader used for COCO reads it too.
 
-Each image is a random crop of a sample photo, flipped, rotated by quarter turns and colour-shifted,
-with one to `max_objects` digits pasted at random scales and positions, without overlap. The digits are
-bold: each stroke is widened by `bold` of the digit's 8x8 pixels on each side, so that a pixel mask (and a
-segmenter predicting at a quarter of the resolution) can follow it. A digit's mask is its own ink (the 8x8
-ink levels upscaled and widened, above half strength) and its box the extent of that mask; the ink is
-painted in a colour that stands out from the background under it. The ten categories are the digits
-'0' to '9' (ids 1 to 10). The train and val images draw their digits from the same stratified 80/20 split
-of the digits as the classification demo, so a backbone trained on that demo never saw a val digit.
+Each image is a random crop of a sample photo, flipped, rotated by quarter turns and colour-shifted, with one
+to `max_objects` digits pasted at random scales and positions, without overlap. With `bold`, each stroke is
+widened by that many of the digit's 8x8 pixels on each side, so that a pixel mask (and a segmenter predicting
+at a quarter of the resolution) can follow it (the segmentation set's spec). A digit's mask is its own ink
+(the 8x8 ink levels upscaled and widened, above half strength) and its box the extent of that mask; the ink is
+painted in a colour that stands out from the background under it. The ten categories are the digits '0' to '9'
+(ids 1 to 10). The train and val images draw their digits from the same stratified 80/20 split of the digits
+as the classification demo, so a backbone trained on that demo never saw a val digit.
 """
 import json
 import os
@@ -38,11 +38,11 @@ class SyntheticSpec:
     """What the embedded set is made of; a change of any field makes another set (another folder)."""
     train_images: int = 1200
     val_images: int = 200
-    image_size: int = 64
-    min_digit: int = 24  # the side of the pasted 8x8 digit cell, in pixels
-    max_digit: int = 40
-    max_objects: int = 2
-    bold: float = 0.5  # how far each stroke is widened on each side, in the 8x8 digit's pixels
+    image_size: int = 128
+    min_digit: int = 28  # the side of the pasted 8x8 digit cell, in pixels
+    max_digit: int = 60
+    max_objects: int = 3
+    bold: float = 0.  # how far each stroke is widened on each side, in the 8x8 digit's pixels
     seed: int = 0
 
 

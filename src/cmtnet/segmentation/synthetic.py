@@ -1,14 +1,14 @@
 """The embedded segmentation set: the embedded detection set's digits on photo crops, as class masks.
 
-`cmtnet segment train` with no data flags trains on it, so that segmentation runs with no download. It is
-the detection set (`detection.synthetic`: scikit-learn's handwritten digits pasted on crops of its sample
-photos, with a pixel mask per digit), with each image's instance masks painted into one class mask:
-0 for the background, 1 + d for a pixel of digit d (11 classes, named in `classes.txt`). A digit's pixels
-are its ink and those within `MARGIN` pixels of it: a segmenter predicts at a quarter of the resolution,
-where a stroke a few pixels wide is less than one cell, while the digit's area is a shape it can follow. It is written in
-the generic folder layout, `ROOT/{train,val}/images/*.jpg` and `ROOT/{train,val}/masks/*.png`, so that it
-reads as a user's own folders would; the val digits are the detection set's, which the classification
-demo never trains on.
+`cmtnet segment train` with no data flags trains on it, so that segmentation runs with no download. It is a
+detection set (`detection.synthetic`: scikit-learn's handwritten digits pasted on crops of its sample photos,
+with a pixel mask per digit) drawn to `SPEC` (64 px images of one or two bold digits), with each image's
+instance masks painted into one class mask: 0 for the background, 1 + d for a pixel of digit d (11 classes,
+named in `classes.txt`). A digit's pixels are its ink and those within `MARGIN` pixels of it: a segmenter
+predicts at a quarter of the resolution, where a stroke a few pixels wide is less than one cell, while the
+digit's area is a shape it can follow. It is written in the generic folder layout,
+`ROOT/{train,val}/images/*.jpg` and `ROOT/{train,val}/masks/*.png`, so that it reads as a user's own folders
+would; the val digits are the detection set's, which the classification demo never trains on.
 """
 import json
 import shutil
@@ -20,14 +20,16 @@ from PIL import Image, ImageFilter
 
 from ..detection.synthetic import SyntheticSpec, default_root as detection_root, write_synthetic_coco, write_whole
 
-__all__ = ['CLASS_NAMES', 'MARGIN', 'default_root', 'write_synthetic_masks']
+__all__ = ['CLASS_NAMES', 'MARGIN', 'SPEC', 'default_root', 'write_synthetic_masks']
 
 CLASS_NAMES = ('background', *(str(d) for d in range(10)))
 _VERSION = 2
 MARGIN = 3  # pixels a digit's mask reaches past its ink
+# smaller images of fewer, bolder digits than the detection set's: a short CPU run can learn their masks
+SPEC = SyntheticSpec(image_size=64, min_digit=24, max_digit=40, max_objects=2, bold=0.5)
 
 
-def default_root(spec: SyntheticSpec = SyntheticSpec()) -> Path:
+def default_root(spec: SyntheticSpec = SPEC) -> Path:
     """Beside the detection set it is made from: `segmentation-<detection set's name>-v<N>`."""
     detection = detection_root(spec)
     return detection.with_name(f'segmentation-{detection.name}-v{_VERSION}')
@@ -58,7 +60,7 @@ def _write_split(coco_root: Path, split: str, out: Path) -> None:
         Image.fromarray(labels).save(out / 'masks' / f'{Path(img["file_name"]).stem}.png')
 
 
-def write_synthetic_masks(root: Optional[Union[str, Path]] = None, spec: SyntheticSpec = SyntheticSpec()) -> Path:
+def write_synthetic_masks(root: Optional[Union[str, Path]] = None, spec: SyntheticSpec = SPEC) -> Path:
     """Generate the embedded set into `root` (default: `default_root(spec)`) unless it is there already;
     returns `root`. The detection set is generated first if needed. Generation writes to a temporary folder
     renamed into place, so a set is whole or absent."""
