@@ -35,7 +35,6 @@ fixed graph also drops the position-bias resize.
 
     cmtnet export cmt_s --checkpoint run/best.safetensors --quantize int8 --data /path/imagenet -o cmt_s_int8.onnx
 """
-import argparse
 import json
 import tempfile
 import warnings
@@ -51,7 +50,7 @@ from timm.utils import reparameterize_model
 
 from ..checkpoints import atomic_write, checkpoint_info, create_model
 from ..classification.predict import class_labels
-from ..engine.options import add_command, option
+from ..engine.options import command_parser, option
 from ..errors import CommandError, InputError, did_you_mean
 from ..models import NET_STRIDE, VARIANT_ARGS, check_img_size, native_img_size, set_model_fused_attn
 from .quantize import calibration_batches, check_calibration_flags
@@ -367,7 +366,6 @@ def _run(options: ExportOptions) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    return add_command(
-        subparsers, 'export', ExportOptions, _run, description=__doc__.split('\n\n')[0],
-        help='export a CMT (fused for inference) to ONNX, int8 ONNX or TorchScript, checked against eager')
+add_parser = command_parser(
+    'export', ExportOptions, _run, description=__doc__.split('\n\n')[0],
+    help='export a CMT (fused for inference) to ONNX, int8 ONNX or TorchScript, checked against eager')

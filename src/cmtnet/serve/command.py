@@ -3,14 +3,13 @@
 The process binds `--host:--port`, loads and warms the model, and answers until SIGINT or SIGTERM; then it
 stops taking connections, finishes the requests in flight and exits 0.
 """
-import argparse
 import logging
 import os
 import signal
 from dataclasses import dataclass
 from typing import Optional
 
-from ..engine.options import add_command, device_option, option, precision_option
+from ..engine.options import command_parser, device_option, option, precision_option
 from ..errors import InputError
 
 __all__ = ['API_KEY_VARIABLE', 'ServeOptions', 'add_parser', 'serve_command']
@@ -83,11 +82,10 @@ def serve_command(options: ServeOptions) -> int:
     return 0 if server.started else 1
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    add_command(
-        subparsers, 'serve', ServeOptions, serve_command,
-        help='serve a checkpoint over HTTP: dynamic batching, a web page, metrics',
-        description='Serve a classification, detection or segmentation checkpoint over HTTP: POST /predict '
-                    'answers in the Hugging Face Inference API\'s JSON, / is a web page that draws the result, '
-                    '/metrics is Prometheus text. Requests arriving together share one forward. SIGTERM '
-                    'finishes the requests in flight, then exits.')
+add_parser = command_parser(
+    'serve', ServeOptions, serve_command,
+    help='serve a checkpoint over HTTP: dynamic batching, a web page, metrics',
+    description='Serve a classification, detection or segmentation checkpoint over HTTP: POST /predict '
+                'answers in the Hugging Face Inference API\'s JSON, / is a web page that draws the result, '
+                '/metrics is Prometheus text. Requests arriving together share one forward. SIGTERM '
+                'finishes the requests in flight, then exits.')
