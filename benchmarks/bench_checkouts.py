@@ -5,7 +5,8 @@ Each checkout's package runs in a process of its own (its `src` first on the pat
 runs their warm-up steps (compiling happens there), and then runs one step whenever this process asks. This
 process asks for each step of one checkout and then of the other, step after step, round after round (the
 order reversed every other round), so that a change in machine load falls on both alike; the table gives the
-median ms per batch and the speed ratio after/before. `--plain-compiled` adds, in the checkout after, the folded model compiled without
+median ms per batch and the speed ratio after/before; with `--timing-lock FILE` the timing alone holds an exclusive lock on FILE (the
+building and compiling run unlocked). `--plain-compiled` adds, in the checkout after, the folded model compiled without
 the CPU fast path (`reparameterize_model` alone, channels_last, inductor with freezing at static shapes).
 
     git archive 8150c42 src | tar -x -C /tmp/before      # the package as it was at a commit
@@ -44,7 +45,8 @@ def _plain_compiled_step(speed: Any, name: str, precision: str, batch_size: int)
 
 def worker(args: argparse.Namespace) -> None:
     """A checkout's process: build and warm up its steps, say which and how long the warm-up took, then
-    answer each step name read on stdin with the seconds one step took ('peaks': the practical peaks)."""
+    answer each step name read on stdin with the seconds one step took ('peaks': the practical peaks and the
+    machine, load average included)."""
     answers = os.fdopen(os.dup(1), 'w', buffering=1)
     os.dup2(2, 1)  # whatever the library prints goes to stderr, not into the answers
     sys.path.insert(0, str(Path(args.worker).resolve()))
@@ -72,14 +74,13 @@ def worker(args: argparse.Namespace) -> None:
                 for _ in range(args.warmup):
                     steps[key]()
                 warmup[key] = time.perf_counter() - start
-        print(json.dumps(dict(package=cmtnet.__file__, machine=speed.machine(args.threads), warmup=warmup)),
-              file=answers)
+        print(json.dumps(dict(package=cmtnet.__file__, warmup=warmup)), file=answers)
         for line in sys.stdin:
             key = line.strip()
             if key == 'peaks':
                 peaks = {p: speed.practical_peak_gflops(torch.device('cpu'), getattr(torch, d))
                          for p, d in (('fp32', 'float32'), ('bf16', 'bfloat16'))}
-                print(json.dumps(peaks), file=answers)
+                print(json.dumps(dict(peaks, machine=speed.machine(args.threads))), file=answers)
             else:
                 start = time.perf_counter()
                 steps[key]()
@@ -119,11 +120,13 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     parser.add_argument('--threads', type=int, default=0, help='intra-op threads (0: as they are)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps first (compiling happens there)')
     parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--timing-lock', metavar='FILE', help='hold an exclusive lock on FILE while timing')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return []
+    from timing import locked  # here: it imports cmtnet, which a checkout's process takes from its own `src`
     shared = ['--model', args.model, '--paths', *args.paths, '--precision', *args.precision,
               '--batch-size', str(args.batch_size), '--threads', str(args.threads), '--warmup', str(args.warmup)]
     processes = {
@@ -134,19 +137,20 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
         for checkout, source in zip(CHECKOUTS, (args.before, args.after))}
     try:
         ready = {checkout: _answer(p.stdout) for checkout, p in processes.items()}  # both built in parallel
-        peaks = _ask(processes['after'], 'peaks')
         turns = [(c, key) for key in ready['after']['warmup'] for c in CHECKOUTS if key in ready[c]['warmup']]
         times: Dict[tuple, List[float]] = {turn: [] for turn in turns}
-        for round_ in range(args.rounds):
-            for checkout, key in turns if round_ % 2 == 0 else reversed(turns):
-                times[(checkout, key)].append(_ask(processes[checkout], key))
+        with locked(args.timing_lock):
+            peaks = _ask(processes['after'], 'peaks')
+            for round_ in range(args.rounds):
+                for checkout, key in turns if round_ % 2 == 0 else reversed(turns):
+                    times[(checkout, key)].append(_ask(processes[checkout], key))
     finally:
         for p in processes.values():
             if p.stdin:
                 p.stdin.close()
             p.wait()
     ms = {turn: 1e3 * median(t) for turn, t in times.items() if t}
-    print(f'{args.model}, batch {args.batch_size} at its native size; {ready["after"]["machine"]}; practical peak '
+    print(f'{args.model}, batch {args.batch_size} at its native size; {peaks["machine"]}; practical peak '
           f'fp32 {peaks["fp32"]:.0f}, bf16 {peaks["bf16"]:.0f} GFLOP/s; {args.warmup} warm-up + {args.rounds} '
           'interleaved rounds, median')
     for checkout in CHECKOUTS:
