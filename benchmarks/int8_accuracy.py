@@ -21,12 +21,10 @@ to compile each program for the check (they round otherwise than the int8 kernel
 compiled either way.
 """
 import argparse
-import contextlib
-import fcntl
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -37,22 +35,9 @@ from cmtnet.deploy.quantize import CALIBRATIONS, quantized_program
 from cmtnet.int8_program import QuantizedProgram
 from cmtnet.runtime import inference_model
 from precision_accuracy import PRECISIONS, TARGETS, Row, measure
-from timing import compiled_step, interleaved
+from timing import compiled_step, interleaved, locked
 
 INT8 = ('int8', 'int8-bf16')
-
-
-@contextlib.contextmanager
-def _locked(path: Optional[str]) -> Iterator[None]:
-    if path is None:
-        yield
-        return
-    with open(path, 'a') as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def speeds(checkpoint: str, results: Dict[str, Dict[str, Any]], batch_size: int, warmup: int, rounds: int,
@@ -72,7 +57,7 @@ def speeds(checkpoint: str, results: Dict[str, Dict[str, Any]], batch_size: int,
             runnable = QuantizedProgram(program, mode)
             steps[name] = lambda run=runnable: run(images)
     warmup_seconds, _ = interleaved(steps, warmup, 0)  # compiling, unlocked: minutes a program
-    with _locked(lock):
+    with locked(lock):
         _, times = interleaved(steps, 0, rounds)
     print(f'{checkpoint}: compiling (first call) ' + ', '.join(f'{k} {v:.0f} s' for k, v in warmup_seconds.items()),
           file=sys.stderr, flush=True)

@@ -173,7 +173,14 @@ def test_the_usage_line_and_the_help_agree_on_what_is_required():
         in_help = {a.option_strings[0] for a in parser._actions if a.option_strings and '(required' in (a.help or '')}
         assert in_usage == in_help, words
         checked += bool(in_help)
-    assert checked >= 9  # eval, predict, serve, export, quantize, detect and segment eval and predict
+        # a positional argument the usage line shows optional ([IMAGE ...]) says in its help what its absence means
+        for action in parser._actions:
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                name, required = action.metavar or action.dest, '(required' in (action.help or '')
+                assert bool(re.search(rf'(?<![\w-]){name}(?!\w)', usage)) == required, (words, name)
+                assert required or '(default' in action.help, (words, name)
+                checked += 1
+    assert checked >= 13  # eval, predict, serve, export, quantize, detect and segment eval and predict; 4 positionals
 
 
 def test_a_checkpoint_required_here_or_in_the_config_file(tmp_path, capsys):

@@ -104,7 +104,7 @@ class EvalOptions(ModelOptions):
 @dataclass
 class PredictOptions(ModelOptions):
     """`cmtnet predict`: the top-k classes of image files and folders of images."""
-    inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
+    inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER', required=True,
                                help='image files and folders of images')
     top_k: int = option(5, metavar='K', help='classes to show per image')
     json: bool = option(False, help='print a JSON object per image (the answer of cmtnet serve) instead of text')

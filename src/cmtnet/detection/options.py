@@ -5,10 +5,11 @@ The CMT paper trains its detectors as its contemporaries did (mmdetection's 1x s
 learning rate divided by 10 after epochs 8 and 11, a linear warm-up over the first 500 updates from a
 thousandth of the rate, and images resized to a shorter side of 800 (longer side at most 1333).
 
-Each field carries its command-line spelling and help (engine/options.py); detection/commands.py turns them
-into `cmtnet detect train | eval | predict`. Eval and predict take what every dense task's do
-(`engine.dense.DenseEvalOptions`, `DensePredictOptions`: checkpoint, device, autocast, `--precision`, config,
-val data) and detection's own flags.
+Each field carries its command-line spelling and help (engine/options.py), and each class's docstring is its
+command's description in --help; detection/commands.py turns them into `cmtnet detect train | eval | predict`.
+Eval and predict take what every dense task's do (`engine.dense.DenseEvalOptions`, `DensePredictOptions`:
+checkpoint, device, autocast, `--precision`, config, val data), their help speaking of the data as training's
+does, and detection's own flags.
 """
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -17,7 +18,7 @@ from ..engine.dense import DenseEvalOptions, DensePredictOptions, DenseTrainOpti
 from ..engine.options import option
 from ..models.variants import VARIANT_ARGS
 from .backbone import BATCH_NORM_MODES
-from .builders import DETECTION, DETECTORS
+from .builders import DETECTORS
 
 __all__ = ['DetectEvalOptions', 'DetectOptions', 'DetectPredictOptions']
 
@@ -42,7 +43,8 @@ def _side(help: str) -> Any:
 
 @dataclass
 class DetectOptions(DenseTrainOptions):
-    """A detection run: data, detector and backbone, and the engine's options with the 1x defaults."""
+    """Train a torchvision detector on a CMT backbone on COCO-format data (default: the embedded digits set),
+    with the paper-era 1x schedule as the default."""
     # data: a COCO 2017 tree (`data`), or the four paths; neither: the embedded digits set
     data: Optional[str] = _data()
     train_images: Optional[str] = images_option('train')
@@ -84,10 +86,8 @@ class DetectOptions(DenseTrainOptions):
 
 @dataclass
 class DetectEvalOptions(DenseEvalOptions):
-    """`cmtnet detect eval`: a checkpoint's COCO AP on a val set (or the embedded one's)."""
-    checkpoint: Optional[str] = DETECTION.checkpoint_option()
-    data: Optional[str] = _data()
-    strict: bool = _strict()
+    """COCO evaluation (pycocotools) of a detection checkpoint on val images: prints the standard summary and
+    writes the COCO results JSON."""
     val_annotations: Optional[str] = _annotations('val')
     min_size: Optional[int] = _side('shorter side')
     max_size: Optional[int] = _side('longest side')
@@ -98,8 +98,8 @@ class DetectEvalOptions(DenseEvalOptions):
 
 @dataclass
 class DetectPredictOptions(DensePredictOptions):
-    """`cmtnet detect predict`: drawn detections and a JSON for image files and folders."""
-    checkpoint: Optional[str] = DETECTION.checkpoint_option()
+    """Detect objects in image files (and folders of them): a PNG per image with boxes, labels, scores and masks
+    drawn, and detections.json."""
     score_threshold: float = option(0.5, metavar='S', help='leave out detections scored below this')
     min_size: Optional[int] = _side('shorter side')
     max_size: Optional[int] = _side('longest side')

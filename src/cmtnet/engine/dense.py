@@ -10,9 +10,9 @@ head on the CMT ('detector'). From these come:
 - `DenseOptions`, `DenseEvalOptions` and `DensePredictOptions`: what `eval` and `predict` of both tasks take
   alike (which weights, the device, autocast, `--precision`, a config file, the val data, the images to
   predict), with the option fields the tasks' training data flags share (`images_option`, `workers_option`);
-- `add_dense_commands`: `cmtnet <task> train | eval | predict`, from the task's options, its eval and predict
-  functions and what it says of itself in --help (`DenseTexts`); training imported when a run starts
-  (`task_train`);
+- `DenseCommands`: `cmtnet <task> train | eval | predict`, from the task's options, its eval and predict
+  functions and what it says of itself in --help, in the words of the task's own options; training imported
+  when a run starts (`task_train`);
 - `DenseTask`: the part of a training task both share (loaders, autocast, the CMT's position biases exempt
   from weight decay, unreadable images counted).
 
@@ -21,8 +21,9 @@ segmentation.
 """
 import argparse
 import importlib
+import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Set, Tuple, Type
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Set, Tuple, Type
 
 import safetensors.torch
 import torch.nn as nn
@@ -32,11 +33,12 @@ from ..checkpoints import PathLike, task_checkpoint_meta
 from ..errors import InputError
 from ..runtime import Processes, amp_dtype
 from .data import eval_loader, train_loader
-from .options import RunOptions, add_command, amp_option, config_option, device_option, option, precision_option
+from .options import (
+    RunOptions, add_command, amp_option, config_option, device_option, option, option_help, parse, precision_option)
 from .task import Task
 
-__all__ = ['DenseEvalOptions', 'DenseKind', 'DenseOptions', 'DensePredictOptions', 'DenseTask', 'DenseTexts',
-           'DenseTrainOptions', 'add_dense_commands', 'images_option', 'task_train', 'workers_option']
+__all__ = ['DenseCommands', 'DenseEvalOptions', 'DenseKind', 'DenseOptions', 'DensePredictOptions', 'DenseTask',
+           'DenseTrainOptions', 'images_option', 'task_train', 'workers_option']
 
 _AMP_HELP = 'mixed precision: auto is bf16 on CUDA, off on CPU'
 
@@ -65,10 +67,10 @@ class DenseKind:
             raise InputError(f'cannot load {path} into {meta[self.head]} on {meta["model"]}: {e}') from e
         return model.eval(), meta
 
-    def checkpoint_option(self) -> Any:
-        """`--checkpoint` of this task's eval and predict."""
-        return option(None, metavar='PATH', required=True, help=f'weights a {self.name} run wrote, e.g. '
-                                                                f'runs/{self.command}/model.safetensors')
+    @property
+    def checkpoint_help(self) -> str:
+        """The help of `--checkpoint` of this task's eval and predict."""
+        return f'weights a {self.name} run wrote, e.g. runs/{self.command}/model.safetensors'
 
 
 def images_option(split: str) -> Any:
@@ -94,9 +96,9 @@ class DenseTrainOptions(RunOptions):
 
 @dataclass
 class DenseOptions:
-    """What `eval` and `predict` of every dense task take: which weights (each task says whose in
-    `checkpoint`'s help, `DenseKind.checkpoint_option`), where and how they run; --help lists the latter after
-    the task's own options."""
+    """What `eval` and `predict` of every dense task take: which weights (--help says whose:
+    `DenseKind.checkpoint_help`), where and how they run; --help lists the latter after the task's own
+    options."""
     listed_last: ClassVar[Tuple[str, ...]] = ('device', 'amp', 'precision', 'config')
     checkpoint: Optional[str] = option(None, metavar='PATH', required=True, help='weights a run wrote')
     device: Optional[str] = device_option()
@@ -107,8 +109,8 @@ class DenseOptions:
 
 @dataclass
 class DenseEvalOptions(DenseOptions):
-    """What `eval` of every dense task takes besides: its val data (each task says which in the help of `data`
-    and `strict`, and adds its own files) and the loading processes."""
+    """What `eval` of every dense task takes besides: its val data (--help says which in the words of the task's
+    training options' `data` and `strict`; each task adds its own files) and the loading processes."""
     listed_last: ClassVar[Tuple[str, ...]] = ('strict', 'workers') + DenseOptions.listed_last
     data: Optional[str] = option(None, metavar='ROOT', group='data', help="the dataset's folder")
     val_images: Optional[str] = images_option('val')
@@ -120,19 +122,9 @@ class DenseEvalOptions(DenseOptions):
 class DensePredictOptions(DenseOptions):
     """What `predict` of every dense task takes besides: image files and folders, and the JSON switch."""
     listed_last: ClassVar[Tuple[str, ...]] = ('json',) + DenseOptions.listed_last
-    inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER',
+    inputs: List[str] = option(default_factory=list, positional=True, metavar='IMAGE_OR_FOLDER', required=True,
                                help='image files and folders of images')
     json: bool = option(False, help='print a JSON object per image (the answer of cmtnet serve) instead of text')
-
-
-class DenseTexts(NamedTuple):
-    """What `cmtnet <task>` and its subcommands say of themselves in --help: each a (help, description) pair,
-    and `data`, the data the task reads (in the title of the data flags' section)."""
-    command: Tuple[str, str]
-    data: str
-    train: Tuple[str, str]
-    eval: Tuple[str, str]
-    predict: Tuple[str, str]
 
 
 def task_train(package: str) -> Callable[[Any], Any]:
@@ -143,23 +135,47 @@ def task_train(package: str) -> Callable[[Any], Any]:
     return train
 
 
-def add_dense_commands(subparsers: argparse._SubParsersAction, kind: DenseKind, package: str, texts: DenseTexts,
-                       options: Tuple[Type, Type, Type], eval: Callable[[Any], Any],
-                       predict: Callable[[Any], Any]) -> None:
-    """Add `cmtnet <kind.command>` with its `train`, `eval` and `predict` subcommands, which take the `options`
-    (in that order): `train` runs the task package `package`'s training (`task_train`), `eval` and `predict`
-    the functions given."""
-    parser = subparsers.add_parser(kind.command, help=texts.command[0], description=texts.command[1])
-    commands = parser.add_subparsers(dest=f'{kind.command}_command', metavar='COMMAND', required=True)
-    groups = {'data': f'data ({texts.data}; default: the embedded digits set)'}
-    train_help, train_description = texts.train
-    train_description += (' Every option can also be set in a YAML file (--config); the command line wins. Several '
-                          f'processes: torchrun --nproc_per_node N -m cmtnet {kind.command} train ...')
-    for name, command_options, run, (help, description), command_groups in (
-            ('train', options[0], task_train(package), (train_help, train_description), dict(groups, model='model')),
-            ('eval', options[1], eval, texts.eval, groups),
-            ('predict', options[2], predict, texts.predict, None)):
-        add_command(commands, name, command_options, run, groups=command_groups, help=help, description=description)
+@dataclass(frozen=True)
+class DenseCommands:
+    """`cmtnet <kind.command>` with its `train`, `eval` and `predict` subcommands, which take the `options` (in
+    that order): `train` runs the task package `package`'s training (`task_train`), `eval` and `predict` the
+    functions given. `help` and `description` are the task command's, `helps` its subcommands' one-line helps
+    (in that order) and `data` the data the task reads (in the title of the data flags' section); each
+    subcommand's description is its options class's docstring. Eval and predict speak of the task's data in the
+    words of its training options (the help of `data` and `strict`) and of the weights as `kind` does."""
+    kind: DenseKind
+    package: str
+    options: Tuple[Type, Type, Type]
+    eval: Callable[[Any], Any]
+    predict: Callable[[Any], Any]
+    help: str
+    description: str
+    data: str
+    helps: Tuple[str, str, str]
+
+    def add_parser(self, subparsers: argparse._SubParsersAction) -> None:
+        """Add the task's command and its three subcommands to `subparsers` (what cli.py calls)."""
+        command = self.kind.command
+        parser = subparsers.add_parser(command, help=self.help, description=self.description)
+        commands = parser.add_subparsers(dest=f'{command}_command', metavar='COMMAND', required=True)
+        groups = {'data': f'data ({self.data}; default: the embedded digits set)'}
+        train, evaluate, predict = self.options
+        words = {'checkpoint': self.kind.checkpoint_help}
+        eval_words = dict(words, **{name: option_help(train, name) for name in ('data', 'strict')})
+        train_description = (f'{inspect.cleandoc(train.__doc__)} Every option can also be set in a YAML file '
+                             '(--config); the command line wins. Several processes: torchrun --nproc_per_node N '
+                             f'-m cmtnet {command} train ...')
+        for name, options, run, help, description, command_groups, helps in (
+                ('train', train, task_train(self.package), self.helps[0], train_description,
+                 dict(groups, model='model'), None),
+                ('eval', evaluate, self.eval, self.helps[1], inspect.cleandoc(evaluate.__doc__), groups, eval_words),
+                ('predict', predict, self.predict, self.helps[2], inspect.cleandoc(predict.__doc__), None, words)):
+            add_command(commands, name, options, run, groups=command_groups, helps=helps, help=help,
+                        description=description)
+
+    def parse_options(self, argv: Sequence[str]) -> Any:
+        """The options of `cmtnet <task> train ARGV`, with the config file applied."""
+        return parse(self.options[0], argv, prog=f'cmtnet {self.kind.command} train')
 
 
 class DenseTask(Task):

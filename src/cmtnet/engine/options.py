@@ -28,7 +28,8 @@ import yaml
 from ..errors import InputError, did_you_mean_path
 
 __all__ = ['SCHEDULES', 'HelpFormatter', 'RunOptions', 'add_command', 'add_options', 'amp_option', 'command_parser',
-           'config_option', 'device_option', 'option', 'options_from', 'parse', 'precision_option', 'write_config']
+           'config_option', 'device_option', 'option', 'option_help', 'options_from', 'parse', 'precision_option',
+           'write_config']
 
 Options = TypeVar('Options')
 
@@ -63,10 +64,11 @@ def option(
     makes a list a repeatable flag, `positional` an argument without a flag. `unset` says what an unset (None
     or empty) default means, for `--help`; `group` names the help section the option is listed in.
 
-    `required` marks an option, None by default, that the command cannot run without but that the `--config`
-    file may give instead of the command line: the usage line shows it as required and its help says so, while
-    argparse lets it be left out (the config file is read after parsing) and the command refuses a missing value
-    with its own message. A field without a default is required on the command line itself.
+    `required` marks an option, None (or empty) by default, that the command cannot run without but that the
+    `--config` file may give instead of the command line: the usage line shows it as required (a positional list
+    as at least one value) and its help says so, while argparse lets it be left out (the config file is read
+    after parsing) and the command refuses a missing value with its own message. A field without a default is
+    required on the command line itself.
     """
     spec = dict(help=help, unset=unset, flags=tuple(flags), metavar=metavar, choices=choices, nargs=nargs,
                 type=type, repeat=repeat, positional=positional, group=group, required=required)
@@ -173,6 +175,14 @@ def _spec(options: Type, name: str) -> Optional[Dict[str, Any]]:
     return None
 
 
+def option_help(options: Type, name: str) -> str:
+    """The help of option field `name` of the `options` dataclass, as its declaration writes it."""
+    spec = _spec(options, name)
+    if spec is None:
+        raise KeyError(f'{options.__name__} has no option {name!r}')
+    return spec['help']
+
+
 def _fields(options: Type) -> List[Tuple[dataclasses.Field, Dict[str, Any]]]:
     """The fields of `options` that are command-line options, with their metadata, in field order."""
     specs = [(f, _spec(options, f.name)) for f in dataclasses.fields(options)]
@@ -254,18 +264,24 @@ class HelpFormatter(argparse.HelpFormatter):
             if getattr(action, _SHOWN_REQUIRED, False):
                 action = copy.copy(action)
                 action.required = True
+                if action.nargs == '*':  # a positional list: at least one value
+                    action.nargs = '+'
             shown.append(action)
         super().add_usage(usage, shown, groups, prefix)
 
 
-def add_options(parser: argparse.ArgumentParser, options: Type, groups: Optional[Mapping[str, str]] = None) -> None:
+def add_options(parser: argparse.ArgumentParser, options: Type, groups: Optional[Mapping[str, str]] = None,
+                helps: Optional[Mapping[str, str]] = None) -> None:
     """Declare the option fields of the `options` dataclass on `parser`, each default shown in its help.
+
+    `helps` replaces the help of the fields it names: the words of the command that adds a shared field (one
+    task's data in the help of every dense task's `--data`).
 
     `groups` maps the fields' group names to the titles of the help sections, in the order they are listed;
     a field without a group is listed under the parser's own options. Within a section the fields are listed
     in their order, but those the class names in `listed_last` (a base class's, listed after a subclass's
     own), which come last, in that order."""
-    groups = groups or {}
+    groups, helps = groups or {}, helps or {}
     hints = typing.get_type_hints(options)
     sections = {name: parser.add_argument_group(title) for name, title in groups.items()}
     order = list(groups)  # the usage line lists the options section by section, as the help does
@@ -278,6 +294,7 @@ def add_options(parser: argparse.ArgumentParser, options: Type, groups: Optional
         return section, last.index(f.name) + 1 if f.name in last else 0
 
     for f, spec in sorted(_fields(options), key=place):
+        spec = dict(spec, help=helps[f.name]) if f.name in helps else spec
         names, kwargs = _argument(f, spec, hints[f.name], config=False)
         name = spec['group']
         if name is not None and name not in sections:
@@ -293,11 +310,13 @@ def add_command(
         run: Callable[[Options], Any],
         presets: Optional[Mapping[str, Mapping[str, Any]]] = None,
         groups: Optional[Mapping[str, str]] = None,
+        helps: Optional[Mapping[str, str]] = None,
         **parser_kwargs: Any,
 ) -> argparse.ArgumentParser:
-    """Add subcommand `name`, whose options are the fields of `options` and which runs `run(options)`."""
+    """Add subcommand `name`, whose options are the fields of `options` (`groups` and `helps` as `add_options`
+    takes them) and which runs `run(options)`."""
     parser = subparsers.add_parser(name, **{'formatter_class': HelpFormatter, **parser_kwargs})
-    add_options(parser, options, groups)
+    add_options(parser, options, groups, helps)
     parser.set_defaults(func=lambda args: run(options_from(args, options, presets)))
     return parser
 

@@ -8,10 +8,11 @@ schedule is counted in epochs so that it scales too: ADE20K's 20,210 training im
 16 make 1,263 updates an epoch, and 64 epochs are 80,832 updates, the 80k schedule. (`--min-updates N`
 stretches the epochs of a small set by a whole factor until the schedule has at least N updates.)
 
-Each field carries its command-line spelling and help (engine/options.py); segmentation/commands.py turns
-them into `cmtnet segment train | eval | predict`. Eval and predict take what every dense task's do
-(`engine.dense.DenseEvalOptions`, `DensePredictOptions`: checkpoint, device, autocast, `--precision`, config,
-val data) and segmentation's own flags.
+Each field carries its command-line spelling and help (engine/options.py), and each class's docstring is its
+command's description in --help; segmentation/commands.py turns them into `cmtnet segment train | eval |
+predict`. Eval and predict take what every dense task's do (`engine.dense.DenseEvalOptions`,
+`DensePredictOptions`: checkpoint, device, autocast, `--precision`, config, val data), their help speaking of
+the data as training's does, and segmentation's own flags.
 """
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -19,7 +20,7 @@ from typing import Any, List, Optional
 from ..engine.dense import DenseEvalOptions, DensePredictOptions, DenseTrainOptions, images_option
 from ..engine.options import option
 from ..models.variants import VARIANT_ARGS
-from .models import HEADS, SEGMENTATION
+from .models import HEADS
 
 __all__ = ['SegmentEvalOptions', 'SegmentOptions', 'SegmentPredictOptions']
 
@@ -68,7 +69,9 @@ def _slide_override() -> Any:
 
 @dataclass
 class SegmentOptions(DenseTrainOptions):
-    """A segmentation run: data, head and backbone, and the engine's options with the Semantic FPN recipe."""
+    """Train Semantic FPN or UPerNet on a CMT backbone (default: on the embedded digits set), with the Semantic
+    FPN ADE20K recipe as the default (AdamW, lr 1e-4 at a global batch of 16, poly schedule, 80k iterations on
+    ADE20K)."""
     # data: ADE20K (`data`), or the four folders; neither: the embedded digits set
     data: Optional[str] = _data()
     train_images: Optional[str] = images_option('train')
@@ -108,10 +111,8 @@ class SegmentOptions(DenseTrainOptions):
 
 @dataclass
 class SegmentEvalOptions(DenseEvalOptions):
-    """`cmtnet segment eval`: a checkpoint's mIoU on a val set (or the embedded one's)."""
-    checkpoint: Optional[str] = SEGMENTATION.checkpoint_option()
-    data: Optional[str] = _data()
-    strict: bool = _strict()
+    """Evaluate a segmentation checkpoint on val images and masks as ADE20K does: prints the per-class IoU and
+    accuracy table, then the summary (mIoU, mAcc, aAcc)."""
     val_masks: Optional[str] = _masks('val')
     classes: Optional[str] = _classes("the checkpoint's; if given, checked against them")
     num_classes: Optional[int] = _num_classes()
@@ -122,8 +123,8 @@ class SegmentEvalOptions(DenseEvalOptions):
 
 @dataclass
 class SegmentPredictOptions(DensePredictOptions):
-    """`cmtnet segment predict`: a colour overlay and a label mask for image files and folders."""
-    checkpoint: Optional[str] = SEGMENTATION.checkpoint_option()
+    """Segment image files (and folders of them): a colour overlay (overlays/) and a label mask (masks/, value =
+    class index) per image."""
     slide: Optional[bool] = _slide_override()
     flip: bool = _flip()
     scales: List[float] = _scales()
