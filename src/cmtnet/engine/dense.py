@@ -151,7 +151,7 @@ def add_dense_commands(subparsers: argparse._SubParsersAction, kind: DenseKind, 
     the functions given."""
     parser = subparsers.add_parser(kind.command, help=texts.command[0], description=texts.command[1])
     commands = parser.add_subparsers(dest=f'{kind.command}_command', metavar='COMMAND', required=True)
-    groups = {'data': f'data ({texts.data}; default: the embedded digits set)'}
+    groups = {'data': f'data ({texts.data}; default: the embedded set)'}
     train_help, train_description = texts.train
     train_description += (' Every option can also be set in a YAML file (--config); the command line wins. Several '
                           f'processes: torchrun --nproc_per_node N -m cmtnet {kind.command} train ...')

@@ -1,6 +1,6 @@
 """`cmtnet segment train | eval | predict`: the command line of semantic segmentation.
 
-    cmtnet segment train --config configs/segment_demo.yaml                 # the embedded digits, on CPU
+    cmtnet segment train --config configs/segment_demo.yaml                 # the embedded photo set, on CPU
     cmtnet segment train --data /path/ADEChallengeData2016 --model cmt_s --backbone-weights cmt_small.pth
     torchrun --nproc_per_node 8 -m cmtnet segment train --data /path/ade --backbone-weights cmt_small.pth
     cmtnet segment eval --checkpoint runs/segment/model.safetensors --flip --scales 0.75 1.0 1.25
@@ -28,7 +28,7 @@ TEXTS = DenseTexts(
              'masks.'),
     data='ADE20K or image and mask folders',
     train=('train a segmenter',
-           'Train Semantic FPN or UPerNet on a CMT backbone (default: on the embedded digits set), with the Semantic '
+           'Train Semantic FPN or UPerNet on a CMT backbone (default: on the embedded photo set), with the Semantic '
            'FPN ADE20K recipe as the default (AdamW, lr 1e-4 at a global batch of 16, poly schedule, 80k iterations '
            'on ADE20K).'),
     eval=("a checkpoint's mIoU, mAcc and aAcc",

@@ -69,7 +69,7 @@ def _slide_override() -> Any:
 @dataclass
 class SegmentOptions(DenseTrainOptions):
     """A segmentation run: data, head and backbone, and the engine's options with the Semantic FPN recipe."""
-    # data: ADE20K (`data`), or the four folders; neither: the embedded digits set
+    # data: ADE20K (`data`), or the four folders; neither: the embedded photo set
     data: Optional[str] = _data()
     train_images: Optional[str] = images_option('train')
     train_masks: Optional[str] = _masks('train')
@@ -88,7 +88,7 @@ class SegmentOptions(DenseTrainOptions):
     hflip: Optional[float] = option(None, metavar='P', group='data',
                                     help='horizontal flip probability in training (0 where mirrored content '
                                          'means something else, e.g. digits or text)',
-                                    unset="mmseg's 0.5; 0 on the embedded digits set")
+                                    unset="mmseg's 0.5")
     slide: bool = option(False, group='data', help='evaluate with sliding windows instead of the whole image')
     # the model
     head: str = option('fpn', choices=list(HEADS), group='model', help='Semantic FPN or UPerNet')
