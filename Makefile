@@ -34,7 +34,7 @@ detect-demo: $(STAMP)
 	$(BIN)/cmtnet detect train --config configs/detect_demo.yaml --backbone-weights runs/demo/model_ema.safetensors
 	$(BIN)/cmtnet detect eval --checkpoint runs/detect_demo/model.safetensors
 
-# Semantic FPN on the embedded digits-on-photos masks, from the classification demo's backbone; the
+# Semantic FPN on the embedded set (objects cut from photos), from the classification demo's backbone; the
 # eval's last two lines are the all-background floor and the mIoU
 segment-demo: $(STAMP)
 	test -f runs/demo/model_ema.safetensors || $(MAKE) demo

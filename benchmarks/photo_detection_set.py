@@ -24,31 +24,18 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from cmtnet.segmentation.synthetic import BACKGROUNDS, background, box_iou, photo
+
 SIZE = 256
 # (class, photo, box x0 y0 x1 y1 in the photo)
 OBJECTS = [('cat', 'chelsea', (30, 0, 390, 300)), ('cup', 'coffee', (170, 15, 425, 305)),
            ('person', 'astronaut', (20, 15, 365, 512))]
-BACKGROUNDS = ('brick', 'grass', 'gravel', 'rocket', 'hubble_deep_field', 'immunohistochemistry')
-
-
-def _photo(name: str) -> Image.Image:
-    import skimage.data
-    pixels = getattr(skimage.data, name)()
-    return Image.fromarray(pixels).convert('RGB')
+# the photos, the background crops and the overlap measure are the embedded segmentation set's
+_photo, _iou = photo, box_iou
 
 
 def _background(photos: Dict[str, Image.Image], rng: np.random.Generator) -> Image.Image:
-    photo = photos[BACKGROUNDS[rng.integers(len(BACKGROUNDS))]]
-    side = int(rng.uniform(0.4, 1.0) * min(photo.size))
-    x, y = rng.integers(0, photo.width - side + 1), rng.integers(0, photo.height - side + 1)
-    return photo.crop((x, y, x + side, y + side)).resize((SIZE, SIZE), Image.BILINEAR)
-
-
-def _iou(a: Tuple[int, ...], b: Tuple[int, ...]) -> float:
-    w = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    return background(photos, rng, SIZE)
 
 
 def _object(photos: Dict[str, Image.Image], kind: int, rng: np.random.Generator) -> Image.Image:

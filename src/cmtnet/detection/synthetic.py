@@ -8,7 +8,7 @@ with a fixed seed, and written in the COCO 2017 layout (`ROOT/annotations/instan
 Each image is a random crop of a sample photo, flipped, rotated by quarter turns and colour-shifted, with one
 to `max_objects` digits pasted at random scales and positions, without overlap. With `bold`, each stroke is
 widened by that many of the digit's 8x8 pixels on each side, so that a pixel mask (and a segmenter predicting
-at a quarter of the resolution) can follow it (the segmentation set's spec). A digit's mask is its own ink
+at a quarter of the resolution) can follow it. A digit's mask is its own ink
 (the 8x8 ink levels upscaled and widened, above half strength) and its box the extent of that mask; the ink is
 painted in a colour that stands out from the background under it. The ten categories are the digits '0' to '9'
 (ids 1 to 10). The train and val images draw their digits from the same stratified 80/20 split of the digits

@@ -158,7 +158,7 @@ class DenseCommands:
         command = self.kind.command
         parser = subparsers.add_parser(command, help=self.help, description=self.description)
         commands = parser.add_subparsers(dest=f'{command}_command', metavar='COMMAND', required=True)
-        groups = {'data': f'data ({self.data}; default: the embedded digits set)'}
+        groups = {'data': f'data ({self.data}; default: the embedded set)'}
         train, evaluate, predict = self.options
         words = {'checkpoint': self.kind.checkpoint_help}
         eval_words = dict(words, **{name: option_help(train, name) for name in ('data', 'strict')})

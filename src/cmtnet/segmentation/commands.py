@@ -2,7 +2,7 @@
 
 `cmtnet segment train | eval | predict`, added as detection's are (`engine.dense.DenseCommands`):
 
-    cmtnet segment train --config configs/segment_demo.yaml                 # the embedded digits, on CPU
+    cmtnet segment train --config configs/segment_demo.yaml                 # the embedded photo set, on CPU
     cmtnet segment train --data /path/ADEChallengeData2016 --model cmt_s --backbone-weights cmt_small.pth
     torchrun --nproc_per_node 8 -m cmtnet segment train --data /path/ade --backbone-weights cmt_small.pth
     cmtnet segment eval --checkpoint runs/segment/model.safetensors --flip --scales 0.75 1.0 1.25

@@ -107,7 +107,7 @@ def ade20k_layout(root: PathLike) -> Dict[str, Tuple[Path, Path]]:
 class DataSource(NamedTuple):
     """Where a run's data is: {split: (images, masks)}, the class names if the layout fixes them, whether
     mask value 0 means unlabelled (ADE20K), the horizontal flip probability that suits its content
-    (0 for the embedded digits, which mirrored are other shapes; mmseg's 0.5 otherwise), and the base scale
+    (mmseg's 0.5 unless a layout's content is not symmetric), and the base scale
     if the layout fixes it (ADE20K's 2048x512; None: the train images' median size, `median_size`)."""
     splits: Dict[str, Tuple[Path, Path]]
     class_names: Optional[List[str]] = None
@@ -132,7 +132,7 @@ def data_paths(o: Any, splits: Sequence[str] = ('train', 'val')) -> DataSource:
         from .synthetic import write_synthetic_masks
         root = write_synthetic_masks()
         names = (root / 'classes.txt').read_text().splitlines()
-        return DataSource({s: (root / s / 'images', root / s / 'masks') for s in splits}, names, hflip=0.0)
+        return DataSource({s: (root / s / 'images', root / s / 'masks') for s in splits}, names)
     for split, (images, masks) in given.items():
         if images is None or masks is None:
             raise InputError(f'--{split}-images and --{split}-masks go together (or give --data ROOT)')

@@ -69,10 +69,10 @@ def _slide_override() -> Any:
 
 @dataclass
 class SegmentOptions(DenseTrainOptions):
-    """Train Semantic FPN or UPerNet on a CMT backbone (default: on the embedded digits set), with the Semantic
+    """Train Semantic FPN or UPerNet on a CMT backbone (default: on the embedded photo set), with the Semantic
     FPN ADE20K recipe as the default (AdamW, lr 1e-4 at a global batch of 16, poly schedule, 80k iterations on
     ADE20K)."""
-    # data: ADE20K (`data`), or the four folders; neither: the embedded digits set
+    # data: ADE20K (`data`), or the four folders; neither: the embedded photo set
     data: Optional[str] = _data()
     train_images: Optional[str] = images_option('train')
     train_masks: Optional[str] = _masks('train')
@@ -91,7 +91,7 @@ class SegmentOptions(DenseTrainOptions):
     hflip: Optional[float] = option(None, metavar='P', group='data',
                                     help='horizontal flip probability in training (0 where mirrored content '
                                          'means something else, e.g. digits or text)',
-                                    unset="mmseg's 0.5; 0 on the embedded digits set")
+                                    unset="mmseg's 0.5")
     slide: bool = option(False, group='data', help='evaluate with sliding windows instead of the whole image')
     # the model
     head: str = option('fpn', choices=list(HEADS), group='model', help='Semantic FPN or UPerNet')
