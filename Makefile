@@ -1,6 +1,6 @@
 # make demo: create .venv, install cmtnet, run the main job on the embedded default dataset.
-# make test: the same set-up, then the test suite (ours, then timm's own model tests on our models), each
-# spread over the cores; each prints its 15 slowest tests.
+# make test: the same set-up, then the test suite (ours and timm's own model tests on our models, in one run spread
+# over the cores), printing its 15 slowest tests, then the docs build.
 # make detect-demo: detection on the embedded detection set, from the classification demo's weights.
 # make segment-demo: segmentation on the embedded segmentation set, from the classification demo's weights.
 PYTHON ?= python3
@@ -16,9 +16,13 @@ PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(JOBS) --durations=15
 
 .PHONY: demo detect-demo segment-demo test test-ours test-timm docs info clean
 
+# pip byte-compiles what it installs one file at a time; compileall does the same on every core instead (pip,
+# like compileall, goes past the few files that do not compile on this Python: torch ships one for 3.12)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test,detection,export,segmentation,serve,docs]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -c constraints.txt \
+		-e '.[test,detection,export,segmentation,serve,docs]'
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $@
 
 demo: $(STAMP)
@@ -42,12 +46,19 @@ segment-demo: $(STAMP)
 	$(BIN)/cmtnet segment train --config configs/segment_demo.yaml --backbone-weights runs/demo/model_ema.safetensors
 	$(BIN)/cmtnet segment eval --checkpoint runs/segment_demo/model.safetensors
 
-test: test-ours test-timm docs
-
 # --dist loadscope: a file's tests run on one worker, so that what they share (a training run, a server) is
-# made once; the slowest files first (tests/conftest.py)
+# made once; the slowest files first (tests/conftest.py). make test adds timm's tests, one at a time after ours,
+# to the same run, so that no worker waits for the other at the end.
+LOADSCOPE := --dist loadscope --no-loadscope-reorder
+# the plugin that narrows timm's tests to our models (tests/timm_suite), beside the caller's path
+TIMM_SUITE := PYTHONPATH=tests/timm_suite$${PYTHONPATH:+:$$PYTHONPATH}
+
+test: $(STAMP) $(TIMM_TESTS)/test_models.py
+	$(TIMM_SUITE) $(PYTEST) $(LOADSCOPE) -p timm_suite tests $(TIMM_TESTS)/test_models.py
+	$(MAKE) --no-print-directory docs
+
 test-ours: $(STAMP)
-	$(PYTEST) --dist loadscope --no-loadscope-reorder tests
+	$(PYTEST) $(LOADSCOPE) tests
 
 # timm's model test-suite, from the source distribution of the pinned timm, run against our models
 $(TIMM_TESTS)/test_models.py: | $(STAMP)
@@ -58,7 +69,7 @@ $(TIMM_TESTS)/test_models.py: | $(STAMP)
 	cp $(VENV)/timm-sdist/timm-$(TIMM_VERSION)/tests/test_models.py $(TIMM_TESTS)/
 
 test-timm: $(STAMP) $(TIMM_TESTS)/test_models.py
-	PYTHONPATH=tests/timm_suite $(PYTEST) -p timm_suite -rs --rootdir $(TIMM_TESTS) $(TIMM_TESTS)/test_models.py
+	$(TIMM_SUITE) $(PYTEST) -p timm_suite -rs --rootdir $(TIMM_TESTS) $(TIMM_TESTS)/test_models.py
 
 # the docs site (docs/, mkdocs.yml) into site/; --strict fails on a broken link or API reference
 docs: $(STAMP)

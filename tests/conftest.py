@@ -1,13 +1,18 @@
 import os
 import sys
 
+import pytest
+
 # tests import their helpers (released.py) by module name
 sys.path.insert(0, os.path.dirname(__file__))
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
 
 # The files whose tests take longest, longest first (`make test` prints the slowest tests). pytest-xdist hands
 # the files to its workers in collection order (make test: --dist loadscope --no-loadscope-reorder): these go
 # first, so that the workers end together instead of one waiting for a long file that came last. A file left
-# out of the list only runs later.
+# out of the list only runs later. Tests from outside tests/ (timm's own model tests, `make test`) go last,
+# one at a time (`pytest_xdist_make_scheduler`): short, independent tests that keep both workers busy to the end.
 SLOW_FILES = [
     'tests/deploy/test_quantize.py',
     'tests/classification/test_train.py',
@@ -25,6 +30,28 @@ SLOW_FILES = [
 ]
 
 
+def _ours(item) -> bool:
+    return str(item.path).startswith(TESTS + os.sep)
+
+
 def pytest_collection_modifyitems(items):
     rank = {path: i for i, path in enumerate(SLOW_FILES)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split('::')[0], len(SLOW_FILES)))  # stable: the rest in order
+    last = len(SLOW_FILES) + 1
+
+    def order(item):
+        return rank.get(item.nodeid.split('::')[0], len(SLOW_FILES)) if _ours(item) else last
+    items.sort(key=order)  # stable: the rest in order
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadscope, except for the tests from outside tests/: each of those is a unit of its own."""
+    if config.getvalue('dist') != 'loadscope':
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+    ours = os.path.relpath(TESTS, config.rootpath) + '/'
+
+    class OursByFileTheRestByTest(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return super()._split_scope(nodeid) if nodeid.startswith(ours) else nodeid
+    return OursByFileTheRestByTest(config, log)

@@ -50,11 +50,13 @@ TINY = {
                                '| bf16 |'),
     'photo_classification_set.py': (['{tmp}/photo_cls_set', '--train', '10', '--val', '10', '--size', '64'],
                                      'val: 10 images of 10 classes'),
-    'precision_accuracy.py': (['--eval', '{tmp}/model.safetensors', '--precisions', 'fp32', 'bf16', 'int8',
-                               '--reference-ops', '--calibration', '8', '--batch-size', '64'], '| bf16 |'),
-    'int8_accuracy.py': (['--eval', '{tmp}/model.safetensors', '--precisions', 'fp32', 'int8', '--reference-ops',
-                          '--calibrations', 'minmax', '--calibration-size', '8', '--batch-size', '64',
-                          '--max-drop', '100', '--time', 'none'],
+    # the accuracy scripts on a tiny ImageFolder of their own ({tmp}/colours) rather than the 360 digits
+    'precision_accuracy.py': (['--eval', '{tmp}/colours.safetensors', '{tmp}/colours', '--precisions', 'fp32', 'bf16',
+                               'int8', '--reference-ops', '--calibration', '8', '--batch-size', '64',
+                               '--max-drop', '100'], '| bf16 |'),
+    'int8_accuracy.py': (['--eval', '{tmp}/colours.safetensors', '{tmp}/colours', '--precisions', 'fp32', 'int8',
+                          '--reference-ops', '--calibrations', 'minmax', '--calibration-size', '8', '--batch-size',
+                          '64', '--max-drop', '100', '--time', 'none'],
                          '| minmax |'),
     'photo_detection_set.py': (['{tmp}/photo_set', '--train', '3', '--val', '2'], 'val: 2 images'),
     'serve_load.py': (['--checkpoint', '{tmp}/model.safetensors', '--precision', 'fp32', '--concurrency', '1', '2',
@@ -97,10 +99,16 @@ def test_script_runs_on_a_tiny_configuration(script, tmp_path):
     else:
         command = [sys.executable, str(BENCHMARKS / script), *args]
     # an untrained digits classifier
-    if script in ('precision_accuracy.py', 'int8_accuracy.py', 'serve_load.py', 'serve_screenshot.py'):
+    if script in ('serve_load.py', 'serve_screenshot.py'):
         model = timm.create_model('cmt_ti', img_size=32, num_classes=10)
         export_weights(tmp_path / 'model.safetensors', model.state_dict(),
                        dict(model='cmt_ti', img_size=32, class_names=[str(c) for c in range(10)]))
+    # an untrained classifier of the tiny folder's classes, and the folder (train: calibration, val: 8 images)
+    if script in ('precision_accuracy.py', 'int8_accuracy.py'):
+        make_image_folder(tmp_path / 'colours', per_class=4)
+        model = timm.create_model('cmt_ti', img_size=32, num_classes=2)
+        export_weights(tmp_path / 'colours.safetensors', model.state_dict(),
+                       dict(model='cmt_ti', img_size=32, class_names=['blue', 'red']))
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
     assert expected in result.stdout, result.stdout[-3000:]

@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -32,12 +31,36 @@ def _commands():
     return [c for b in _blocks('bash') for c in commands(b)[0]]
 
 
-@lru_cache(maxsize=None)
-def _script_flags(script: str) -> frozenset:
-    result = subprocess.run([sys.executable, str(ROOT / script), '--help'], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, f'{script} --help: {result.stderr[-2000:]}'
-    return frozenset(re.findall(r'(?<![\w-])--[a-z0-9][a-z0-9-]*', result.stdout))
+# prints {script: [exit status, --help output]}: each script's `--help` in one interpreter, which pays the start-up
+# (torch, timm) once instead of once per script
+_HELPS = """
+import contextlib, io, json, os, runpy, sys
+helps = {}
+for script in sys.argv[1:]:
+    sys.argv, out = [script, '--help'], io.StringIO()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python script` runs it
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name='__main__')
+        status = 'returned without exiting'
+    except SystemExit as e:
+        status = e.code
+    sys.path.pop(0)
+    helps[script] = [status, out.getvalue()]
+print(json.dumps(helps))
+"""
+
+
+def _script_flags(scripts) -> dict:
+    """{script: the flags its --help lists} of the benchmark scripts `scripts` (paths from the root)."""
+    result = subprocess.run([sys.executable, '-c', _HELPS, *sorted(set(scripts))], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    helps = json.loads(result.stdout.splitlines()[-1])
+    failed = {script: status for script, (status, _) in helps.items() if status not in (0, None)}
+    assert not failed, f'--help failed: {failed}\n{result.stderr[-2000:]}'
+    flag = re.compile(r'(?<![\w-])--[a-z0-9][a-z0-9-]*')
+    return {script: frozenset(flag.findall(out)) for script, (_, out) in helps.items()}
 
 
 def test_skip_marks_are_the_expected_ones():
@@ -49,6 +72,9 @@ def test_commands_parse_and_make_targets_exist():
     cmds = _commands()
     refused, unknown_targets, other = {}, [], []
     counted = {'cmtnet': [], 'script': [], 'heredoc': [], 'make': []}
+    scripts = [s[0] for c in cmds if (s := script_argv(c.tokens)) and s[0] not in SCRIPT_COMMANDS
+               and (ROOT / s[0]).is_file()]
+    flags_of = _script_flags(scripts)
     for c in cmds:
         argv, script, targets = cmtnet_argv(c.tokens), script_argv(c.tokens), make_targets(c.tokens)
         if argv is not None:
@@ -63,7 +89,7 @@ def test_commands_parse_and_make_targets_exist():
             elif not (ROOT / name).is_file():
                 why = f'no file {name}'
             else:
-                flags = _script_flags(name)
+                flags = flags_of[name]
                 bad = [a.split('=')[0] for a in args if a.startswith('--') and a.split('=')[0] not in flags]
                 why = f'not a flag of {name}: {bad}' if bad else None
             if why:

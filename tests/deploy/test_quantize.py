@@ -27,6 +27,7 @@ from cmtnet.classification.options import EvalOptions, ModelOptions, PredictOpti
 from cmtnet.classification.predict import predict_command
 from cmtnet.cli import run_reporting_errors
 from cmtnet.deploy import quantize
+from cmtnet.deploy.int8_fallback import sensitivities
 from cmtnet.deploy.quantize import calibration_batches, compare
 from cmtnet.engine.data import ReadableImages, digits_split, eval_loader
 from cmtnet.errors import InputError
@@ -269,6 +270,15 @@ def test_tuning_returns_the_most_sensitive_ops_to_float_until_within_max_drop(ru
         drop = 0 if _float_weights(runnable.program) - base >= 3 else 5
         return dict(count=1000, reference=90., quantized=90. - drop, agreement=100. - drop, lost=10 * drop, gained=0)
     monkeypatch.setattr(quantize, 'compare', compare_needing_three_ops_in_float)
+    # every run below ranks the same graph's ops on the same calibration images: the ranking is measured once
+    measured = {}
+
+    def sensitivities_measured_once(graph, reference, images, ops=None):
+        if not measured:
+            measured.update(images=images, scores=sensitivities(graph, reference, images, ops))
+        assert graph is result['graph'] and ops is None and torch.equal(images, measured['images'])
+        return measured['scores']
+    monkeypatch.setattr(quantize, 'sensitivities', sensitivities_measured_once)
     output = tmp_path / 'tuned.pt2'
     args = _quantize_args(root, checkpoint, output, '--max-drop', '1')
     args.func(args)

@@ -1,7 +1,9 @@
 """pytest plugin: run timm's own model test-suite (`tests/test_models.py` of the pinned timm release)
 against every CMT model, and only them.
 
-Used as `pytest -p timm_suite .../test_models.py` (see the Makefile's `test-timm`). Before collection it
+Used as `pytest -p timm_suite .../test_models.py` (the Makefile's `test-timm`), or with our tests/ in the same
+run (`make test`): then it touches only timm's tests, which run with the TorchScript executor settings their
+module sets and the stand-in weights, both restored for ours. Before collection it
 registers the models (`import cmtnet`) and takes every name that registers, `timm.list_models('cmt*')`:
 the variants, the scaled model and the ablation steps. It narrows timm's `list_models` / `list_pretrained`
 to them, and, since released weights cannot be downloaded in tests, points the pretrained cfg of each
@@ -46,6 +48,7 @@ EXPECTED_TESTS = len(RELEASED) * len(PRETRAINED_TESTS) + len(OUR_MODELS) * len(M
 
 _list_models = timm.list_models
 _list_pretrained = timm.list_pretrained
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # our tests/
 
 
 def _ours(names):
@@ -63,32 +66,80 @@ def list_pretrained(filter='', exclude_filters=''):
     return _ours(_list_pretrained(filter, exclude_filters))
 
 
-def _write_released_checkpoints(folder: str) -> None:
-    for seed, name in enumerate(RELEASED):
-        state = make_state(released_keys(name), seed=seed)
-        path = os.path.join(folder, f'{name}_released.pth')
-        torch.save({
-            'model': state,
-            'optimizer': {'state': {}, 'param_groups': [{'lr': 5e-4, 'params': [0]}]},
-            'epoch': 299,
-            'args': argparse.Namespace(model=name, lr=5e-4, weight_decay=0.05),
-        }, path)
-        for cfg_name in _list_pretrained(f'{name}.*'):
-            registry._model_pretrained_cfgs[cfg_name].file = path
-
-
 def pytest_configure(config):
     for marker in ('base', 'forward', 'backward', 'cfg', 'cfg_nonstd', 'torchscript', 'features',
                    'fxforward', 'fxbackward', 'timeout'):
         config.addinivalue_line('markers', f'{marker}: timm test-suite marker')
+    # narrowed while test_models.py is collected, which binds these names at import (`make test` collects our
+    # tests in the same session: they see timm's own)
     for mod in (timm, timm.models):
         mod.list_models = list_models
         mod.list_pretrained = list_pretrained
-    if config.getoption('dist', 'no') != 'no' and not hasattr(config, 'workerinput'):
-        return  # the pytest-xdist controller: the workers run the tests, each with stand-ins of its own
-    folder = tempfile.mkdtemp(prefix='cmtnet-timm-suite-')
-    config.add_cleanup(lambda: _rmtree(folder))
-    _write_released_checkpoints(folder)
+    _JIT['ours'] = _jit_state()
+
+
+# the TorchScript executor settings: ours, and those test_models.py sets when imported
+_JIT = {}
+
+
+def _jit_state(state=None):
+    """Set the TorchScript profiling executor and mode to `state` where given; return those before."""
+    executor = torch._C._jit_set_profiling_executor(True if state is None else state[0])
+    mode = torch._C._jit_set_profiling_mode(True if state is None else state[1])
+    if state is None:
+        _jit_state((executor, mode))
+    return executor, mode
+
+
+def pytest_collection_finish(session):
+    for mod in (timm, timm.models):
+        mod.list_models = _list_models
+        mod.list_pretrained = _list_pretrained
+    if 'ours' in _JIT:
+        _JIT['timm'] = _jit_state(_JIT['ours'])
+
+
+def _is_timm_test(item) -> bool:
+    return os.path.basename(item.path) == 'test_models.py' and not str(item.path).startswith(TESTS + os.sep)
+
+
+_STAND_INS = {}
+
+
+def _stand_ins(config) -> str:
+    """The folder of this process's stand-in released checkpoints, written at the first test that runs."""
+    if 'folder' not in _STAND_INS:
+        folder = tempfile.mkdtemp(prefix='cmtnet-timm-suite-')
+        config.add_cleanup(lambda: _rmtree(folder))
+        for seed, name in enumerate(RELEASED):
+            state = make_state(released_keys(name), seed=seed)
+            torch.save({
+                'model': state,
+                'optimizer': {'state': {}, 'param_groups': [{'lr': 5e-4, 'params': [0]}]},
+                'epoch': 299,
+                'args': argparse.Namespace(model=name, lr=5e-4, weight_decay=0.05),
+            }, os.path.join(folder, f'{name}_released.pth'))
+        _STAND_INS['folder'] = folder
+    return _STAND_INS['folder']
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """timm's tests run with the executor settings and the stand-in weights they expect; ours without them."""
+    if not _is_timm_test(item):
+        return (yield)
+    folder = _stand_ins(item.config)
+    cfgs = {cfg: registry._model_pretrained_cfgs[cfg] for name in RELEASED for cfg in _list_pretrained(f'{name}.*')}
+    files = {cfg: c.file for cfg, c in cfgs.items()}
+    for cfg, c in cfgs.items():
+        c.file = os.path.join(folder, f'{cfg.split(".")[0]}_released.pth')
+    ours = _jit_state(_JIT.get('timm'))
+    try:
+        return (yield)
+    finally:
+        _jit_state(ours)
+        for cfg, c in cfgs.items():
+            c.file = files[cfg]
 
 
 def _rmtree(folder):
@@ -99,12 +150,15 @@ def _rmtree(folder):
 def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
+        if not _is_timm_test(item):
+            continue
         callspec = getattr(item, 'callspec', None)
         name = callspec.params.get('model_name') if callspec else None
         (keep if isinstance(name, str) and name.split('.')[0] in OUR_MODELS else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-    items[:] = keep
+        dropped = set(map(id, drop))
+        items[:] = [item for item in items if id(item) not in dropped]
     if config.option.keyword or config.option.markexpr:
         return
     collected = sorted({item.originalname for item in keep})

@@ -29,6 +29,7 @@ our metadata (model, classes, input size and transform, mode, torch and torchao 
 file; `int8_program.load_quantized` reads it back (refusing other versions' files and any pickled
 object), so that `cmtnet eval` and `cmtnet predict` take it as `--checkpoint`.
 """
+import contextlib
 import copy
 import io
 import json
@@ -171,7 +172,23 @@ def calibrated_graph(model: nn.Module, batches: Iterable[torch.Tensor], img_size
         seen += len(batch)
     if not seen:
         raise InputError('no calibration image could be read')
-    return convert_pt2e(prepared, fold_quantize=False)
+    with _without_qat_conv_bn_folding():
+        return convert_pt2e(prepared, fold_quantize=False)
+
+
+@contextlib.contextmanager
+def _without_qat_conv_bn_folding() -> Iterator[None]:
+    """convert_pt2e without its folding of quantization-aware-training conv + BatchNorm patterns. A graph from
+    prepare_pt2e (post-training) has none, its conv-bn pairs fused before calibration; but any BatchNorm left
+    (CMT's stem and IRFFN keep those after a GELU) sends the pass through dozens of pattern exports, most of the
+    conversion's time, for the same graph."""
+    from torchao.quantization.pt2e import quantize_pt2e
+    fold = quantize_pt2e._fold_conv_bn_qat
+    quantize_pt2e._fold_conv_bn_qat = lambda graph: graph
+    try:
+        yield
+    finally:
+        quantize_pt2e._fold_conv_bn_qat = fold
 
 
 def _drop_unused_tensors(graph: torch.fx.GraphModule) -> None:
