@@ -19,6 +19,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from fastapi import FastAPI, Request
@@ -80,11 +81,13 @@ async def _until_disconnected(request: Request) -> None:
 
 
 class Service:
-    """The endpoints of one handler within its limits; `create_app` routes them."""
+    """The endpoints of one handler within its limits; `create_app` routes them. `model_thread`: the thread the
+    handler was loaded on, which runs its batches too (`batching.model_thread`)."""
 
-    def __init__(self, handler: Handler, limits: Limits):
+    def __init__(self, handler: Handler, limits: Limits, model_thread: Optional[ThreadPoolExecutor] = None):
         self.handler = handler
         self.limits = limits
+        self.model_thread = model_thread
         self.ready = False
         self.batcher: Optional[Batcher] = None
         self.metrics = ServiceMetrics(lambda: self.batcher.waiting if self.batcher else 0)
@@ -93,7 +96,7 @@ class Service:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         """The batching loop runs while the app does; the model warms up behind it (/ready waits for that)."""
         self.batcher = Batcher(self.handler.run, self.limits.max_batch_size, self.limits.batch_timeout,
-                               self.limits.max_queue, self.metrics.observe_batch)
+                               self.limits.max_queue, self.metrics.observe_batch, self.model_thread)
         self.batcher.start()
         warming = asyncio.get_running_loop().create_task(self._warm_up())
         try:
@@ -217,9 +220,11 @@ async def _invalid(request: Request, e: RequestValidationError) -> Response:
     return _error(422, '; '.join(str(err.get('msg')) for err in e.errors()) or 'invalid request')
 
 
-def create_app(handler: Handler, limits: Limits = Limits()) -> FastAPI:
-    """The service of `handler` within `limits`."""
-    service = Service(handler, limits)
+def create_app(handler: Handler, limits: Limits = Limits(),
+               model_thread: Optional[ThreadPoolExecutor] = None) -> FastAPI:
+    """The service of `handler` within `limits`, its batches run on `model_thread` (the thread that loaded it;
+    `batching.model_thread`), or on a thread of its own."""
+    service = Service(handler, limits, model_thread)
     app = FastAPI(title='cmtnet serve', summary='CMT models over HTTP: classification, detection, segmentation',
                   version='1', lifespan=service.lifespan)
     app.mount('/static', StaticFiles(directory=str(_STATIC)), name='static')
