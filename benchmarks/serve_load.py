@@ -42,6 +42,12 @@ from cmtnet.analysis.speed import interleaved, machine, torch_threads
 from cmtnet.checkpoints import export_weights
 from cmtnet.serve.command import ServeOptions
 from cmtnet.serve.handlers import Params, load_handler
+from cmtnet.serve.uploads import decode_image
+
+try:
+    import litserve as ls
+except ImportError:  # --compare-litserve says so
+    ls = None
 
 HERE = Path(__file__).resolve().parent
 
@@ -115,14 +121,22 @@ def _head(head: bytes) -> Tuple[int, int]:
 
 def run_litserve(port: int, checkpoint: str, precision: str, max_batch_size: int) -> None:
     """A LitServe server of the service's handler (the comparison of --compare-litserve)."""
-    import litserve as ls
+    server = ls.LitServer(LitHandler(checkpoint, precision, max_batch_size), accelerator='cpu',
+                          workers_per_device=1, timeout=600)
+    server.run(host='127.0.0.1', port=port, generate_client_file=False)
 
-    from cmtnet.serve.uploads import decode_image
 
-    class CMTAPI(ls.LitAPI):
+if ls is not None:  # the serve-compare extra; defined here, where LitServe's worker process finds it by name
+    class LitHandler(ls.LitAPI):
+        """`cmtnet serve`'s handler as a LitServe API: LitServe decodes the form, batches and runs it in its
+        worker process."""
+
+        def __init__(self, checkpoint: str, precision: str, max_batch_size: int):
+            super().__init__(max_batch_size=max_batch_size, batch_timeout=0.005)
+            self.options = ServeOptions(checkpoint=checkpoint, precision=precision, max_batch_size=max_batch_size)
+
         def setup(self, device: str) -> None:
-            self.handler = load_handler(ServeOptions(checkpoint=checkpoint, precision=precision,
-                                                     max_batch_size=max_batch_size))
+            self.handler = load_handler(self.options)
             self.handler.warm_up()
 
         def decode_request(self, request):
@@ -140,10 +154,6 @@ def run_litserve(port: int, checkpoint: str, precision: str, max_batch_size: int
 
         def encode_response(self, output):
             return output
-
-    server = ls.LitServer(CMTAPI(max_batch_size=max_batch_size, batch_timeout=0.005), accelerator='cpu',
-                          workers_per_device=1, timeout=600)
-    server.run(port=port, generate_client_file=False)
 
 
 def multipart(image: bytes) -> Tuple[bytes, str]:
@@ -195,6 +205,8 @@ def main() -> None:
     parser.add_argument('--litserve-server', nargs=4, metavar=('PORT', 'CHECKPOINT', 'PRECISION', 'BATCH'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if (args.compare_litserve or args.litserve_server) and ls is None:
+        parser.error("--compare-litserve needs LitServe: pip install -c constraints.txt -e '.[serve-compare]'")
     if args.litserve_server:
         port, checkpoint, precision, batch = args.litserve_server
         return run_litserve(int(port), checkpoint, precision, int(batch))
