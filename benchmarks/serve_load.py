@@ -6,8 +6,10 @@
 For each precision, first the bare model: the very model the service runs (`serve.handlers.load_handler`,
 prepared as `cmtnet serve` prepares it), timed in this process on a batch of --max-batch-size and on a
 batch of one, in interleaved rounds (`cmtnet bench`'s timer). Then a `cmtnet serve` process of the same
-weights answers --seconds of requests at each concurrency: that many client threads, each sending its next
-request when the previous one is answered (a raw JPEG body, 256x256, of a photo that scikit-image ships).
+weights answers --seconds of requests at each concurrency: that many clients, each sending its next request
+when the previous one is answered (a raw JPEG body, 256x256, of a photo that scikit-image ships). The clients
+are coroutines on one thread that send prepared request bytes, so that the load costs the cores the server
+shares as little as it can.
 
 `--compare-litserve` also serves the same handler from a LitServe server (its batching, its worker
 process) and loads both servers with multipart uploads (what LitServe takes), at the lowest and highest
@@ -18,7 +20,7 @@ concurrency 1, the median latency at most the bare batch-1 latency + 15 ms. The 
 speed does not depend on them) unless --checkpoint is given.
 """
 import argparse
-import http.client
+import asyncio
 import io
 import os
 import signal
@@ -27,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -41,6 +42,12 @@ from cmtnet.analysis.speed import interleaved, machine, torch_threads
 from cmtnet.checkpoints import export_weights
 from cmtnet.serve.command import ServeOptions
 from cmtnet.serve.handlers import Params, load_handler
+from cmtnet.serve.uploads import decode_image
+
+try:
+    import litserve as ls
+except ImportError:  # --compare-litserve says so
+    ls = None
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,45 +73,70 @@ def bare(options: ServeOptions, image: bytes, rounds: int, threads: int) -> Tupl
 
 def load(port: int, image: bytes, concurrency: int, seconds: float,
          content_type: str = 'image/jpeg') -> Tuple[float, List[float], Dict[int, int]]:
-    """(answered requests/s, latencies in s, count by status) of `concurrency` closed-loop clients."""
+    """(answered requests/s, latencies in s, count by status) of `concurrency` closed-loop clients.
+
+    The clients are coroutines on one thread, each on its own keep-alive connection, sending the same
+    request bytes (built once) and reading the answer's status line, headers and body: the HTTP requests a
+    client sends, with as little of the client's own work as possible on the cores the server shares."""
+    request = (f'POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n'
+               f'Content-Length: {len(image)}\r\n\r\n').encode() + image
+    return asyncio.run(_load(port, request, concurrency, seconds))
+
+
+async def _load(port: int, request: bytes, concurrency: int,
+                seconds: float) -> Tuple[float, List[float], Dict[int, int]]:
     latencies: List[float] = []
     statuses: Dict[int, int] = {}
-    lock = threading.Lock()
     stop = time.monotonic() + seconds
 
-    def client() -> None:
-        connection = http.client.HTTPConnection('127.0.0.1', port, timeout=600)
-        while time.monotonic() < stop:
-            start = time.perf_counter()
-            connection.request('POST', '/predict', body=image, headers={'Content-Type': content_type})
-            response = connection.getresponse()
-            response.read()
-            took = time.perf_counter() - start
-            with lock:
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-                if response.status == 200:
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection('127.0.0.1', port)
+        try:
+            while time.monotonic() < stop:
+                start = time.perf_counter()
+                writer.write(request)
+                status, length = _head(await reader.readuntil(b'\r\n\r\n'))
+                await reader.readexactly(length)
+                took = time.perf_counter() - start
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
                     latencies.append(took)
-        connection.close()
+        finally:
+            writer.close()
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
     began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
     return len(latencies) / (time.perf_counter() - began), latencies, statuses
+
+
+def _head(head: bytes) -> Tuple[int, int]:
+    """(status, Content-Length) of an answer's head."""
+    lines = head.decode('latin-1').split('\r\n')
+    for line in lines[1:]:
+        name, _, value = line.partition(':')
+        if name.strip().lower() == 'content-length':
+            return int(lines[0].split()[1]), int(value)
+    raise RuntimeError(f'an answer without Content-Length: {lines[0]}')
 
 
 def run_litserve(port: int, checkpoint: str, precision: str, max_batch_size: int) -> None:
     """A LitServe server of the service's handler (the comparison of --compare-litserve)."""
-    import litserve as ls
+    server = ls.LitServer(LitHandler(checkpoint, precision, max_batch_size), accelerator='cpu',
+                          workers_per_device=1, timeout=600)
+    server.run(host='127.0.0.1', port=port, generate_client_file=False)
 
-    from cmtnet.serve.uploads import decode_image
 
-    class CMTAPI(ls.LitAPI):
+if ls is not None:  # the serve-compare extra; defined here, where LitServe's worker process finds it by name
+    class LitHandler(ls.LitAPI):
+        """`cmtnet serve`'s handler as a LitServe API: LitServe decodes the form, batches and runs it in its
+        worker process."""
+
+        def __init__(self, checkpoint: str, precision: str, max_batch_size: int):
+            super().__init__(max_batch_size=max_batch_size, batch_timeout=0.005)
+            self.options = ServeOptions(checkpoint=checkpoint, precision=precision, max_batch_size=max_batch_size)
+
         def setup(self, device: str) -> None:
-            self.handler = load_handler(ServeOptions(checkpoint=checkpoint, precision=precision,
-                                                     max_batch_size=max_batch_size))
+            self.handler = load_handler(self.options)
             self.handler.warm_up()
 
         def decode_request(self, request):
@@ -122,10 +154,6 @@ def run_litserve(port: int, checkpoint: str, precision: str, max_batch_size: int
 
         def encode_response(self, output):
             return output
-
-    server = ls.LitServer(CMTAPI(max_batch_size=max_batch_size, batch_timeout=0.005), accelerator='cpu',
-                          workers_per_device=1, timeout=600)
-    server.run(port=port, generate_client_file=False)
 
 
 def multipart(image: bytes) -> Tuple[bytes, str]:
@@ -177,6 +205,8 @@ def main() -> None:
     parser.add_argument('--litserve-server', nargs=4, metavar=('PORT', 'CHECKPOINT', 'PRECISION', 'BATCH'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if (args.compare_litserve or args.litserve_server) and ls is None:
+        parser.error("--compare-litserve needs LitServe: pip install -c constraints.txt -e '.[serve-compare]'")
     if args.litserve_server:
         port, checkpoint, precision, batch = args.litserve_server
         return run_litserve(int(port), checkpoint, precision, int(batch))

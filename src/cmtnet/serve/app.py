@@ -19,6 +19,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from fastapi import FastAPI, Request
@@ -27,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import InputError
 from .batching import Batcher, QueueFull, Ticket
@@ -80,11 +82,13 @@ async def _until_disconnected(request: Request) -> None:
 
 
 class Service:
-    """The endpoints of one handler within its limits; `create_app` routes them."""
+    """The endpoints of one handler within its limits; `create_app` routes them. `model_thread`: the thread the
+    handler was loaded on, which runs its batches too (`batching.model_thread`)."""
 
-    def __init__(self, handler: Handler, limits: Limits):
+    def __init__(self, handler: Handler, limits: Limits, model_thread: Optional[ThreadPoolExecutor] = None):
         self.handler = handler
         self.limits = limits
+        self.model_thread = model_thread
         self.ready = False
         self.batcher: Optional[Batcher] = None
         self.metrics = ServiceMetrics(lambda: self.batcher.waiting if self.batcher else 0)
@@ -93,7 +97,7 @@ class Service:
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         """The batching loop runs while the app does; the model warms up behind it (/ready waits for that)."""
         self.batcher = Batcher(self.handler.run, self.limits.max_batch_size, self.limits.batch_timeout,
-                               self.limits.max_queue, self.metrics.observe_batch)
+                               self.limits.max_queue, self.metrics.observe_batch, self.model_thread)
         self.batcher.start()
         warming = asyncio.get_running_loop().create_task(self._warm_up())
         try:
@@ -107,15 +111,27 @@ class Service:
         self.ready = True
         _logger.info('ready: %s warmed up', self.handler.info['model'])
 
-    async def count(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        """Every answer counted by endpoint and status; /predict and /cam timed."""
+    async def count(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        """`app` on one request, its answer counted by endpoint and status (500 if it raised before answering),
+        /predict and /cam timed; an ASGI middleware, which adds no task or stream of its own to a request."""
+        if scope['type'] != 'http':
+            return await app(scope, receive, send)
         start = time.perf_counter()
-        route = request.url.path if request.url.path in _ROUTES else 'other'
-        response = await call_next(request)
-        self.metrics.requests.labels(route, str(response.status_code)).inc()
-        if route in ('/predict', '/cam'):
-            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
-        return response
+        route = scope['path'] if scope['path'] in _ROUTES else 'other'
+        status = 500
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message['type'] == 'http.response.start':
+                status = message['status']
+            await send(message)
+
+        try:
+            await app(scope, receive, counted)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            if route in ('/predict', '/cam'):
+                self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
     def _authorised(self, request: Request) -> bool:
         if self.limits.api_key is None:
@@ -186,6 +202,17 @@ class Service:
         return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
 
+class _Counted:
+    """The ASGI middleware of `Service.count`."""
+
+    def __init__(self, app: ASGIApp, count: Callable[[Scope, Receive, Send, ASGIApp], Awaitable[None]]):
+        self.app = app
+        self.count = count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.count(scope, receive, send, self.app)
+
+
 def _unauthorised() -> JSONResponse:
     return _error(401, 'missing or wrong API key: send the header Authorization: Bearer KEY',
                   {'WWW-Authenticate': 'Bearer'})
@@ -217,13 +244,15 @@ async def _invalid(request: Request, e: RequestValidationError) -> Response:
     return _error(422, '; '.join(str(err.get('msg')) for err in e.errors()) or 'invalid request')
 
 
-def create_app(handler: Handler, limits: Limits = Limits()) -> FastAPI:
-    """The service of `handler` within `limits`."""
-    service = Service(handler, limits)
+def create_app(handler: Handler, limits: Limits = Limits(),
+               model_thread: Optional[ThreadPoolExecutor] = None) -> FastAPI:
+    """The service of `handler` within `limits`, its batches run on `model_thread` (the thread that loaded it;
+    `batching.model_thread`), or on a thread of its own."""
+    service = Service(handler, limits, model_thread)
     app = FastAPI(title='cmtnet serve', summary='CMT models over HTTP: classification, detection, segmentation',
                   version='1', lifespan=service.lifespan)
     app.mount('/static', StaticFiles(directory=str(_STATIC)), name='static')
-    app.middleware('http')(service.count)
+    app.add_middleware(_Counted, count=service.count)
     app.add_api_route('/predict', service.predict, methods=['POST'])
     app.add_api_route('/cam', service.cam, methods=['POST'])
     app.add_api_route('/info', service.info, methods=['GET'])

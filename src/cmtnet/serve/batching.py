@@ -4,7 +4,7 @@ A request takes a place in the queue when it arrives (`admit`; past `max_queue` 
 refused, and the service answers 503), hands its prepared image over (`submit`), and waits. One loop
 forms the batches: from the first waiting request it gathers up to `max_batch_size` of them, waiting at
 most `timeout` seconds for those already admitted (whose uploads are still being read; a request alone
-does not wait), and runs the batch on the model's one thread, so that the next batch
+does not wait), and runs the batch on the model's one thread (`model_thread`), so that the next batch
 gathers while this one runs. A request whose client went away is dropped from the batch it has not yet
 joined and never holds one up; an error in a forward fails that batch's requests, not the loop.
 """
@@ -14,7 +14,17 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Deque, List, Optional, Sequence, Tuple
 
-__all__ = ['Batcher', 'QueueFull', 'Ticket']
+__all__ = ['Batcher', 'QueueFull', 'Ticket', 'model_thread']
+
+
+def model_thread() -> ThreadPoolExecutor:
+    """The one thread for all of the model's torch work: loading it, warming it up, its batches, its activation
+    maps. OpenMP gives every thread that starts parallel work a team of its own; with a second team (a model
+    loaded on one thread and run on another) there are more OpenMP threads than cores, and OpenMP's threads
+    then stop waiting busily between parallel regions and sleep instead, so that each of a forward's many
+    regions waits for a sleeping thread to wake: the forward runs slower than the same forward timed in a
+    process of one team (benchmarks/serve_load.py, docs/speed.md)."""
+    return ThreadPoolExecutor(1, thread_name_prefix='cmtnet-model')
 
 
 class QueueFull(Exception):
@@ -29,10 +39,12 @@ class Ticket:
 
 class Batcher:
     """See the module docstring. `run(items)` returns one result per item; `observe(size, seconds)` is told of
-    every batch run."""
+    every batch run; `executor` is the model's thread (`model_thread`, the one it was loaded on), shut down
+    with the batcher."""
 
     def __init__(self, run: Callable[[Sequence[Any]], List[Any]], max_batch_size: int, timeout: float,
-                 max_queue: int, observe: Optional[Callable[[int, float], None]] = None):
+                 max_queue: int, observe: Optional[Callable[[int, float], None]] = None,
+                 executor: Optional[ThreadPoolExecutor] = None):
         self.run = run
         self.max_batch_size = max_batch_size
         self.timeout = timeout
@@ -41,7 +53,7 @@ class Batcher:
         self.waiting = 0  # admitted and not yet in a running batch (decoding, or in the queue)
         self._queue: Deque[Tuple[Any, asyncio.Future]] = collections.deque()
         self._arrived = asyncio.Event()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix='cmtnet-model')
+        self.executor = executor or model_thread()
         self._loop_task: Optional[asyncio.Task] = None
 
     def admit(self) -> 'Ticket':

@@ -6,13 +6,17 @@ stops taking connections, finishes the requests in flight and exits 0.
 import logging
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Tuple
 
 from ..engine.options import command_parser, device_option, option, precision_option
 from ..errors import InputError
 
-__all__ = ['API_KEY_VARIABLE', 'ServeOptions', 'add_parser', 'serve_command']
+if TYPE_CHECKING:
+    from .handlers import Handler
+
+__all__ = ['API_KEY_VARIABLE', 'ServeOptions', 'add_parser', 'loaded_on_model_thread', 'serve_command']
 
 API_KEY_VARIABLE = 'CMTNET_API_KEY'
 
@@ -55,15 +59,27 @@ def _check(o: ServeOptions) -> None:
         raise InputError(f'--max-upload-mb must be positive, got {o.max_upload_mb}')
 
 
+def loaded_on_model_thread(options: ServeOptions) -> Tuple['Handler', ThreadPoolExecutor]:
+    """The handler of `options`, loaded on the model's thread (`batching.model_thread`), and that thread, which
+    is to run all of its torch work."""
+    from .batching import model_thread
+    from .handlers import load_handler
+    thread = model_thread()
+    try:
+        return thread.submit(load_handler, options).result(), thread
+    except BaseException:
+        thread.shutdown()
+        raise
+
+
 def serve_command(options: ServeOptions) -> int:
     """Serve until SIGINT or SIGTERM; 0 once the requests in flight are answered."""
     import uvicorn
 
     from .app import Limits, create_app
-    from .handlers import load_handler
     _check(options)
     api_key = options.api_key or os.environ.get(API_KEY_VARIABLE) or None
-    handler = load_handler(options)
+    handler, thread = loaded_on_model_thread(options)
     limits = Limits(options.max_batch_size, options.batch_timeout / 1000, options.max_queue,
                     int(options.max_upload_mb * 2 ** 20), api_key)
     logging.getLogger('cmtnet.serve').setLevel(logging.INFO)
@@ -72,7 +88,7 @@ def serve_command(options: ServeOptions) -> int:
           f'http://{options.host}:{options.port} (batches of up to {limits.max_batch_size} within '
           f'{options.batch_timeout:g} ms, queue {limits.max_queue}{", API key required" if api_key else ""})',
           flush=True)
-    config = uvicorn.Config(create_app(handler, limits), host=options.host, port=options.port,
+    config = uvicorn.Config(create_app(handler, limits, thread), host=options.host, port=options.port,
                             log_level='info', timeout_graceful_shutdown=60)
     server = uvicorn.Server(config)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the handler it found; with
