@@ -23,6 +23,7 @@ compiled either way.
 import argparse
 import contextlib
 import fcntl
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -44,15 +45,28 @@ INT8 = ('int8', 'int8-bf16')
 
 @contextlib.contextmanager
 def _locked(path: Optional[str]) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (if given), and time at the normal priority where the process may
+    take it back: the accuracy checks and the compiling may run niced, the timing should not."""
     if path is None:
         yield
         return
+    niceness = os.getpriority(os.PRIO_PROCESS, 0)
     with open(path, 'a') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        _set_niceness(0)
         try:
             yield
         finally:
+            _set_niceness(niceness)
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _set_niceness(value: int) -> None:
+    """Set the niceness of every thread of this process (on Linux each thread has its own), where allowed."""
+    tasks = Path('/proc/self/task')
+    for tid in ([int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, value)
 
 
 def speeds(checkpoint: str, results: Dict[str, Dict[str, Any]], batch_size: int, warmup: int, rounds: int,
