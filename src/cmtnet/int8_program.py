@@ -13,6 +13,7 @@ import io
 import json
 import os
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -130,6 +131,7 @@ class QuantizedProgram(nn.Module):
     compiled ahead of time by AOTInductor into a package `<cache>-b<N>.pt2` instead of through
     `torch.compile`: the same lowering, kept on disk, so that a later process loads the compiled program
     from there without tracing or compiling anything (`cache_seconds`, where `compile_seconds` is a compile).
+    A program that AOTInductor cannot compile runs through `torch.compile`, with a warning, and is not cached.
     """
 
     def __init__(self, program: nn.Module, mode: str, compile: bool = True, cache: Optional[Path] = None):
@@ -199,8 +201,14 @@ class QuantizedProgram(nn.Module):
                 return self._packages[size], True
             except Exception:  # a damaged or foreign package: compile it again
                 pass
-        self._package(images, path)
-        self._packages[size] = aoti_load_package(str(path))
+        try:
+            self._package(images, path)
+            self._packages[size] = aoti_load_package(str(path))
+        except Exception as e:  # AOTInductor cannot take this program: torch.compile runs it, without the cache
+            warnings.warn(f'the int8 program could not be compiled ahead of time ({type(e).__name__}: {e}); '
+                          f'it is compiled in this process instead, and not kept for the next')
+            self.cache, self._run = None, torch.compile(self.program)
+            return self._run, False
         return self._packages[size], False
 
     def _package(self, images: torch.Tensor, path: Path) -> None:
