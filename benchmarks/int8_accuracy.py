@@ -19,6 +19,13 @@ The sets and their models: `photo_classification_set.py` (its `--set held-out` f
 `--reference-ops` checks the int8 accuracy on the programs' reference ops, without the minutes inductor takes
 to compile each program for the check (they round otherwise than the int8 kernels); the timed programs are
 compiled either way.
+
+Where the time goes: per checkpoint and calibration, the calibration (the export, and 256 images through the
+observed graph, whose histogram observers take about half of it), then one pass of the held-out split through
+the reference ops per int8 mode (and per tuning trial); and for the timed checkpoint, inductor's compile of
+each timed program. The calibration is made once per checkpoint and calibration and shared by the two int8
+modes (`precision_accuracy.shared_calibration`: the converted graph is the same, the mode only says how it
+runs). The checkpoints are independent: on a machine with cores to spare, one process per `--eval` is faster.
 """
 import argparse
 import statistics

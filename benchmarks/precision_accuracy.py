@@ -21,11 +21,12 @@ kernels, so their rows are close to the compiled ones, not equal (as `cmtnet qua
 photo set and its model: the commands in `photo_classification_set.py`'s docstring.
 """
 import argparse
+import contextlib
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -95,6 +96,26 @@ def quantized_rows(checkpoint: str, mode: str, data: Optional[str], calibration:
     return rows
 
 
+@contextlib.contextmanager
+def shared_calibration() -> Iterator[None]:
+    """Within the block, `cmtnet quantize`'s calibration of one checkpoint (one model, the same first images)
+    runs once per activation calibration and input size: its converted graph, the same for both int8 modes
+    (the mode only says how the program runs), is reused; the rest of the command runs as it does."""
+    from cmtnet.deploy import quantize
+    original, graphs = quantize.calibrated_graph, {}
+
+    def calibrated_graph(model, batches, img_size, fold=True, calibration=quantize.DEFAULT_CALIBRATION):
+        key = (img_size, fold, calibration)
+        if key not in graphs:
+            graphs[key] = original(model, batches, img_size, fold, calibration)
+        return graphs[key]
+    quantize.calibrated_graph = calibrated_graph
+    try:
+        yield
+    finally:
+        quantize.calibrated_graph = original
+
+
 def measure(checkpoint: str, data: Optional[str] = None, precisions: Sequence[str] = PRECISIONS,
             batch_size: int = 32, calibration: int = 256, reference_ops: bool = False,
             max_drop: float = TARGETS['int8'][0], observer: str = 'histogram',
@@ -115,20 +136,23 @@ def measure(checkpoint: str, data: Optional[str] = None, precisions: Sequence[st
     reference, targets = predictions(model, loader)
     fp32_top1 = 100 * (reference == targets).double().mean().item()
     rows = []
-    for precision in precisions:
-        if precision.startswith('int8'):
-            rows += quantized_rows(checkpoint, precision, data, calibration, batch_size, max_drop, reference_ops,
-                                   observer, keep)
-        else:
-            classes = reference if precision == 'fp32' else predictions(inference_model(model, 'cpu', precision), loader)[0]
-            top1 = 100 * (classes == targets).double().mean().item()
-            reference_right, right = reference == targets, classes == targets
-            outcomes = PairedOutcomes(len(targets), int((reference_right & ~right).sum()),
-                                      int((~reference_right & right).sum()))
-            rows.append(Row(precision, top1, fp32_top1 - top1, 100 * (classes == reference).double().mean().item(),
-                            len(targets), outcomes.interval()))
-        # the int8 rows compile first, which takes minutes on a CPU: show each row as it comes
-        print(f'{checkpoint} {precision}: top-1 {rows[-1].top1:.2f}%', file=sys.stderr, flush=True)
+    with shared_calibration():
+        for precision in precisions:
+            if precision.startswith('int8'):
+                rows += quantized_rows(checkpoint, precision, data, calibration, batch_size, max_drop,
+                                       reference_ops, observer, keep)
+            else:
+                classes = (reference if precision == 'fp32' else
+                           predictions(inference_model(model, 'cpu', precision), loader)[0])
+                top1 = 100 * (classes == targets).double().mean().item()
+                reference_right, right = reference == targets, classes == targets
+                outcomes = PairedOutcomes(len(targets), int((reference_right & ~right).sum()),
+                                          int((~reference_right & right).sum()))
+                rows.append(Row(precision, top1, fp32_top1 - top1,
+                                100 * (classes == reference).double().mean().item(), len(targets),
+                                outcomes.interval()))
+            # the int8 rows compile first, which takes minutes on a CPU: show each row as it comes
+            print(f'{checkpoint} {precision}: top-1 {rows[-1].top1:.2f}%', file=sys.stderr, flush=True)
     return rows
 
 

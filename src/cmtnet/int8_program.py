@@ -7,21 +7,24 @@ compiled by inductor to int8 oneDNN kernels. It sits beside checkpoints.py, belo
 `cmtnet eval` and `predict` take such a file as `--checkpoint` like any other weight file.
 """
 import contextlib
+import hashlib
 import importlib.metadata
 import io
 import json
+import os
 import time
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from .errors import InputError, did_you_mean_path
 
-__all__ = ['QUANTIZED_FORMAT', 'QUANTIZED_META_FILE', 'QuantizedProgram', 'is_quantized_file', 'load_quantized',
-           'quantized_versions']
+__all__ = ['QUANTIZED_FORMAT', 'QUANTIZED_META_FILE', 'QuantizedProgram', 'compile_cache_dir', 'is_quantized_file',
+           'load_quantized', 'quantized_versions']
 
 PathLike = Union[str, Path]
 
@@ -34,6 +37,21 @@ def quantized_versions() -> Dict[str, str]:
     """The torch and torchao versions a quantized program is written and read with: a `torch.export` archive
     and torchao's quantized ops are only known to load and lower correctly under the versions that made them."""
     return {'torch': torch.__version__, 'torchao': importlib.metadata.version('torchao')}
+
+
+def compile_cache_dir() -> Path:
+    """Where the compiled int8 programs are kept between runs: `$CMTNET_CACHE` (or ~/.cache/cmtnet)/int8."""
+    return Path(os.environ.get('CMTNET_CACHE', Path.home() / '.cache' / 'cmtnet')) / 'int8'
+
+
+def _cache_key(path: Path, meta: Dict[str, Any]) -> str:
+    """The compiled program's name in the cache: the file's content, its mode and the versions that compile it."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    digest.update(json.dumps([meta['mode'], quantized_versions()]).encode())
+    return digest.hexdigest()[:32]
 
 
 def _archive_entry(names: Sequence[str], entry: str) -> Optional[str]:
@@ -108,9 +126,15 @@ class QuantizedProgram(nn.Module):
     not depend on the others' (a batch of one can round otherwise than a larger one, by an int8 step here
     and there, padded or not), and computing the padding costs far less than inductor's compile for a new
     batch size, which takes minutes.
+
+    With a `cache` (a path prefix, which `load_quantized` makes of the file's content), each batch size is
+    compiled ahead of time by AOTInductor into a package `<cache>-b<N>.pt2` instead of through
+    `torch.compile`: the same lowering, kept on disk, so that a later process loads the compiled program
+    from there without tracing or compiling anything (`cache_seconds`, where `compile_seconds` is a compile).
+    A program that AOTInductor cannot compile runs through `torch.compile`, with a warning, and is not cached.
     """
 
-    def __init__(self, program: nn.Module, mode: str, compile: bool = True):
+    def __init__(self, program: nn.Module, mode: str, compile: bool = True, cache: Optional[Path] = None):
         super().__init__()
         self.program = program
         self.mode = mode
@@ -120,10 +144,13 @@ class QuantizedProgram(nn.Module):
             # inductor, which the reference ops do not need)
             import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
         self.compiled = compile
-        self._run = torch.compile(program) if compile else program
+        self.cache = cache if compile else None
+        self._run = torch.compile(program) if compile and cache is None else program
+        self._packages: Dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # batch size -> loaded package
         self.compiled_batch_sizes: List[int] = []  # the batch sizes compiled so far, ascending
-        # batch size -> seconds of the call that compiled for it (inductor's caches make a later start shorter)
+        # batch size -> seconds of the call that compiled for it, or that loaded it compiled from the cache
         self.compile_seconds: Dict[int, float] = {}
+        self.cache_seconds: Dict[int, float] = {}
 
     def train(self, mode: bool = True) -> 'QuantizedProgram':
         if mode:
@@ -143,19 +170,60 @@ class QuantizedProgram(nn.Module):
         padding = torch.zeros_like(images[:1]).expand(size - n, *images.shape[1:])
         return torch.cat([images, padding]).contiguous(memory_format=_memory_format(images))
 
+    def _bf16(self) -> contextlib.AbstractContextManager:
+        return torch.autocast('cpu', torch.bfloat16) if self.mode == 'int8-bf16' else contextlib.nullcontext()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        bf16 = torch.autocast('cpu', torch.bfloat16) if self.mode == 'int8-bf16' else contextlib.nullcontext()
         n = images.shape[0]
         compiles = self.compiled and not any(b >= n for b in self.compiled_batch_sizes)
         if self.compiled:
             images = self._padded(images)
         from torch._inductor import config
         start = time.perf_counter()
-        with torch.no_grad(), config.patch(freezing=True), bf16:
-            logits = self._run(images)[:n].float()
+        run, cached = (self._packaged(images) if self.cache is not None else (self._run, False))
+        with torch.no_grad(), config.patch(freezing=True), self._bf16():
+            logits = run(images.contiguous() if self.cache is not None else images)[:n].float()
         if compiles:
-            self.compile_seconds[images.shape[0]] = time.perf_counter() - start
+            (self.cache_seconds if cached else self.compile_seconds)[images.shape[0]] = time.perf_counter() - start
         return logits
+
+    def _packaged(self, images: torch.Tensor) -> Tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+        """(the AOTInductor package compiled for the batch size of `images`, whether it came from the cache);
+        compiled and written to the cache where it is not there, or not readable."""
+        size = images.shape[0]
+        if size in self._packages:
+            return self._packages[size], False
+        from torch._inductor import aoti_load_package
+        path = Path(f'{self.cache}-b{size}.pt2')
+        if path.is_file():
+            try:
+                self._packages[size] = aoti_load_package(str(path))
+                return self._packages[size], True
+            except Exception:  # a damaged or foreign package: compile it again
+                pass
+        try:
+            self._package(images, path)
+            self._packages[size] = aoti_load_package(str(path))
+        except Exception as e:  # AOTInductor cannot take this program: torch.compile runs it, without the cache
+            warnings.warn(f'the int8 program could not be compiled ahead of time ({type(e).__name__}: {e}); '
+                          f'it is compiled in this process instead, and not kept for the next')
+            self.cache, self._run = None, torch.compile(self.program)
+            return self._run, False
+        return self._packages[size], False
+
+    def _package(self, images: torch.Tensor, path: Path) -> None:
+        """Compile the program for the shape of `images` with AOTInductor (freezing, as `torch.compile` runs it
+        here; under the bfloat16 autocast of int8-bf16) into the package `path`, written atomically."""
+        from torch._inductor import aoti_compile_and_package
+        with torch.no_grad(), self._bf16():
+            exported = torch.export.export(self.program, (images.contiguous(),))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f'.{os.getpid()}-{path.name}')
+        try:
+            aoti_compile_and_package(exported, package_path=str(partial), inductor_configs={'freezing': True})
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 def _memory_format(images: torch.Tensor) -> torch.memory_format:
@@ -163,9 +231,11 @@ def _memory_format(images: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if channels_last and not images.is_contiguous() else torch.contiguous_format
 
 
-def load_quantized(path: PathLike, compile: bool = True) -> Tuple[QuantizedProgram, Dict[str, Any]]:
+def load_quantized(path: PathLike, compile: bool = True, cache: bool = True
+                   ) -> Tuple[QuantizedProgram, Dict[str, Any]]:
     """(runnable model, metadata) of a program written by `cmtnet quantize`; InputError for a file that is
-    none, that holds pickled objects, or that another torch or torchao version wrote."""
+    none, that holds pickled objects, or that another torch or torchao version wrote. Compiled with `cache`,
+    each batch size is compiled once into `compile_cache_dir()` and loaded from there by later runs."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f'quantized program {path} does not exist{did_you_mean_path(path)}')
@@ -184,4 +254,5 @@ def load_quantized(path: PathLike, compile: bool = True) -> Tuple[QuantizedProgr
         program = torch.export.load(str(path)).module()
     except Exception as e:  # a damaged archive fails in many ways, all mean the same to the user
         raise InputError(f'cannot load the quantized program {path}: {e}') from e
-    return QuantizedProgram(program, meta['mode'], compile), meta
+    key = compile_cache_dir() / _cache_key(path, meta) if compile and cache else None
+    return QuantizedProgram(program, meta['mode'], compile, key), meta

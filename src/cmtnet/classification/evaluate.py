@@ -188,6 +188,9 @@ def eval_command(options: EvalOptions) -> Dict[str, Any]:
             print(f'skipped {result["skipped"]} unreadable image(s)')
         for batch, seconds in getattr(setup['model'], 'compile_seconds', {}).items():
             print(f'compiling the int8 program for batches of {batch}: {seconds:.1f} s (its first call)')
+        for batch, seconds in getattr(setup['model'], 'cache_seconds', {}).items():
+            print(f'the int8 program for batches of {batch} came compiled from the cache '
+                  f'({setup["model"].cache.parent}): {seconds:.1f} s (its first call)')
         if len(class_names) <= MAX_CONFUSION_CLASSES:
             print(format_confusion(result['confusion'], class_names))
         if 'top5' in result:
