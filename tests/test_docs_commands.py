@@ -17,7 +17,7 @@ from markdown_blocks import (ROOT, blocks, by_file, check_cmtnet_argv, cmtnet_ar
 DOCS = sorted((ROOT / 'docs').glob('*.md'))
 # the docs blocks marked as not run here (where: reason)
 EXPECTED_SKIPS: dict = {
-    'docs/fast-paths.md:139': 'needs an exported cmt_ti.onnx and a photo.jpg; tests/deploy/test_export.py runs it',
+    'docs/fast-paths.md:140': 'needs an exported cmt_ti.onnx and a photo.jpg; tests/deploy/test_export.py runs it',
 }
 # benchmark scripts documented as a command: their arguments are the command's
 SCRIPT_COMMANDS = {'benchmarks/bench_inference.py': ['bench']}
