@@ -6,6 +6,7 @@ just before its fence, with the reason: `<!-- readme-test: skip (needs CUDA) -->
 """
 import contextlib
 import io
+import json
 import re
 import shlex
 import subprocess
@@ -202,6 +203,34 @@ def released_files(text: str) -> List[str]:
 def run_cmtnet(argv: Sequence[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, '-m', 'cmtnet', *argv], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+# runs each command line of argv[1] (JSON) in turn in this one interpreter, which pays the start-up once, and
+# prints [[exit status, stdout, stderr], ...]
+_COMMANDS = """
+import contextlib, io, json, sys
+from cmtnet.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except SystemExit as e:
+            status = e.code if isinstance(e.code, int) else 1
+    results.append([status, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_cmtnet_commands(argvs: Sequence[Sequence[str]], cwd: Path,
+                        timeout: float = 240) -> List[Tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of each `cmtnet` command line of `argvs`, run in turn in one fresh
+    interpreter (as `cmtnet.cli.main`, which the `cmtnet` script calls)."""
+    result = subprocess.run([sys.executable, '-c', _COMMANDS, json.dumps([list(a) for a in argvs])], cwd=cwd,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [tuple(r) for r in json.loads(result.stdout.strip().splitlines()[-1])]
 
 
 def import_lines(script: str) -> str:

@@ -122,17 +122,46 @@ def test_python_scripts_compile_and_import_what_exists():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize('doc', [p.name for p in DOCS if any(b.lang == 'python' for b in blocks(p))])
-def test_python_blocks_run(doc, tmp_path):
-    python = [b for b in blocks(ROOT / 'docs' / doc) if b.lang == 'python' and not b.skip]
-    code = ''.join(b.code for b in python)
-    write_stand_ins(released_files(code), tmp_path)
-    session = ('import json, sys\nnamespace = {"__name__": "__main__"}\n'
-               'for line, code in json.loads(sys.argv[1]):\n'
-               f'    exec(compile("\\n" * line + code, {doc!r}, "exec"), namespace)\n')
-    result = subprocess.run([sys.executable, '-c', session, json.dumps([(b.line, b.code) for b in python])],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+PYTHON_DOCS = [p.name for p in DOCS if any(b.lang == 'python' and not b.skip for b in blocks(p))]
+# runs each page's Python blocks in one interpreter, which pays the start-up once: each page in a namespace and
+# a working folder of its own, its blocks in order as a user pasting them; writes {page: None, or the traceback
+# of the block that failed} to argv[2]
+_PAGES = """
+import json, os, sys, traceback
+failed = {}
+for doc, folder, python in json.loads(sys.argv[1]):
+    os.chdir(folder)
+    namespace = {'__name__': '__main__'}
+    try:
+        for line, code in python:
+            exec(compile('\\n' * line + code, doc, 'exec'), namespace)  # tracebacks name the page's lines
+        failed[doc] = None
+    except BaseException:
+        failed[doc] = traceback.format_exc()
+with open(sys.argv[2], 'w') as f:
+    json.dump(failed, f)
+"""
+
+
+@pytest.fixture(scope='module')
+def python_blocks_ran(tmp_path_factory):
+    """{page: None, or the traceback of its block that failed}, every page's Python blocks run once."""
+    pages = []
+    for doc in PYTHON_DOCS:
+        python = [b for b in blocks(ROOT / 'docs' / doc) if b.lang == 'python' and not b.skip]
+        folder = tmp_path_factory.mktemp(doc.replace('.', '_'))
+        write_stand_ins(released_files(''.join(b.code for b in python)), folder)
+        pages.append((doc, str(folder), [(b.line, b.code) for b in python]))
+    results = tmp_path_factory.mktemp('results') / 'failed.json'
+    done = subprocess.run([sys.executable, '-c', _PAGES, json.dumps(pages), str(results)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and results.exists(), done.stderr[-3000:]
+    return json.loads(results.read_text())
+
+
+@pytest.mark.parametrize('doc', PYTHON_DOCS)
+def test_python_blocks_run(doc, python_blocks_ran):
+    assert python_blocks_ran[doc] is None, python_blocks_ran[doc][-3000:]
 
 
 def test_commands_are_read_as_a_shell_reads_them(tmp_path):

@@ -12,6 +12,8 @@ float model's logits that brings the quantized graph's. The search (`fallback_se
 4, ... most sensitive ops to float until a program is within the tolerance, then bisects between the last
 count that was not and the first that was, within a budget of trials.
 """
+import copy
+import functools
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -73,30 +75,59 @@ def leave_in_float(graph: fx.GraphModule, names: Iterable[str]) -> fx.GraphModul
     return graph
 
 
+def _weight(arg: fx.Node, graph: fx.GraphModule) -> Optional[torch.Tensor]:
+    """The value of the dequantize of a quantize `arg` when both take only the graph's tensors and constants
+    (a weight's pair), else None."""
+    def value(a: object) -> object:
+        return functools.reduce(getattr, a.target.split('.'), graph) if isinstance(a, fx.Node) else a
+    pair = (arg, arg.args[0])
+    if any(isinstance(a, fx.Node) and a.op != 'get_attr' for n in pair for a in (*n.args, *n.kwargs.values())
+           if a is not arg.args[0]):
+        return None
+    quantized = pair[1].target(*map(value, pair[1].args), **pair[1].kwargs)
+    return arg.target(quantized, *map(value, arg.args[1:]), **arg.kwargs)
+
+
 @torch.no_grad()
 def sensitivities(graph: fx.GraphModule, reference: nn.Module, images: torch.Tensor,
                   ops: Optional[Sequence[str]] = None) -> Dict[str, float]:
     """For each quantized op (all of `quantized_ops` unless `ops`), how much of the logit error of `graph`
     against the float `reference` on `images` goes away with that op alone left in float, as a fraction of
-    the whole error. `graph` is restored before it is returned."""
+    the whole error. `graph` is left unchanged."""
     target = reference(images).float()
+    # measured on a copy in which each op's quantized inputs pass through a switch that hands the op its float
+    # input while it is the one measured, so that the code is generated once, not per op, and in which the
+    # weights' quantize / dequantize pairs are computed once, not at every call (the same values)
+    probe = copy.deepcopy(graph)
+    measured = ['']
+
+    def switch(op: str, quantized: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        return source if op == measured[0] else quantized
+    nodes = {n.name: n for n in probe.graph.nodes}
+    names = list(ops) if ops is not None else quantized_ops(graph)
+    for number, name in enumerate(names):
+        node = nodes[name]
+        for position, arg in enumerate(node.args[:2]):
+            source = _dequantized(arg)
+            if source is None:
+                continue
+            with probe.graph.inserting_before(node):
+                value = _weight(arg, probe)
+                if value is not None:
+                    attr = f'_fake_quantized_{number}_{position}'
+                    probe.register_buffer(attr, value)
+                    arg = probe.graph.get_attr(attr)
+                node.replace_input_with(node.args[position], probe.graph.call_function(switch, (name, arg, source)))
+    probe.graph.eliminate_dead_code()
+    probe.recompile()
 
     def error() -> float:
-        return (graph(images).float() - target).square().mean().item()
+        return (probe(images).float() - target).square().mean().item()
     whole = max(error(), 1e-30)
-    nodes = {n.name: n for n in graph.graph.nodes}
     scores = {}
-    for name in ops if ops is not None else quantized_ops(graph):
-        node = nodes[name]
-        original = tuple(node.args)
-        for arg in original[:2]:
-            source = _dequantized(arg)
-            if source is not None:
-                node.replace_input_with(arg, source)
-        graph.recompile()
+    for name in names:
+        measured[0] = name
         scores[name] = (whole - error()) / whole
-        node.args = original
-    graph.recompile()
     return scores
 
 
