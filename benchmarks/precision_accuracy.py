@@ -23,7 +23,6 @@ photo set and its model: the commands in `photo_classification_set.py`'s docstri
 import argparse
 import contextlib
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -81,10 +80,10 @@ def quantized_rows(checkpoint: str, mode: str, data: Optional[str], calibration:
     (they round otherwise than the kernels). `observer` is the activation calibration (`--calibration`);
     `keep`, where given, takes `quantize_command`'s result under the mode's name."""
     from cmtnet.deploy.quantize import QuantizeOptions, quantize_command
-    with tempfile.TemporaryDirectory() as tmp:
-        result = quantize_command(QuantizeOptions(
-            checkpoint=checkpoint, output=Path(tmp) / 'int8.pt2', mode=mode, data=data, calibration_size=calibration,
-            batch_size=batch_size, max_drop=max_drop, compile=not reference_ops, workers=0, calibration=observer))
+    result = quantize_command(QuantizeOptions(
+        checkpoint=checkpoint, output=Path('int8.pt2'), mode=mode, data=data, calibration_size=calibration,
+        batch_size=batch_size, max_drop=max_drop, compile=not reference_ops, workers=0, calibration=observer),
+        write=False)  # measured, not written
     if keep is not None:
         keep[mode] = result
     rows = []

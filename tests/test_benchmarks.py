@@ -1,8 +1,9 @@
 """Every script in benchmarks/ runs, on a tiny configuration, so that none of them rots unseen.
 
 Each runs as a user runs it (`python benchmarks/x.py ...`, `bash benchmarks/x.sh`), in a process of its
-own; the GPU scripts in their CPU dry-run mode. What they measure is not checked here, only that they
-run to the end and print their report.
+own (the Python ones forked from one that has imported torch, timm and cmtnet: tests/forked.py); the GPU
+scripts in their CPU dry-run mode. What they measure is not checked here, only that they run to the end and
+print their report.
 """
 import os
 import re
@@ -18,6 +19,7 @@ from PIL import Image
 import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.checkpoints import export_weights
 from cmtnet.segmentation.data import class_names, read_mask_set
+from forked import ForkServer
 from image_folders import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,17 +89,20 @@ def test_every_script_has_a_tiny_run():
     assert scripts - MODULES == set(TINY)
 
 
+@pytest.fixture(scope='module')
+def python():
+    with ForkServer() as server:
+        yield server
+
+
 @pytest.mark.parametrize('script', sorted(TINY))
-def test_script_runs_on_a_tiny_configuration(script, tmp_path):
+def test_script_runs_on_a_tiny_configuration(script, tmp_path, python):
     args, expected = TINY[script]
     args = [a.replace('{tmp}', str(tmp_path)) for a in args]
     env = dict(os.environ, PYTHONUNBUFFERED='1')
     if script.endswith('.sh'):
         make_image_folder(tmp_path / 'data', per_class=4)
-        command = ['bash', str(BENCHMARKS / script), *args]
         env.update(DRY_RUN='1', BIN=str(Path(sys.executable).parent))
-    else:
-        command = [sys.executable, str(BENCHMARKS / script), *args]
     # an untrained digits classifier
     if script in ('serve_load.py', 'serve_screenshot.py'):
         model = timm.create_model('cmt_ti', img_size=32, num_classes=10)
@@ -109,7 +114,11 @@ def test_script_runs_on_a_tiny_configuration(script, tmp_path):
         model = timm.create_model('cmt_ti', img_size=32, num_classes=2)
         export_weights(tmp_path / 'colours.safetensors', model.state_dict(),
                        dict(model='cmt_ti', img_size=32, class_names=['blue', 'red']))
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    if script.endswith('.sh'):
+        result = subprocess.run(['bash', str(BENCHMARKS / script), *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=300)
+    else:
+        result = python.run(BENCHMARKS / script, args, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
     assert expected in result.stdout, result.stdout[-3000:]
     if script == 'gpu_train_check.sh':  # killed and resumed, the run ends as the uninterrupted one

@@ -425,9 +425,9 @@ def _report_drop(result: Dict[str, float], options: QuantizeOptions) -> str:
     return decide(outcomes, options.max_drop, options.strict_drop)
 
 
-def quantize_command(options: QuantizeOptions) -> Dict[str, Any]:
+def quantize_command(options: QuantizeOptions, write: bool = True) -> Dict[str, Any]:
     """`cmtnet quantize`: quantize, check the accuracy where labelled images are given (tuning the program to
-    --max-drop), write the program. Returns the program (`program`), the calibrated graph (`graph`) and,
+    --max-drop), write the program (unless `write` is False: for a caller that only measures). Returns the program (`program`), the calibrated graph (`graph`) and,
     where measured, the top-1 of both models, their agreement and the paired outcomes, those of the program
     with every op quantized (`untuned`), the ops left in float (`float_ops`) and the checked `runnable`."""
     if is_quantized_file(options.checkpoint):
@@ -475,8 +475,10 @@ def quantize_command(options: QuantizeOptions) -> Dict[str, Any]:
             raise CommandError(f'not written: the {options.mode} top-1 is {chosen.drop:.2f} points below fp32, more '
                                f'than --max-drop {options.max_drop:g}{surely}')
         if verdict == 'undecided':
-            print(f'written although the images cannot decide whether the drop is within --max-drop '
+            print(f'{"written" if write else "kept"} although the images cannot decide whether the drop is within --max-drop '
                   f'{options.max_drop:g} (--strict-drop refuses a measured drop above it)')
+    if not write:
+        return result
     meta = {k: setup[k] for k in ('num_classes', 'img_size', 'crop_pct', 'interpolation', 'class_names')}
     options.output.parent.mkdir(parents=True, exist_ok=True)
     save_quantized(options.output, result['program'], dict(meta, model=setup['name'], mode=options.mode,
