@@ -4,8 +4,6 @@ import contextlib
 import io
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Sequence, Tuple
@@ -14,6 +12,7 @@ import torch
 
 from cmtnet.cli import main
 from cmtnet.engine.state_files import load_state
+import forked
 
 # subprocesses: one thread each (reproducible sums, no oversubscription), and the same interpreter
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
@@ -23,8 +22,7 @@ TIMEOUT = 300
 def kill_after_first_checkpoint(argv: Sequence[str], output: Path) -> Dict[str, Any]:
     """Start `python -m cmtnet ARGV --output OUTPUT`, SIGKILL it as soon as last.pth appears, and return the
     state it left; asserts it was killed in the middle of an epoch, before its final weights."""
-    process = subprocess.Popen([sys.executable, '-m', 'cmtnet', *argv, '--output', str(output)],
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = forked.shared().start('cmtnet', [*argv, '--output', str(output)], env=ENV)
     try:
         deadline = time.monotonic() + TIMEOUT
         while not (output / 'last.pth').exists() and process.poll() is None and time.monotonic() < deadline:

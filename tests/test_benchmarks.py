@@ -19,7 +19,7 @@ from PIL import Image
 import cmtnet  # noqa: F401  (registers the models)
 from cmtnet.checkpoints import export_weights
 from cmtnet.segmentation.data import class_names, read_mask_set
-from forked import ForkServer
+import forked
 from image_folders import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,14 +89,8 @@ def test_every_script_has_a_tiny_run():
     assert scripts - MODULES == set(TINY)
 
 
-@pytest.fixture(scope='module')
-def python():
-    with ForkServer() as server:
-        yield server
-
-
 @pytest.mark.parametrize('script', sorted(TINY))
-def test_script_runs_on_a_tiny_configuration(script, tmp_path, python):
+def test_script_runs_on_a_tiny_configuration(script, tmp_path):
     args, expected = TINY[script]
     args = [a.replace('{tmp}', str(tmp_path)) for a in args]
     env = dict(os.environ, PYTHONUNBUFFERED='1')
@@ -118,7 +112,7 @@ def test_script_runs_on_a_tiny_configuration(script, tmp_path, python):
         result = subprocess.run(['bash', str(BENCHMARKS / script), *args], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=300)
     else:
-        result = python.run(BENCHMARKS / script, args, cwd=tmp_path, env=env, timeout=300)
+        result = forked.shared().run(BENCHMARKS / script, args, cwd=tmp_path, env=env, timeout=300)
     assert result.returncode == 0, f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
     assert expected in result.stdout, result.stdout[-3000:]
     if script == 'gpu_train_check.sh':  # killed and resumed, the run ends as the uninterrupted one

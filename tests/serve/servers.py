@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, Iterator, Optional
@@ -17,6 +16,7 @@ import torch
 from PIL import Image
 
 from cmtnet.checkpoints import export_weights
+import forked
 
 CLASSES = ['cat', 'dog', 'owl']
 DETECTION_CLASSES = ['a', 'b']
@@ -82,7 +82,7 @@ def photo(path: Path, seed: int, size=(48, 64)) -> Path:
 class Server:
     """A running `cmtnet serve`; `log` is what it printed so far."""
 
-    def __init__(self, process: subprocess.Popen, url: str, log_path: Path):
+    def __init__(self, process: forked.Child, url: str, log_path: Path):
         self.process = process
         self.url = url
         self.log_path = log_path
@@ -99,10 +99,8 @@ class Server:
 def serving(checkpoint: Path, log_path: Path, *args: str, env: Optional[Dict[str, str]] = None) -> Iterator[Server]:
     """`cmtnet serve --checkpoint CHECKPOINT ARGS` on a free port, until the block ends (SIGTERM)."""
     port = free_port()
-    with open(log_path, 'wb') as log:
-        process = subprocess.Popen(
-            [sys.executable, '-m', 'cmtnet', 'serve', '--checkpoint', str(checkpoint), '--port', str(port), *args],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, **(env or {})))
+    process = forked.shared().start('cmtnet', ['serve', '--checkpoint', str(checkpoint), '--port', str(port), *args],
+                                    env=dict(os.environ, **(env or {})), output=log_path)
     server = Server(process, f'http://127.0.0.1:{port}', log_path)
     try:
         deadline = time.monotonic() + START_TIMEOUT
