@@ -78,13 +78,14 @@ def leave_in_float(graph: fx.GraphModule, names: Iterable[str]) -> fx.GraphModul
 def _weight(arg: fx.Node, graph: fx.GraphModule) -> Optional[torch.Tensor]:
     """The value of the dequantize of a quantize `arg` when both take only the graph's tensors and constants
     (a weight's pair), else None."""
+    quantize = arg.args[0]
+    inputs = [*quantize.args, *quantize.kwargs.values(), *arg.args[1:], *arg.kwargs.values()]
+    if any(isinstance(a, fx.Node) and a.op != 'get_attr' for a in inputs):
+        return None
+
     def value(a: object) -> object:
         return functools.reduce(getattr, a.target.split('.'), graph) if isinstance(a, fx.Node) else a
-    pair = (arg, arg.args[0])
-    if any(isinstance(a, fx.Node) and a.op != 'get_attr' for n in pair for a in (*n.args, *n.kwargs.values())
-           if a is not arg.args[0]):
-        return None
-    quantized = pair[1].target(*map(value, pair[1].args), **pair[1].kwargs)
+    quantized = quantize.target(*map(value, quantize.args), **quantize.kwargs)
     return arg.target(quantized, *map(value, arg.args[1:]), **arg.kwargs)
 
 

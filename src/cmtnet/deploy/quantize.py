@@ -427,9 +427,10 @@ def _report_drop(result: Dict[str, float], options: QuantizeOptions) -> str:
 
 def quantize_command(options: QuantizeOptions, write: bool = True) -> Dict[str, Any]:
     """`cmtnet quantize`: quantize, check the accuracy where labelled images are given (tuning the program to
-    --max-drop), write the program (unless `write` is False: for a caller that only measures). Returns the program (`program`), the calibrated graph (`graph`) and,
-    where measured, the top-1 of both models, their agreement and the paired outcomes, those of the program
-    with every op quantized (`untuned`), the ops left in float (`float_ops`) and the checked `runnable`."""
+    --max-drop), write the program (unless `write` is False: for a caller that only measures). Returns the
+    program (`program`), the calibrated graph (`graph`) and, where measured, the top-1 of both models, their
+    agreement and the paired outcomes, those of the program with every op quantized (`untuned`), the ops left
+    in float (`float_ops`) and the checked `runnable`."""
     if is_quantized_file(options.checkpoint):
         raise InputError(f'--checkpoint {options.checkpoint} is quantized already; give the float weights')
     setup = load_for_inference(ModelOptions(checkpoint=options.checkpoint, model=options.model,
@@ -475,8 +476,8 @@ def quantize_command(options: QuantizeOptions, write: bool = True) -> Dict[str, 
             raise CommandError(f'not written: the {options.mode} top-1 is {chosen.drop:.2f} points below fp32, more '
                                f'than --max-drop {options.max_drop:g}{surely}')
         if verdict == 'undecided':
-            print(f'{"written" if write else "kept"} although the images cannot decide whether the drop is within --max-drop '
-                  f'{options.max_drop:g} (--strict-drop refuses a measured drop above it)')
+            print(f'{"written" if write else "kept"} although the images cannot decide whether the drop is within '
+                  f'--max-drop {options.max_drop:g} (--strict-drop refuses a measured drop above it)')
     if not write:
         return result
     meta = {k: setup[k] for k in ('num_classes', 'img_size', 'crop_pct', 'interpolation', 'class_names')}
