@@ -97,6 +97,10 @@ def test_top_k_and_the_bare_endpoints(server, files):
         page = c.get('/')
         assert page.status_code == 200 and 'unsafe-inline' not in page.headers['content-security-policy']
         assert page.headers['content-security-policy'].startswith("default-src 'self'")
+        # without an icon of its own, a browser asks for /favicon.ico, and its console shows the 404
+        assert re.search(r'<link rel="icon" href="/static/', page.text), 'the page names no icon'
+        for url in re.findall(r'(?:href|src)="(/[^"]*)"', page.text):
+            assert c.get(url).status_code == 200, f'the page links {url}, which the service does not serve'
         metrics = c.get('/metrics')
         assert metrics.headers['content-type'].startswith('text/plain')
         for name in ('cmtnet_requests_total{endpoint="/predict",status="200"}', 'cmtnet_request_seconds_bucket',

@@ -65,11 +65,12 @@ def segmenter(servers):
 def open_page(browser):
     """The page of a server in a browser tab of its own (a new session), once it shows the model (`shown`);
     with `key`, entered in the API key field first."""
-    pages, refused = [], []
+    pages, refused, missing = [], [], []
 
     def open_page(server, viewport=WIDE, key=None, shown=True):
         page = browser.new_page(viewport=viewport)
         page.on('console', lambda m: refused.append(m.text) if 'Content Security Policy' in m.text else None)
+        page.on('response', lambda r: missing.append(r.url) if r.status == 404 else None)
         pages.append(page)
         page.goto(server.url)
         if key is not None:
@@ -84,6 +85,7 @@ def open_page(browser):
     for page in pages:
         page.close()
     assert not refused, f'the page broke its own Content-Security-Policy: {refused}'
+    assert not missing, f'the page asked for what the service does not have: {missing}'
 
 
 def _data_url(path: Path) -> str:
