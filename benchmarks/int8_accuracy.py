@@ -6,8 +6,9 @@ held-out split: fp32, bf16, and int8 and int8-bf16 as `cmtnet quantize` makes th
 tuned to `--max-drop`: the ops it returned to float named), once per activation calibration (`--calibrations`,
 histogram and minmax). Then, for the checkpoints timed (`--time`), the models run compiled on one batch in
 turns (benchmarks/timing.py): bf16 as `cmtnet eval --precision bf16 --compile` runs it, and each int8 program
-of the first calibration, every op quantized and tuned, as `cmtnet eval` runs a `.pt2`. The speed column is the
-time of compiled bf16 over the row's (above 1: faster). With `--timing-lock FILE` the timing alone holds an
+of the first calibration, every op quantized and tuned, compiled to its int8 kernels through torch.compile (the
+lowering of the package `cmtnet eval` runs a `.pt2` with). The speed column is the time of compiled bf16 over
+the row's (above 1: faster). With `--timing-lock FILE` the timing alone holds an
 exclusive lock on FILE, so that timed runs on a shared machine do not overlap, while the accuracy checks and
 the compiling run unlocked. The last line names the calibration of the higher int8 top-1 over every set and mode.
 

@@ -55,3 +55,13 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             return super()._split_scope(nodeid) if nodeid.startswith(ours) else nodeid
     return OursByFileTheRestByTest(config, log)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _cache_of_this_run(tmp_path_factory):
+    """What cmtnet keeps between runs (compiled int8 programs, the embedded sets) goes to a folder of the test
+    run, not to the user's ~/.cache/cmtnet; commands started by the tests inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv('CMTNET_CACHE', str(tmp_path_factory.mktemp('cmtnet-cache')))
+    yield
+    patch.undo()

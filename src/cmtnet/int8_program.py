@@ -12,11 +12,12 @@ import importlib.metadata
 import io
 import json
 import os
+import re
 import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -44,14 +45,22 @@ def compile_cache_dir() -> Path:
     return Path(os.environ.get('CMTNET_CACHE', Path.home() / '.cache' / 'cmtnet')) / 'int8'
 
 
-def _cache_key(path: Path, meta: Dict[str, Any]) -> str:
-    """The compiled program's name in the cache: the file's content, its mode and the versions that compile it."""
+def _cache_key(path: PathLike, mode: str) -> str:
+    """The name of the program file `path`'s compiled packages in the cache (`<key>-b<batch>.pt2`): the file's
+    content, the mode it runs in and the versions that compile it."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
-    digest.update(json.dumps([meta['mode'], quantized_versions()]).encode())
+    digest.update(json.dumps([mode, quantized_versions()]).encode())
     return digest.hexdigest()[:32]
+
+
+def _package_sizes(prefix: Path) -> List[int]:
+    """The batch sizes of the packages `<prefix>-b<N>.pt2` on disk."""
+    pattern = re.compile(rf'{re.escape(prefix.name)}-b(\d+)\.pt2')
+    found = (pattern.fullmatch(p.name) for p in prefix.parent.glob(f'{prefix.name}-b*.pt2'))
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 def _archive_entry(names: Sequence[str], entry: str) -> Optional[str]:
@@ -127,11 +136,13 @@ class QuantizedProgram(nn.Module):
     and there, padded or not), and computing the padding costs far less than inductor's compile for a new
     batch size, which takes minutes.
 
-    With a `cache` (a path prefix, which `load_quantized` makes of the file's content), each batch size is
+    With a `cache` (a path prefix, which `load_quantized` makes of the file's content), the program is
     compiled ahead of time by AOTInductor into a package `<cache>-b<N>.pt2` instead of through
     `torch.compile`: the same lowering, kept on disk, so that a later process loads the compiled program
     from there without tracing or compiling anything (`cache_seconds`, where `compile_seconds` is a compile).
-    A program that AOTInductor cannot compile runs through `torch.compile`, with a warning, and is not cached.
+    Any package there serves any batch: a smaller batch is padded to it, a larger one runs in pieces of its
+    size; only a program with none compiles. A program that AOTInductor cannot compile runs through
+    `torch.compile`, with a warning, and is not cached.
     """
 
     def __init__(self, program: nn.Module, mode: str, compile: bool = True, cache: Optional[Path] = None):
@@ -147,7 +158,10 @@ class QuantizedProgram(nn.Module):
         self.cache = cache if compile else None
         self._run = torch.compile(program) if compile and cache is None else program
         self._packages: Dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}  # batch size -> loaded package
+        self._found: Optional[List[int]] = None  # the batch sizes of the packages in the cache, once looked up
         self.compiled_batch_sizes: List[int] = []  # the batch sizes compiled so far, ascending
+        # batch sizes run as they come, never padded: a service's (`cmtnet serve` warms them up)
+        self.own_sizes: Set[int] = set()
         # batch size -> seconds of the call that compiled for it, or that loaded it compiled from the cache
         self.compile_seconds: Dict[int, float] = {}
         self.cache_seconds: Dict[int, float] = {}
@@ -157,40 +171,81 @@ class QuantizedProgram(nn.Module):
             raise RuntimeError('a quantized program is for inference only; train the float model and quantize it')
         return self
 
-    def _padded(self, images: torch.Tensor) -> torch.Tensor:
-        """`images` padded with zeros to the smallest batch size compiled that holds them; a larger batch
-        is compiled for."""
+    def _padded(self, images: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+        """(`images` padded with zeros to the smallest batch size compiled that holds them, whether that is a
+        compile): a batch larger than any compiled, or of one of `own_sizes`, is compiled for as it is."""
         n = images.shape[0]
-        size = next((b for b in self.compiled_batch_sizes if b >= n), None)
-        if size is None:
-            self.compiled_batch_sizes = sorted([*self.compiled_batch_sizes, n])
-            return images
-        if size == n:
-            return images
-        padding = torch.zeros_like(images[:1]).expand(size - n, *images.shape[1:])
-        return torch.cat([images, padding]).contiguous(memory_format=_memory_format(images))
+        size = n if n in self.own_sizes else next((b for b in self.compiled_batch_sizes if b >= n), n)
+        if size not in self.compiled_batch_sizes:
+            self.compiled_batch_sizes = sorted([*self.compiled_batch_sizes, size])
+            return images, True
+        return _pad_to(images, size), False
 
     def _bf16(self) -> contextlib.AbstractContextManager:
         return torch.autocast('cpu', torch.bfloat16) if self.mode == 'int8-bf16' else contextlib.nullcontext()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None:
+            return self._run_packaged(images)
         n = images.shape[0]
-        compiles = self.compiled and not any(b >= n for b in self.compiled_batch_sizes)
+        compiles = False
         if self.compiled:
-            images = self._padded(images)
+            images, compiles = self._padded(images)
         from torch._inductor import config
         start = time.perf_counter()
-        run, cached = (self._packaged(images) if self.cache is not None else (self._run, False))
         with torch.no_grad(), config.patch(freezing=True), self._bf16():
-            logits = run(images.contiguous() if self.cache is not None else images)[:n].float()
+            logits = self._run(images)[:n].float()
         if compiles:
-            (self.cache_seconds if cached else self.compile_seconds)[images.shape[0]] = time.perf_counter() - start
+            self.compile_seconds[images.shape[0]] = time.perf_counter() - start
         return logits
 
-    def _packaged(self, images: torch.Tensor) -> Tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
-        """(the AOTInductor package compiled for the batch size of `images`, whether it came from the cache);
-        compiled and written to the cache where it is not there, or not readable."""
-        size = images.shape[0]
+    def keep_as(self, path: PathLike) -> List[Path]:
+        """Move the packages compiled so far into the cache, under the name of the program file `path` that
+        this program was written to after they were compiled, so that the file's first run loads them; their
+        new paths. Each move is atomic: the packages are on the cache's file system (`cmtnet quantize` compiles
+        them in a staging folder inside the cache)."""
+        if self.cache is None:
+            return []
+        key = compile_cache_dir() / _cache_key(path, self.mode)
+        key.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        for size in _package_sizes(self.cache):
+            kept.append(Path(f'{key}-b{size}.pt2'))
+            os.replace(f'{self.cache}-b{size}.pt2', kept[-1])
+        self.cache, self._found = key, None
+        return kept
+
+    def _package_size(self, n: int) -> int:
+        """The batch size of the package that runs a batch of `n`: the smallest loaded or in the cache that
+        holds it (the batch padded to it); else the largest there (the batch run in pieces of that size,
+        which costs far less than a compile); else `n`, compiled for. One of `own_sizes` is always `n`."""
+        if n in self.own_sizes:
+            return n
+        if self._found is None:  # the packages in the cache when the first batch came
+            self._found = _package_sizes(self.cache)
+        sizes = {*self._packages, *self._found}
+        fits = [b for b in sizes if b >= n]
+        return min(fits) if fits else max(sizes, default=n)
+
+    def _run_packaged(self, images: torch.Tensor) -> torch.Tensor:
+        n = images.shape[0]
+        size = self._package_size(n)
+        start = time.perf_counter()
+        new = size not in self._packages
+        run, cached = self._packaged(size, images)
+        pieces = []
+        with torch.no_grad(), self._bf16():
+            for i in range(0, n, size):
+                piece = images[i:i + size]
+                pieces.append(run(_pad_to(piece, size).contiguous())[:piece.shape[0]].float())
+        if new:
+            (self.cache_seconds if cached else self.compile_seconds)[size] = time.perf_counter() - start
+        return torch.cat(pieces)
+
+    def _packaged(self, size: int, images: torch.Tensor) -> Tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+        """(the AOTInductor package compiled for batches of `size`, whether it came from the cache); compiled
+        for `images` padded or cut to that size, and written to the cache, where it is not there or not
+        readable."""
         if size in self._packages:
             return self._packages[size], False
         from torch._inductor import aoti_load_package
@@ -202,13 +257,14 @@ class QuantizedProgram(nn.Module):
             except Exception:  # a damaged or foreign package: compile it again
                 pass
         try:
-            self._package(images, path)
+            self._package(_pad_to(images[:size], size), path)
             self._packages[size] = aoti_load_package(str(path))
         except Exception as e:  # AOTInductor cannot take this program: torch.compile runs it, without the cache
             warnings.warn(f'the int8 program could not be compiled ahead of time ({type(e).__name__}: {e}); '
                           f'it is compiled in this process instead, and not kept for the next')
+            from torch._inductor import config
             self.cache, self._run = None, torch.compile(self.program)
-            return self._run, False
+            return config.patch(freezing=True)(self._run), False
         return self._packages[size], False
 
     def _package(self, images: torch.Tensor, path: Path) -> None:
@@ -224,6 +280,15 @@ class QuantizedProgram(nn.Module):
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
+
+
+def _pad_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`images` padded with zeros to a batch of `size` (at least theirs)."""
+    n = images.shape[0]
+    if n == size:
+        return images
+    padding = torch.zeros_like(images[:1]).expand(size - n, *images.shape[1:])
+    return torch.cat([images, padding]).contiguous(memory_format=_memory_format(images))
 
 
 def _memory_format(images: torch.Tensor) -> torch.memory_format:
@@ -254,5 +319,5 @@ def load_quantized(path: PathLike, compile: bool = True, cache: bool = True
         program = torch.export.load(str(path)).module()
     except Exception as e:  # a damaged archive fails in many ways, all mean the same to the user
         raise InputError(f'cannot load the quantized program {path}: {e}') from e
-    key = compile_cache_dir() / _cache_key(path, meta) if compile and cache else None
+    key = compile_cache_dir() / _cache_key(path, meta['mode']) if compile and cache else None
     return QuantizedProgram(program, meta['mode'], compile, key), meta

@@ -31,8 +31,8 @@ from cmtnet.deploy.int8_fallback import sensitivities
 from cmtnet.deploy.quantize import calibration_batches, compare
 from cmtnet.engine.data import ReadableImages, digits_split, eval_loader
 from cmtnet.errors import InputError
-from cmtnet.int8_program import (QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file, load_quantized,
-                                 quantized_versions)
+from cmtnet.int8_program import (QUANTIZED_META_FILE, QuantizedProgram, compile_cache_dir, is_quantized_file,
+                                 load_quantized, quantized_versions)
 from released import make_state, released_keys
 
 SIZE = 64
@@ -134,8 +134,8 @@ def test_the_accuracy_check_runs_the_compiled_program_unless_told_not_to(run, tm
     monkeypatch.setattr(quantize, 'calibrated_graph', lambda *args, **kwargs: result['graph'])
     asked = []
 
-    def program_recording_compile(program, mode, compile=True):
-        asked.append(compile)
+    def program_recording_compile(program, mode, compile=True, cache=None):
+        asked.append((compile, cache is not None and cache.parent.parent == compile_cache_dir()))
         return QuantizedProgram(program, mode, compile=False)  # compiling would take minutes
     monkeypatch.setattr(quantize, 'QuantizedProgram', program_recording_compile)
     monkeypatch.setattr(quantize, 'save_quantized', lambda *args: None)  # what is written is checked elsewhere
@@ -145,8 +145,9 @@ def test_the_accuracy_check_runs_the_compiled_program_unless_told_not_to(run, tm
             '--calibration-size', '4', '--max-drop', '100', '--workers', '0', '--output', str(tmp_path / 'q.pt2'),
             *flags])
         args.func(args)
-    # the default checks what cmtnet eval runs by default: the int8 kernels
-    assert asked == [True, False] and ModelOptions(checkpoint='q.pt2').compile
+    # the default checks what cmtnet eval runs by default: the int8 kernels, compiled into a staging folder in
+    # the cache, whence the program written keeps them (tests/test_int8_program.py)
+    assert asked == [(True, True), (False, False)] and ModelOptions(checkpoint='q.pt2').compile
     checks = [line for line in capsys.readouterr().out.splitlines() if 'top-1 fp32' in line]
     assert [re.search(r'int8 \((.*?)\)', line).group(1) for line in checks] == ['int8 kernels', 'reference ops']
 
@@ -177,6 +178,11 @@ def test_a_compiled_program_pads_a_smaller_batch_instead_of_compiling_again(run,
     # only a batch larger than any compiled reaches the compiler at a new size; the padding keeps the layout
     assert seen == [(4, False), (4, False), (4, True), (6, False), (6, False)]
     assert model.compiled_batch_sizes == [4, 6]
+    # a size of its own (a service's single image) is compiled for, not padded
+    model.own_sizes = {1}
+    model(x[:1])
+    assert seen[-1] == (1, False) and model.compiled_batch_sizes == [1, 4, 6]
+    assert list(model.compile_seconds) == [4, 6, 1]
 
 
 def test_a_drop_beyond_max_drop_writes_nothing(run, tmp_path, monkeypatch, capsys):
@@ -209,6 +215,14 @@ def test_eval_and_predict_take_the_program_as_checkpoint(run, capsys):
     assert [p for p, _ in predicted] == images and all(label in CLASSES for _, top in predicted for label, _ in top)
     with pytest.raises(InputError, match='--precision bf16 does not apply'):
         eval_command(EvalOptions(checkpoint=str(output), precision='bf16', data=str(data)))
+
+
+def test_a_service_runs_a_single_image_and_a_full_batch_unpadded(run):
+    # a package compiled for a larger batch (as cmtnet quantize keeps one) would serve a single image padded
+    from cmtnet.serve.command import ServeOptions
+    from cmtnet.serve.handlers import load_handler
+    handler = load_handler(ServeOptions(checkpoint=str(run[2]), max_batch_size=6))
+    assert handler.info['precision'] == 'int8' and handler.model.own_sizes == {1, 6}
 
 
 def test_eval_in_bf16_agrees_with_fp32(run):

@@ -32,7 +32,9 @@ object), so that `cmtnet eval` and `cmtnet predict` take it as `--checkpoint`.
 import contextlib
 import copy
 import io
+import itertools
 import json
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, replace
@@ -51,8 +53,8 @@ from ..classification.options import ModelOptions
 from ..engine.data import ImageFiles, ReadableImages, eval_loader, find_images, own_images
 from ..engine.options import command_parser, option
 from ..errors import CommandError, InputError
-from ..int8_program import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, is_quantized_file,
-                            quantized_versions)
+from ..int8_program import (QUANTIZED_FORMAT, QUANTIZED_META_FILE, QuantizedProgram, compile_cache_dir,
+                            is_quantized_file, quantized_versions)
 from ..models import set_model_fused_attn
 from ..models.variants import VARIANT_ARGS
 from .drop_check import MAX_IMAGES, PairedOutcomes, decide
@@ -430,7 +432,19 @@ def quantize_command(options: QuantizeOptions, write: bool = True) -> Dict[str, 
     --max-drop), write the program (unless `write` is False: for a caller that only measures). Returns the
     program (`program`), the calibrated graph (`graph`) and, where measured, the top-1 of both models, their
     agreement and the paired outcomes, those of the program with every op quantized (`untuned`), the ops left
-    in float (`float_ops`) and the checked `runnable`."""
+    in float (`float_ops`) and the checked `runnable`.
+
+    A program checked compiled and written is compiled ahead of time, into a staging folder in the compile
+    cache (`compile_cache_dir`), whence the written program's packages move under the file's name: the
+    file's first `cmtnet eval` loads them instead of compiling it again."""
+    if not (write and options.compile):
+        return _quantize(options, write, staging=None)
+    compile_cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix='.staging-', dir=compile_cache_dir()) as staging:
+        return _quantize(options, write, Path(staging))
+
+
+def _quantize(options: QuantizeOptions, write: bool, staging: Optional[Path]) -> Dict[str, Any]:
     if is_quantized_file(options.checkpoint):
         raise InputError(f'--checkpoint {options.checkpoint} is quantized already; give the float weights')
     setup = load_for_inference(ModelOptions(checkpoint=options.checkpoint, model=options.model,
@@ -453,12 +467,14 @@ def quantize_command(options: QuantizeOptions, write: bool = True) -> Dict[str, 
     else:
         transform = eval_transform(size, setup['crop_pct'], setup['interpolation'])
         loader = eval_loader(ReadableImages(val, transform), options.batch_size, workers=options.workers)
+        trial = itertools.count()
 
         def check(ops: Sequence[str]) -> _Check:
             program = quantized_program(graph, ops)
             # compiled, the program is what eval and predict run; its reference ops round otherwise than the
             # kernels, and their top-1 can differ
-            runnable = QuantizedProgram(program, options.mode, compile=options.compile)
+            cache = staging / f'trial{next(trial)}' if staging else None
+            runnable = QuantizedProgram(program, options.mode, compile=options.compile, cache=cache)
             return _Check(program, runnable, tuple(ops), compare(model, runnable, loader))
         chosen = first = check(())
         ran = 'int8 kernels' if options.compile else 'reference ops'
@@ -485,6 +501,8 @@ def quantize_command(options: QuantizeOptions, write: bool = True) -> Dict[str, 
     save_quantized(options.output, result['program'], dict(meta, model=setup['name'], mode=options.mode,
                                                            calibration=options.calibration, float_ops=float_ops))
     print(f'wrote {options.output} ({setup["name"]} at {size}px, {options.mode})')
+    if 'runnable' in result and result['runnable'].keep_as(options.output):
+        print(f'kept compiled in {compile_cache_dir()}: its first cmtnet eval or predict starts without compiling')
     return result
 
 

@@ -125,7 +125,9 @@ def _classifier(options: Any, device: torch.device) -> Handler:
                                  precision=options.precision, compile=True)
     setup = load_for_inference(model_options, device)
     model = setup['model']
-    if not quantized:
+    if quantized:  # a batch of one, and a full one, run unpadded (the warm-up compiles both)
+        model.own_sizes = {1, options.max_batch_size}
+    else:
         if options.precision == 'fp32':  # bf16 comes folded (runtime.inference_model)
             model = folded_for(model, device)
         model = prepare_model(model, device, channels_last=True).eval()
