@@ -17,7 +17,7 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -175,7 +175,7 @@ class QuantizedProgram(nn.Module):
         """(`images` padded with zeros to the smallest batch size compiled that holds them, whether that is a
         compile): a batch larger than any compiled, or of one of `own_sizes`, is compiled for as it is."""
         n = images.shape[0]
-        size = n if n in self.own_sizes else next((b for b in self.compiled_batch_sizes if b >= n), n)
+        size = self._fitting(n, self.compiled_batch_sizes) or n
         if size not in self.compiled_batch_sizes:
             self.compiled_batch_sizes = sorted([*self.compiled_batch_sizes, size])
             return images, True
@@ -219,13 +219,17 @@ class QuantizedProgram(nn.Module):
         """The batch size of the package that runs a batch of `n`: the smallest loaded or in the cache that
         holds it (the batch padded to it); else the largest there (the batch run in pieces of that size,
         which costs far less than a compile); else `n`, compiled for. One of `own_sizes` is always `n`."""
-        if n in self.own_sizes:
-            return n
         if self._found is None:  # the packages in the cache when the first batch came
             self._found = _package_sizes(self.cache)
         sizes = {*self._packages, *self._found}
-        fits = [b for b in sizes if b >= n]
-        return min(fits) if fits else max(sizes, default=n)
+        return self._fitting(n, sizes) or max(sizes, default=n)
+
+    def _fitting(self, n: int, sizes: Iterable[int]) -> Optional[int]:
+        """The batch size that runs a batch of `n` among `sizes` (compiled): `n` itself for one of
+        `own_sizes`, else the smallest that holds it, padded; None where none does."""
+        if n in self.own_sizes:
+            return n
+        return min((b for b in sizes if b >= n), default=None)
 
     def _run_packaged(self, images: torch.Tensor) -> torch.Tensor:
         n = images.shape[0]

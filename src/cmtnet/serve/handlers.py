@@ -99,9 +99,13 @@ class Handler:
         one-time work (kernel choice, compilation)."""
         side = self.info['img_size'] or 64
         image = Image.new('RGB', (side, side), (124, 116, 104))
-        sizes = sorted({1, self.max_batch_size}) if self.task == 'image-classification' else [1]
-        for n in sizes:
+        for n in self.warm_up_sizes:
             self.run([(image, Params())] * n)
+
+    @property
+    def warm_up_sizes(self) -> List[int]:
+        """The batch sizes `warm_up` runs: a single image and, for classification, a full batch."""
+        return sorted({1, self.max_batch_size}) if self.task == 'image-classification' else [1]
 
     def activation_map(self, image: Image.Image) -> Dict[str, Any]:
         """The Grad-CAM overlay of `image`'s top class, as a base64 PNG data URL (classification)."""
@@ -125,9 +129,7 @@ def _classifier(options: Any, device: torch.device) -> Handler:
                                  precision=options.precision, compile=True)
     setup = load_for_inference(model_options, device)
     model = setup['model']
-    if quantized:  # a batch of one, and a full one, run unpadded (the warm-up compiles both)
-        model.own_sizes = {1, options.max_batch_size}
-    else:
+    if not quantized:
         if options.precision == 'fp32':  # bf16 comes folded (runtime.inference_model)
             model = folded_for(model, device)
         model = prepare_model(model, device, channels_last=True).eval()
@@ -145,7 +147,10 @@ def _classifier(options: Any, device: torch.device) -> Handler:
     info = dict(task='image-classification', model=setup['name'], img_size=setup['img_size'], labels=labels,
                 precision='int8' if quantized else options.precision, cam=not quantized,
                 cam_unavailable=unavailable)
-    return Handler('image-classification', model, device, info, options.max_batch_size, extra)
+    handler = Handler('image-classification', model, device, info, options.max_batch_size, extra)
+    if quantized:  # the sizes the warm-up compiles run unpadded: a lone request is not padded to a full batch
+        model.own_sizes = set(handler.warm_up_sizes)
+    return handler
 
 
 def _dense(options: Any, device: torch.device, task: str) -> Handler:
